@@ -1,0 +1,40 @@
+// `<metadata_dir>/<name>.status`: the devices mapped for an image, one per line, in creation
+// order, written before each device is created so a crash never leaks an unrecorded device:
+//   dm:<dm-name>
+//   loop:/dev/loopN
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "imaged/common/result.h"
+
+namespace imaged::metadata {
+
+struct StatusEntry {
+  enum class Kind { Dm, Loop };
+  Kind kind = Kind::Dm;
+  std::string value;
+  bool operator==(const StatusEntry&) const = default;
+};
+
+// Strict: every line must be `dm:<v>` or `loop:<v>` with a non-empty value free of NUL. The line is
+// split on the FIRST ':' only, so dm names may contain ':' (AOSP splits on every ':').
+// Empty lines are errors except that a missing final newline is tolerated. EINVAL with line number.
+Result<std::vector<StatusEntry>> ParseStatus(std::string_view text);
+// One line per entry, each ending in '\n'. Values must be valid (see ParseStatus); callers that
+// cannot guarantee that should use ValidateStatusEntry first.
+std::string SerializeStatus(const std::vector<StatusEntry>& entries);
+Result<void> ValidateStatusEntry(const StatusEntry& entry);
+
+// ENOENT passes through with code ENOENT.
+Result<std::vector<StatusEntry>> ReadStatusFile(const std::string& path);
+// Atomic (AtomicWriteFile). Refuses invalid entries with EINVAL.
+Result<void> WriteStatusFile(const std::string& path, const std::vector<StatusEntry>& entries);
+// Read (missing file = empty), append, atomic write.
+Result<void> AppendStatusEntry(const std::string& path, const StatusEntry& entry);
+// unlink + fsync of the directory; a missing file is success.
+Result<void> RemoveStatusFile(const std::string& path);
+
+}  // namespace imaged::metadata
