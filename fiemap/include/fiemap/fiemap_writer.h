@@ -1,0 +1,60 @@
+// FiemapWriter: a file whose blocks are allocated, written (no unwritten extents), pinned
+// where the fs can move blocks, and whose physical extents are known and validated.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <imaged/common/result.h>
+#include <fiemap/extents.h>
+#include <fiemap/filesystem.h>
+
+namespace imaged::fiemap {
+
+// Called with bytes done and the total; returning false cancels the operation. A successful
+// operation ends with exactly one (total, total) call.
+using ProgressFn = std::function<bool(uint64_t done, uint64_t total)>;
+
+class FiemapWriter {
+ public:
+  // Creates `path` (O_CREAT|O_EXCL: an existing file is never touched, EEXIST) of `size`
+  // rounded up to the fs block, allocated, zero-filled and pinned, then reads its extents.
+  // size == 0 is EINVAL; larger than the fs maximum is EFBIG; not enough free space is ENOSPC.
+  // On any failure or cancel (ECANCELED) the file is removed.
+  static Result<FiemapWriter> Create(const std::string& path, uint64_t size,
+                                     const ProgressFn& progress = {});
+
+  // Re-reads and re-validates the extents (and the pin on f2fs) of an existing file. Used before
+  // every map. A 0-byte file is an error (EINVAL).
+  static Result<FiemapWriter> Open(const std::string& path);
+
+  FiemapWriter(FiemapWriter&&) = default;
+  FiemapWriter& operator=(FiemapWriter&&) = default;
+  FiemapWriter(const FiemapWriter&) = delete;
+  FiemapWriter& operator=(const FiemapWriter&) = delete;
+
+  const std::string& path() const { return path_; }
+  uint64_t size() const { return size_; }  // block-aligned
+  uint32_t block_size() const { return fs_.block_size; }
+  FsType fs_type() const { return fs_.type; }
+  dev_t fs_dev() const { return fs_.fs_dev; }
+  const std::vector<Extent>& extents() const { return extents_; }  // physical on fs_device
+  const FilesystemInfo& filesystem() const { return fs_; }
+
+ private:
+  FiemapWriter() = default;
+  std::string path_;
+  uint64_t size_ = 0;
+  FilesystemInfo fs_;
+  std::vector<Extent> extents_;
+};
+
+// True when a file on this filesystem keeps its physical blocks once written: always for ext4,
+// xfs and vfat; on f2fs only if the file is pinned and GC moved none of its blocks.
+Result<bool> HasPinnedExtents(const std::string& path);
+
+}  // namespace imaged::fiemap
