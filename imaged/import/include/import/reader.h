@@ -1,0 +1,77 @@
+// Image readers: each turns a source into ordered runs (offset, length, data | zero) with
+// memory bounded independently of the image size. Formats: raw, Android sparse, qcow v1,
+// qcow2 (v2 and v3). Validation is strict; errors name the field and file offset and carry
+// EINVAL (malformed), EBADMSG (checksum mismatch) or EOPNOTSUPP (encryption, backing file,
+// external data file, unknown incompatible feature).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string_view>
+
+#include "imaged/common/result.h"
+#include "import/source.h"
+
+namespace imaged::import {
+
+enum class Format { Raw, Sparse, Qcow1, Qcow2 };  // Qcow2 covers versions 2 and 3
+
+std::string_view FormatName(Format format);  // "raw", "sparse", "qcow", "qcow2"
+
+// By magic: sparse 0xed26ff3a (LE); "QFI\xfb" with version 1 -> Qcow1, 2 or 3 -> Qcow2; a qcow
+// magic with any other version is an error (EOPNOTSUPP), never raw. Anything else is Raw.
+Result<Format> DetectFormat(Source& source);
+// The same from the first bytes of a stream (at least 8 when available).
+Result<Format> DetectFormat(std::span<const uint8_t> prefix);
+
+struct Run {
+  enum class Kind { Data, Zero };
+  uint64_t offset = 0;
+  uint64_t length = 0;  // never 0
+  Kind kind = Kind::Zero;
+  // For Data: exactly `length` bytes, valid until the next call to Next().
+  std::span<const uint8_t> data;
+};
+
+class ImageReader {
+ public:
+  virtual ~ImageReader() = default;
+  virtual Format format() const = 0;
+  // The guest-visible size in bytes.
+  virtual uint64_t virtual_size() const = 0;
+  // The next run, or nullopt at the end. Runs come in increasing offset order, never overlap,
+  // and together cover [0, virtual_size()) exactly (a consumer may still treat gaps as zero).
+  // Adjacent Zero runs are not necessarily merged; Data runs are at most max_data_run long.
+  virtual Result<std::optional<Run>> Next() = 0;
+};
+
+struct ReaderOptions {
+  // Largest Data run, a multiple of 4096. Physically contiguous clusters are read together
+  // up to this size, so a writer gets large sequential writes.
+  size_t max_data_run = 4 << 20;
+  // Verify sparse CRC32 chunks and a non-zero image_checksum (EBADMSG on mismatch).
+  bool verify_checksums = true;
+  // Raw: report all-zero 4 KiB blocks as Zero runs so the writer can skip them.
+  bool raw_detect_zeros = true;
+  // qcow/qcow2/sparse from a Source: walk all metadata (L1/L2 tables, chunk headers) at open,
+  // so malformed metadata anywhere fails before any run is produced (nothing gets written).
+  // Only decompression failures, checksums and I/O errors can then surface from Next().
+  bool prevalidate = true;
+};
+
+// The source must outlive the reader. Header errors are reported here.
+Result<std::unique_ptr<ImageReader>> OpenReader(Source& source, Format format,
+                                                const ReaderOptions& options = {});
+
+// Android sparse from a sequential stream (no prevalidation possible: structural errors then
+// surface from Next()). The stream must outlive the reader.
+Result<std::unique_ptr<ImageReader>> OpenSparseReader(Stream& stream,
+                                                      const ReaderOptions& options = {});
+
+// Limits (exposed for tests).
+inline constexpr uint64_t kMaxL1Bytes = 32ull << 20;      // like QEMU's QCOW_MAX_L1_SIZE
+inline constexpr uint64_t kMaxQcow2Size = 1ull << 61;     // virtual size ceiling
+
+}  // namespace imaged::import

@@ -1,0 +1,100 @@
+// Where an image's bytes come from. Random access (Source) serves every format; the sparse
+// reader also runs from a purely sequential Stream (a pipe or socket), because Android sparse
+// is sequential by nature. qcow needs random access: a streamed qcow upload is spooled to a
+// temporary file first and read through FileSource.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "imaged/common/result.h"
+#include "imaged/common/unique_fd.h"
+
+namespace imaged::import {
+
+class Source {
+ public:
+  virtual ~Source() = default;
+  // Reads exactly `len` bytes at `offset`. A range past size() fails with EINVAL
+  // ("truncated"), never a short read.
+  virtual Result<void> ReadAt(void* buf, size_t len, uint64_t offset) = 0;
+  virtual uint64_t size() const = 0;
+};
+
+// pread() on a file or block device opened O_RDONLY|O_CLOEXEC. Only this one file is ever
+// read: a backing file named inside an image is never opened. The size is taken once at open.
+class FileSource : public Source {
+ public:
+  static Result<std::unique_ptr<FileSource>> Open(const std::string& path);
+  // Takes ownership of an already open readable fd (e.g. received from a client).
+  static Result<std::unique_ptr<FileSource>> FromFd(UniqueFd fd, std::string name);
+
+  Result<void> ReadAt(void* buf, size_t len, uint64_t offset) override;
+  uint64_t size() const override { return size_; }
+  const std::string& name() const { return name_; }
+
+ private:
+  FileSource(UniqueFd fd, uint64_t size, std::string name)
+      : fd_(std::move(fd)), size_(size), name_(std::move(name)) {}
+  UniqueFd fd_;
+  uint64_t size_;
+  std::string name_;
+};
+
+// Bytes in memory (tests, fuzzing). The span must outlive the source.
+class MemorySource : public Source {
+ public:
+  explicit MemorySource(std::span<const uint8_t> bytes) : bytes_(bytes) {}
+  Result<void> ReadAt(void* buf, size_t len, uint64_t offset) override;
+  uint64_t size() const override { return bytes_.size(); }
+
+ private:
+  std::span<const uint8_t> bytes_;
+};
+
+// Sequential input. Read() fills exactly `len` bytes or fails (EINVAL "truncated" at EOF).
+class Stream {
+ public:
+  virtual ~Stream() = default;
+  virtual Result<void> Read(void* buf, size_t len) = 0;
+  // Discards `len` bytes; the default reads them into a scratch buffer.
+  virtual Result<void> Skip(uint64_t len);
+  // Bytes consumed so far (for error messages).
+  virtual uint64_t position() const = 0;
+};
+
+// A sequential view of a Source, starting at offset 0. Skip() is free.
+class SourceStream : public Stream {
+ public:
+  explicit SourceStream(Source& source) : source_(source) {}
+  Result<void> Read(void* buf, size_t len) override;
+  Result<void> Skip(uint64_t len) override;
+  uint64_t position() const override { return pos_; }
+
+ private:
+  Source& source_;
+  uint64_t pos_ = 0;
+};
+
+// read() on a pipe, socket or file descriptor (not owned). `prefix` holds bytes the caller
+// already consumed from the fd (e.g. the first bytes used for DetectFormat); they are
+// returned first.
+class FdStream : public Stream {
+ public:
+  explicit FdStream(int fd, std::vector<uint8_t> prefix = {})
+      : fd_(fd), prefix_(std::move(prefix)) {}
+  Result<void> Read(void* buf, size_t len) override;
+  uint64_t position() const override { return pos_; }
+
+ private:
+  int fd_;
+  std::vector<uint8_t> prefix_;
+  size_t prefix_pos_ = 0;
+  uint64_t pos_ = 0;
+};
+
+}  // namespace imaged::import
