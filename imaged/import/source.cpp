@@ -1,0 +1,112 @@
+#include "import/source.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace imaged::import {
+
+Result<std::unique_ptr<FileSource>> FileSource::Open(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return ErrnoError("open \"{}\"", path);
+  return FromFd(std::move(fd), path);
+}
+
+Result<std::unique_ptr<FileSource>> FileSource::FromFd(UniqueFd fd, std::string name) {
+  struct stat st;
+  if (fstat(fd.get(), &st) != 0) return ErrnoError("stat \"{}\"", name);
+  uint64_t size = 0;
+  if (S_ISREG(st.st_mode)) {
+    size = static_cast<uint64_t>(st.st_size);
+  } else if (S_ISBLK(st.st_mode)) {
+    if (ioctl(fd.get(), BLKGETSIZE64, &size) != 0) return ErrnoError("size of \"{}\"", name);
+  } else {
+    return MakeError(EINVAL, "\"{}\" is neither a regular file nor a block device", name);
+  }
+  return std::unique_ptr<FileSource>(new FileSource(std::move(fd), size, std::move(name)));
+}
+
+Result<void> FileSource::ReadAt(void* buf, size_t len, uint64_t offset) {
+  if (offset > size_ || len > size_ - offset) {
+    return MakeError(EINVAL, "\"{}\" truncated: {} bytes at offset {} past its end ({})", name_,
+                     len, offset, size_);
+  }
+  auto* p = static_cast<uint8_t*>(buf);
+  while (len > 0) {
+    ssize_t n = ::pread(fd_.get(), p, len, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError("read \"{}\" at offset {}", name_, offset);
+    }
+    if (n == 0) return MakeError(EINVAL, "\"{}\" truncated at offset {}", name_, offset);
+    p += n;
+    len -= static_cast<size_t>(n);
+    offset += static_cast<uint64_t>(n);
+  }
+  return Ok();
+}
+
+Result<void> MemorySource::ReadAt(void* buf, size_t len, uint64_t offset) {
+  if (offset > bytes_.size() || len > bytes_.size() - offset) {
+    return MakeError(EINVAL, "truncated: {} bytes at offset {} past the end ({})", len, offset,
+                     bytes_.size());
+  }
+  if (len) std::memcpy(buf, bytes_.data() + offset, len);
+  return Ok();
+}
+
+Result<void> Stream::Skip(uint64_t len) {
+  uint8_t scratch[65536];
+  while (len > 0) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(len, sizeof(scratch)));
+    IMAGED_TRY(Read(scratch, n));
+    len -= n;
+  }
+  return Ok();
+}
+
+Result<void> SourceStream::Read(void* buf, size_t len) {
+  IMAGED_TRY(source_.ReadAt(buf, len, pos_));
+  pos_ += len;
+  return Ok();
+}
+
+Result<void> SourceStream::Skip(uint64_t len) {
+  if (len > source_.size() - std::min(pos_, source_.size())) {
+    return MakeError(EINVAL, "truncated: {} bytes at offset {} past the end ({})", len, pos_,
+                     source_.size());
+  }
+  pos_ += len;
+  return Ok();
+}
+
+Result<void> FdStream::Read(void* buf, size_t len) {
+  auto* p = static_cast<uint8_t*>(buf);
+  if (prefix_pos_ < prefix_.size()) {
+    size_t n = std::min(len, prefix_.size() - prefix_pos_);
+    std::memcpy(p, prefix_.data() + prefix_pos_, n);
+    prefix_pos_ += n;
+    p += n;
+    len -= n;
+    pos_ += n;
+  }
+  while (len > 0) {
+    ssize_t n = ::read(fd_, p, len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError("read input stream at offset {}", pos_);
+    }
+    if (n == 0) return MakeError(EINVAL, "input stream truncated at offset {}", pos_);
+    p += n;
+    len -= static_cast<size_t>(n);
+    pos_ += static_cast<uint64_t>(n);
+  }
+  return Ok();
+}
+
+}  // namespace imaged::import

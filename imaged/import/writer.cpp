@@ -1,0 +1,255 @@
+#include "import/writer.h"
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "imaged/common/size.h"
+
+namespace imaged::import {
+namespace {
+
+constexpr uint64_t kAlign = 4096;
+
+uint64_t AlignUp(uint64_t v) { return (v + kAlign - 1) & ~(kAlign - 1); }
+uint64_t AlignDown(uint64_t v) { return v & ~(kAlign - 1); }
+
+struct FreeDeleter {
+  void operator()(uint8_t* p) const { std::free(p); }
+};
+
+// Coverage [0, pos) has been handed out; the bounce buffer holds [buf_off, pos) with buf_off
+// always 4096-aligned, and whenever pos is unaligned the buffer is non-empty. So flushing a full
+// buffer, or flushing at an aligned pos, always issues aligned writes.
+class Stager {
+ public:
+  Stager(RunSink& sink, const ProgressFn& progress, const CopyOptions& options, uint64_t total)
+      : sink_(sink), progress_(progress), options_(options), total_(total) {}
+
+  Result<void> Init() {
+    void* p = nullptr;
+    if (posix_memalign(&p, kAlign, options_.buffer_size) != 0) {
+      return MakeError(ENOMEM, "allocate a {}-byte import buffer", options_.buffer_size);
+    }
+    buf_.reset(static_cast<uint8_t*>(p));
+    return Ok();
+  }
+
+  uint64_t pos() const { return pos_ + pending_zero_; }
+
+  Result<void> Data(std::span<const uint8_t> data) {
+    IMAGED_TRY(ResolveZeros());
+    while (!data.empty()) {
+      size_t n = std::min(data.size(), options_.buffer_size - buf_len_);
+      std::memcpy(buf_.get() + buf_len_, data.data(), n);
+      IMAGED_TRY(Advance(n));
+      data = data.subspan(n);
+    }
+    return Ok();
+  }
+
+  void Zero(uint64_t len) { pending_zero_ += len; }
+
+  Result<void> Finish() {
+    IMAGED_TRY(ResolveZeros());
+    return Flush();
+  }
+
+ private:
+  Result<void> Advance(size_t n) {
+    buf_len_ += n;
+    pos_ += n;
+    if (buf_len_ == options_.buffer_size) IMAGED_TRY(Flush());
+    return Ok();
+  }
+
+  Result<void> AppendZeros(uint64_t len) {
+    while (len > 0) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(len, options_.buffer_size - buf_len_));
+      std::memset(buf_.get() + buf_len_, 0, n);
+      IMAGED_TRY(Advance(n));
+      len -= n;
+    }
+    return Ok();
+  }
+
+  Result<void> Flush() {
+    if (buf_len_ > 0) {
+      IMAGED_TRY(sink_.Write(buf_off_, {buf_.get(), buf_len_}));
+      buf_off_ += buf_len_;
+      buf_len_ = 0;
+    }
+    return Report();
+  }
+
+  Result<void> Report() {
+    if (progress_ && !progress_(pos_, total_)) return MakeError(ECANCELED, "import cancelled");
+    return Ok();
+  }
+
+  Result<void> ResolveZeros() {
+    uint64_t z = std::exchange(pending_zero_, 0);
+    if (z == 0) return Ok();
+    // Short gaps between data are cheaper as part of one large write than as separate calls.
+    if (z < options_.min_zero_write) return AppendZeros(z);
+    uint64_t head = std::min(z, AlignUp(pos_) - pos_);
+    IMAGED_TRY(AppendZeros(head));
+    z -= head;
+    IMAGED_TRY(Flush());
+    uint64_t middle = AlignDown(z);
+    if (middle > 0) {
+      if (!options_.target_is_zeroed) IMAGED_TRY(sink_.WriteZeroes(pos_, middle));
+      pos_ += middle;
+      buf_off_ = pos_;
+      IMAGED_TRY(Report());
+    }
+    return AppendZeros(z - middle);
+  }
+
+  RunSink& sink_;
+  const ProgressFn& progress_;
+  const CopyOptions& options_;
+  uint64_t total_;
+  std::unique_ptr<uint8_t, FreeDeleter> buf_;
+  size_t buf_len_ = 0;
+  uint64_t buf_off_ = 0;
+  uint64_t pos_ = 0;
+  uint64_t pending_zero_ = 0;
+};
+
+}  // namespace
+
+Result<ImportStats> Copy(ImageReader& reader, RunSink& sink, const ProgressFn& progress,
+                         const CopyOptions& options) {
+  const uint64_t vsize = reader.virtual_size();
+  const uint64_t target = sink.size();
+  if (vsize > target) {
+    return MakeError(EFBIG, "image is larger than the target ({} > {})", HumanSize(vsize),
+                     HumanSize(target));
+  }
+  if (options.buffer_size < kAlign || options.buffer_size % kAlign != 0) {
+    return MakeError(EINVAL, "import buffer size {} is not a multiple of 4096",
+                     options.buffer_size);
+  }
+  const uint64_t total = options.zero_beyond_image ? target : vsize;
+  Stager out(sink, progress, options, total);
+  IMAGED_TRY(out.Init());
+  ImportStats stats;
+  while (true) {
+    std::optional<Run> run = IMAGED_TRY(reader.Next());
+    if (!run) break;
+    const uint64_t pos = out.pos();
+    if (run->offset < pos || run->length == 0 || run->offset > vsize ||
+        run->length > vsize - run->offset ||
+        (run->kind == Run::Kind::Data && run->data.size() != run->length)) {
+      return MakeError(EINVAL, "{} reader produced an invalid run at offset {} (length {})",
+                       FormatName(reader.format()), run->offset, run->length);
+    }
+    if (run->offset > pos) {
+      out.Zero(run->offset - pos);  // a gap reads as zeros
+      stats.bytes_zero += run->offset - pos;
+    }
+    ++stats.runs;
+    if (run->kind == Run::Kind::Data) {
+      IMAGED_TRY(out.Data(run->data));
+      stats.bytes_data += run->length;
+    } else {
+      out.Zero(run->length);
+      stats.bytes_zero += run->length;
+    }
+  }
+  const uint64_t end = out.pos();
+  if (end < total) {
+    out.Zero(total - end);
+    stats.bytes_zero += total - end;
+  }
+  IMAGED_TRY(out.Finish());
+  return stats;
+}
+
+Result<std::unique_ptr<FileSink>> FileSink::Open(const std::string& path,
+                                                 const FileSinkOptions& options) {
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!fd) return ErrnoError("open \"{}\"", path);
+  struct stat st;
+  if (fstat(fd.get(), &st) != 0) return ErrnoError("stat \"{}\"", path);
+  uint64_t size = 0;
+  bool block = S_ISBLK(st.st_mode);
+  if (block) {
+    if (ioctl(fd.get(), BLKGETSIZE64, &size) != 0) return ErrnoError("size of \"{}\"", path);
+  } else if (S_ISREG(st.st_mode)) {
+    size = static_cast<uint64_t>(st.st_size);
+  } else {
+    return MakeError(EINVAL, "\"{}\" is neither a regular file nor a block device", path);
+  }
+  UniqueFd direct;
+  if (options.direct) {
+    direct.reset(::open(path.c_str(), O_WRONLY | O_CLOEXEC | O_DIRECT));
+    if (!direct) return ErrnoError("open \"{}\" with O_DIRECT", path);
+  }
+  return std::unique_ptr<FileSink>(
+      new FileSink(std::move(fd), std::move(direct), size, block, path));
+}
+
+Result<void> FileSink::Write(uint64_t offset, std::span<const uint8_t> data) {
+  if (offset > size_ || data.size() > size_ - offset) {
+    return MakeError(EINVAL, "write {} bytes at {} past the end of \"{}\" ({})", data.size(),
+                     offset, path_, size_);
+  }
+  bool aligned = offset % kAlign == 0 && data.size() % kAlign == 0 &&
+                 reinterpret_cast<uintptr_t>(data.data()) % kAlign == 0;
+  int fd = direct_fd_ && aligned ? direct_fd_.get() : fd_.get();
+  while (!data.empty()) {
+    ssize_t n = ::pwrite(fd, data.data(), data.size(), static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError("write {} at offset {} of \"{}\"", HumanSize(data.size()), offset, path_);
+    }
+    if (n == 0) return MakeError(EIO, "write at offset {} of \"{}\" made no progress", offset, path_);
+    data = data.subspan(static_cast<size_t>(n));
+    offset += static_cast<uint64_t>(n);
+  }
+  return Ok();
+}
+
+Result<void> FileSink::WriteZeroes(uint64_t offset, uint64_t length) {
+  if (offset > size_ || length > size_ - offset) {
+    return MakeError(EINVAL, "zero {} bytes at {} past the end of \"{}\" ({})", length, offset,
+                     path_, size_);
+  }
+  if (length == 0) return Ok();
+  if (block_) {
+    uint64_t range[2] = {offset, length};
+    if (ioctl(fd_.get(), BLKZEROOUT, range) == 0) return Ok();
+  } else if (fallocate(fd_.get(), FALLOC_FL_ZERO_RANGE, static_cast<off_t>(offset),
+                       static_cast<off_t>(length)) == 0) {
+    return Ok();
+  }
+  if (errno != EOPNOTSUPP && errno != EINVAL && errno != ENOTTY) {
+    return ErrnoError("zero {} at offset {} of \"{}\"", HumanSize(length), offset, path_);
+  }
+  // No zeroing primitive here: write zeros (never punch holes, which would free blocks an
+  // image's extents depend on).
+  static const std::vector<uint8_t> zeros(1 << 20);
+  while (length > 0) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(length, zeros.size()));
+    IMAGED_TRY(Write(offset, {zeros.data(), n}));
+    offset += n;
+    length -= n;
+  }
+  return Ok();
+}
+
+Result<void> FileSink::Sync() {
+  if (fdatasync(fd_.get()) != 0) return ErrnoError("sync \"{}\"", path_);
+  return Ok();
+}
+
+}  // namespace imaged::import
