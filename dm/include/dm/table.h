@@ -1,0 +1,122 @@
+// Device-mapper tables as plain values: a Table is an ordered list of targets (one per
+// contiguous range of the device, in 512-byte sectors). Building and validating a table needs
+// no kernel; DeviceMapper turns it into one DM_TABLE_LOAD however many targets it has.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "imaged/common/result.h"
+
+namespace imaged::dm {
+
+class Target {
+ public:
+  Target(uint64_t start, uint64_t length) : start_(start), length_(length) {}
+  virtual ~Target() = default;
+
+  uint64_t start() const { return start_; }    // first sector of the device this target covers
+  uint64_t length() const { return length_; }  // sectors
+  uint64_t end() const { return start_ + length_; }
+
+  virtual std::string type() const = 0;    // kernel target name: "linear", "zero", ...
+  virtual std::string params() const = 0;  // the target's parameter string
+
+  // Same range, type and parameters.
+  bool operator==(const Target& other) const;
+
+ private:
+  uint64_t start_;
+  uint64_t length_;
+};
+
+// Maps [start, start+length) to `device` (a path such as /dev/loop3, or "major:minor") from
+// `offset_sectors` on. dm does not follow symlinks for the device: pass a real node or maj:min.
+class LinearTarget : public Target {
+ public:
+  LinearTarget(uint64_t start, uint64_t length, std::string device, uint64_t offset_sectors)
+      : Target(start, length), device_(std::move(device)), offset_(offset_sectors) {}
+  std::string type() const override { return "linear"; }
+  std::string params() const override;  // "<device> <offset_sectors>"
+  const std::string& device() const { return device_; }
+  uint64_t offset() const { return offset_; }
+
+ private:
+  std::string device_;
+  uint64_t offset_;
+};
+
+// Reads return zeros, writes are discarded.
+class ZeroTarget : public Target {
+ public:
+  using Target::Target;
+  std::string type() const override { return "zero"; }
+  std::string params() const override { return {}; }
+};
+
+// Every I/O fails with EIO.
+class ErrorTarget : public Target {
+ public:
+  using Target::Target;
+  std::string type() const override { return "error"; }
+  std::string params() const override { return {}; }
+};
+
+// Any other target type, given by name and parameter string (tests, rare targets).
+class RawTarget : public Target {
+ public:
+  RawTarget(uint64_t start, uint64_t length, std::string type, std::string params)
+      : Target(start, length), type_(std::move(type)), params_(std::move(params)) {}
+  std::string type() const override { return type_; }
+  std::string params() const override { return params_; }
+
+ private:
+  std::string type_;
+  std::string params_;
+};
+
+class Table {
+ public:
+  Table() = default;
+  Table(Table&&) = default;
+  Table& operator=(Table&&) = default;
+
+  void Add(std::unique_ptr<Target> target) { targets_.push_back(std::move(target)); }
+
+  // table.Emplace<LinearTarget>(0, 8, "/dev/loop0", 0);
+  template <typename T, typename... Args>
+  T& Emplace(Args&&... args) {
+    auto target = std::make_unique<T>(std::forward<Args>(args)...);
+    T& ref = *target;
+    targets_.push_back(std::move(target));
+    return ref;
+  }
+
+  const std::vector<std::unique_ptr<Target>>& targets() const { return targets_; }
+  bool empty() const { return targets_.empty(); }
+
+  // Size of the device the table describes: the end of the last target (0 when empty).
+  uint64_t num_sectors() const;
+
+  // Loads the table read-only (DM_READONLY_FLAG): writes to the device fail with EROFS/EPERM.
+  void set_readonly(bool readonly) { readonly_ = readonly; }
+  bool readonly() const { return readonly_; }
+
+  // A table the kernel would map as intended: at least one target, the first starting at
+  // sector 0, each next one starting where the previous ended (no gaps, no overlaps), no
+  // zero-length targets, a target type that is a non-empty single word. (AOSP libdm checks only
+  // the first two; see AOSP_REFERENCE 9, item 22.)
+  Result<void> Validate() const;
+
+  // Same targets in the same order and the same read-only flag.
+  bool operator==(const Table& other) const;
+
+ private:
+  std::vector<std::unique_ptr<Target>> targets_;
+  bool readonly_ = false;
+};
+
+}  // namespace imaged::dm

@@ -1,0 +1,316 @@
+#include "dm/loop_device.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <linux/loop.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <optional>
+
+#include <fmt/format.h>
+
+#ifndef LOOP_CONFIGURE
+#define LOOP_CONFIGURE 0x4C0A
+struct loop_config {
+  __u32 fd;
+  __u32 block_size;
+  struct loop_info64 info;
+  __u64 __reserved[8];
+};
+#endif
+#ifndef LOOP_SET_BLOCK_SIZE
+#define LOOP_SET_BLOCK_SIZE 0x4C09
+#endif
+#ifndef LOOP_SET_DIRECT_IO
+#define LOOP_SET_DIRECT_IO 0x4C08
+#endif
+#ifndef LO_FLAGS_DIRECT_IO
+#define LO_FLAGS_DIRECT_IO 16
+#endif
+
+namespace imaged::dm {
+namespace {
+
+// Another process may take the free loop between LOOP_CTL_GET_FREE and our configure
+// (EBUSY); each retry asks for a new free loop, so this only bounds a pathological race.
+constexpr int kMaxAttachAttempts = 64;
+
+std::optional<std::string> ReadSysfs(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return std::nullopt;
+  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+std::string SysDevBlock(dev_t dev) {
+  return fmt::format("/sys/dev/block/{}:{}", major(dev), minor(dev));
+}
+
+// Logical block size of the disk holding a file; 512 when the filesystem has no single disk
+// (tmpfs, overlayfs, btrfs, network filesystems).
+uint32_t BackingLogicalBlockSize(dev_t st_dev) {
+  std::string base = SysDevBlock(st_dev);
+  // A partition has no queue/ of its own: its disk's is one level up.
+  for (const char* rel : {"/queue/logical_block_size", "/../queue/logical_block_size"}) {
+    if (auto s = ReadSysfs(base + rel)) {
+      char* end = nullptr;
+      unsigned long v = strtoul(s->c_str(), &end, 10);
+      if (end != s->c_str() && v >= 512 && v <= 65536) return static_cast<uint32_t>(v);
+    }
+  }
+  return 512;
+}
+
+// The loop's dev_t when `path` is a loop device node (its sysfs name is loopN), else EINVAL.
+Result<dev_t> LoopDevOf(const std::string& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) return ErrnoError("stat \"{}\"", path);
+  if (!S_ISBLK(st.st_mode)) return MakeError(EINVAL, "\"{}\" is not a block device", path);
+  std::string sys = SysDevBlock(st.st_rdev);
+  std::string link(256, '\0');
+  ssize_t n = readlink(sys.c_str(), link.data(), link.size() - 1);
+  if (n <= 0) return ErrnoError("\"{}\": readlink {}", path, sys);
+  link.resize(static_cast<size_t>(n));
+  auto slash = link.rfind('/');
+  std::string name = slash == std::string::npos ? link : link.substr(slash + 1);
+  if (name.rfind("loop", 0) != 0 || name.size() == 4 ||
+      name.find_first_not_of("0123456789", 4) != std::string::npos) {
+    return MakeError(EINVAL, "\"{}\" is not a loop device ({})", path, name);
+  }
+  return st.st_rdev;
+}
+
+struct Configured {
+  UniqueFd fd;
+  std::string path;
+};
+
+void ClearFd(int loop_fd) { ioctl(loop_fd, LOOP_CLR_FD, 0); }
+
+// One attempt on one free loop. EBUSY means someone else took it; the caller retries.
+Result<Configured> ConfigureFreeLoop(int control_fd, int file_fd, const std::string& file,
+                                     const LoopOptions& options, uint32_t block_size,
+                                     bool want_dio) {
+  int n = ioctl(control_fd, LOOP_CTL_GET_FREE);
+  if (n < 0) return ErrnoError("LOOP_CTL_GET_FREE");
+  std::string path = fmt::format("/dev/loop{}", n);
+  UniqueFd loop(open(path.c_str(), (options.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC));
+  if (!loop) return ErrnoError("open \"{}\"", path);
+
+  loop_info64 info{};
+  std::strncpy(reinterpret_cast<char*>(info.lo_file_name), file.c_str(), LO_NAME_SIZE - 1);
+  info.lo_offset = options.offset;
+  info.lo_sizelimit = options.size_limit;
+  info.lo_flags = (options.read_only ? LO_FLAGS_READ_ONLY : 0) |
+                  (options.autoclear ? LO_FLAGS_AUTOCLEAR : 0) |
+                  (want_dio ? LO_FLAGS_DIRECT_IO : 0);
+  loop_config config{};
+  config.fd = static_cast<__u32>(file_fd);
+  config.block_size = block_size;
+  config.info = info;
+  if (ioctl(loop.get(), LOOP_CONFIGURE, &config) == 0) return Configured{std::move(loop), path};
+  if (errno != EINVAL && errno != ENOTTY) return ErrnoError("LOOP_CONFIGURE \"{}\"", path);
+  if (errno == EINVAL && want_dio) {
+    // Newer kernels refuse LO_FLAGS_DIRECT_IO the file cannot do (older ones ignore it, which
+    // Attach checks afterwards). Find out whether direct I/O was the reason.
+    config.info.lo_flags &= ~LO_FLAGS_DIRECT_IO;
+    if (ioctl(loop.get(), LOOP_CONFIGURE, &config) == 0) {
+      if (options.allow_buffered) return Configured{std::move(loop), path};
+      ClearFd(loop.get());
+      return MakeError(EINVAL, "LOOP_CONFIGURE \"{}\": direct I/O refused for this file", path);
+    }
+  }
+
+  // Kernels before 5.8: the same in four steps (not atomic, so undo on failure).
+  if (ioctl(loop.get(), LOOP_SET_FD, file_fd) != 0) return ErrnoError("LOOP_SET_FD \"{}\"", path);
+  info.lo_flags &= ~(LO_FLAGS_READ_ONLY | LO_FLAGS_DIRECT_IO);  // set via the fd mode / below
+  if (ioctl(loop.get(), LOOP_SET_STATUS64, &info) != 0) {
+    auto e = ErrnoError("LOOP_SET_STATUS64 \"{}\"", path);
+    ClearFd(loop.get());
+    return e;
+  }
+  if (block_size != 0 && ioctl(loop.get(), LOOP_SET_BLOCK_SIZE, block_size) != 0) {
+    auto e = ErrnoError("LOOP_SET_BLOCK_SIZE {} \"{}\"", block_size, path);
+    ClearFd(loop.get());
+    return e;
+  }
+  if (want_dio && ioctl(loop.get(), LOOP_SET_DIRECT_IO, 1) != 0 && errno != EINVAL) {
+    auto e = ErrnoError("LOOP_SET_DIRECT_IO \"{}\"", path);
+    ClearFd(loop.get());
+    return e;
+  }
+  return Configured{std::move(loop), path};
+}
+
+}  // namespace
+
+Result<LoopDevice> LoopDevice::Attach(const std::string& backing_file,
+                                      const LoopOptions& options) {
+  auto ctx = [&] { return fmt::format("attach loop to \"{}\"", backing_file); };
+  UniqueFd file(open(backing_file.c_str(),
+                     (options.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOFOLLOW));
+  if (!file) return ErrnoError("{}: open", ctx());
+  struct stat st {};
+  if (fstat(file.get(), &st) != 0) return ErrnoError("{}: fstat", ctx());
+  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+    return MakeError(EINVAL, "{}: not a regular file", ctx());
+  }
+  uint32_t block_size = options.block_size;
+  if (block_size == 0) block_size = BackingLogicalBlockSize(st.st_dev);
+  if (block_size < 512 || block_size > 4096 || (block_size & (block_size - 1)) != 0) {
+    return MakeError(EINVAL, "{}: block size {} is not a power of two in 512..4096", ctx(),
+                     block_size);
+  }
+  if (options.size_limit % block_size != 0) {
+    return MakeError(EINVAL, "{}: size {} is not a multiple of the block size {}", ctx(),
+                     options.size_limit, block_size);
+  }
+  if (options.offset % block_size != 0) {
+    return MakeError(EINVAL, "{}: offset {} is not a multiple of the block size {}", ctx(),
+                     options.offset, block_size);
+  }
+
+  UniqueFd control(open("/dev/loop-control", O_RDWR | O_CLOEXEC));
+  if (!control) return ErrnoError("{}: open /dev/loop-control", ctx());
+
+  std::optional<Configured> configured;
+  for (int attempt = 0; !configured; ++attempt) {
+    auto r = ConfigureFreeLoop(control.get(), file.get(), backing_file, options, block_size,
+                               options.direct_io);
+    if (r) {
+      configured = std::move(*r);
+      break;
+    }
+    if (r.error().code != EBUSY || attempt + 1 >= kMaxAttachAttempts) {
+      return std::move(r).error().Wrap(ctx());
+    }
+  }
+
+  LoopDevice loop(std::move(configured->fd), configured->path, 0, false, block_size);
+  struct stat lst {};
+  if (fstat(loop.fd_.get(), &lst) != 0) return ErrnoError("{}: fstat {}", ctx(), loop.path_);
+  loop.dev_ = lst.st_rdev;
+  // From here on `loop` detaches on every error path.
+  loop_info64 info{};
+  if (ioctl(loop.fd_.get(), LOOP_GET_STATUS64, &info) != 0) {
+    return ErrnoError("{}: LOOP_GET_STATUS64 {}", ctx(), loop.path_);
+  }
+  loop.direct_io_ = (info.lo_flags & LO_FLAGS_DIRECT_IO) != 0;
+  if (options.direct_io && !loop.direct_io_ && !options.allow_buffered) {
+    return MakeError(EINVAL,
+                     "{}: {} could not enable direct I/O (the filesystem cannot do O_DIRECT, or "
+                     "block size {} is below the disk's)",
+                     ctx(), loop.path_, block_size);
+  }
+  int ssz = 0;
+  if (ioctl(loop.fd_.get(), BLKSSZGET, &ssz) != 0) {
+    return ErrnoError("{}: BLKSSZGET {}", ctx(), loop.path_);
+  }
+  if (static_cast<uint32_t>(ssz) != block_size) {
+    return MakeError(EINVAL, "{}: {} has block size {}, wanted {}", ctx(), loop.path_, ssz,
+                     block_size);
+  }
+  if (options.size_limit != 0) {
+    uint64_t bytes = 0;
+    if (ioctl(loop.fd_.get(), BLKGETSIZE64, &bytes) != 0) {
+      return ErrnoError("{}: BLKGETSIZE64 {}", ctx(), loop.path_);
+    }
+    if (bytes != options.size_limit) {
+      return MakeError(EINVAL, "{}: {} is {} bytes, wanted {} (file shorter than the size?)",
+                       ctx(), loop.path_, bytes, options.size_limit);
+    }
+  }
+  return loop;
+}
+
+LoopDevice::LoopDevice(LoopDevice&& other) noexcept
+    : fd_(std::move(other.fd_)),
+      path_(std::exchange(other.path_, {})),
+      dev_(std::exchange(other.dev_, 0)),
+      direct_io_(other.direct_io_),
+      block_size_(other.block_size_) {}
+
+LoopDevice& LoopDevice::operator=(LoopDevice&& other) noexcept {
+  if (this != &other) {
+    (void)Detach();
+    fd_ = std::move(other.fd_);
+    path_ = std::exchange(other.path_, {});
+    dev_ = std::exchange(other.dev_, 0);
+    direct_io_ = other.direct_io_;
+    block_size_ = other.block_size_;
+  }
+  return *this;
+}
+
+LoopDevice::~LoopDevice() { (void)Detach(); }
+
+Result<void> LoopDevice::Detach() {
+  if (!fd_) return Ok();
+  // If something else still has the loop open (a dm table, a mount), the kernel detaches it
+  // at that last close instead (it turns on autoclear) and reports success now.
+  int rc = ioctl(fd_.get(), LOOP_CLR_FD, 0);
+  int saved = errno;
+  std::string path = std::exchange(path_, {});
+  fd_.reset();
+  dev_ = 0;
+  if (rc != 0 && saved != ENXIO) {
+    errno = saved;
+    return ErrnoError("detach \"{}\": LOOP_CLR_FD", path);
+  }
+  return Ok();
+}
+
+std::string LoopDevice::release() {
+  fd_.reset();
+  dev_ = 0;
+  return std::exchange(path_, {});
+}
+
+Result<void> LoopDevice::DetachPath(const std::string& loop_path) {
+  IMAGED_TRY_CTX(LoopDevOf(loop_path), "detach loop");
+  UniqueFd fd(open(loop_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return ErrnoError("detach \"{}\": open", loop_path);
+  if (ioctl(fd.get(), LOOP_CLR_FD, 0) != 0 && errno != ENXIO) {
+    return ErrnoError("detach \"{}\": LOOP_CLR_FD", loop_path);
+  }
+  return Ok();
+}
+
+Result<std::string> LoopDevice::BackingFile(const std::string& loop_path) {
+  dev_t dev = IMAGED_TRY_CTX(LoopDevOf(loop_path), "backing file of loop");
+  auto s = ReadSysfs(SysDevBlock(dev) + "/loop/backing_file");
+  if (!s) return MakeError(ENXIO, "backing file of \"{}\": not attached", loop_path);
+  return *s;
+}
+
+Result<std::vector<std::string>> LoopDevice::FindByBackingFile(const std::string& file) {
+  struct stat want {};
+  if (stat(file.c_str(), &want) != 0) return ErrnoError("find loops of \"{}\": stat", file);
+  std::unique_ptr<DIR, int (*)(DIR*)> dir(opendir("/sys/block"), closedir);
+  if (!dir) return ErrnoError("find loops of \"{}\": open /sys/block", file);
+  std::vector<std::string> out;
+  while (dirent* e = readdir(dir.get())) {
+    std::string name = e->d_name;
+    if (name.rfind("loop", 0) != 0) continue;
+    // The kernel records the path it was given (as seen now, renames included); the inode
+    // check rejects a different file that took over the path.
+    auto backing = ReadSysfs("/sys/block/" + name + "/loop/backing_file");
+    if (!backing) continue;
+    struct stat st {};
+    if (stat(backing->c_str(), &st) != 0) continue;
+    if (st.st_dev == want.st_dev && st.st_ino == want.st_ino) out.push_back("/dev/" + name);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace imaged::dm
