@@ -1,12 +1,14 @@
 // imagectl: the admin CLI, a thin gRPC client of imaged.
-//
-// Exit codes: 0 success; 1 the daemon refused or failed the operation; 2 usage error;
-// 3 the daemon could not be reached.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -15,54 +17,213 @@
 #include <nlohmann/json.hpp>
 
 #include "imaged.grpc.pb.h"
+#include "imaged/common/size.h"
 #include "imaged/version.h"
 
 namespace {
+
+namespace v1 = imaged::v1;
+using nlohmann::json;
 
 constexpr int kExitOk = 0;
 constexpr int kExitFailed = 1;
 constexpr int kExitUsage = 2;
 constexpr int kExitUnreachable = 3;
+constexpr int kExitDenied = 4;
+constexpr int kExitNotFound = 5;
+constexpr int kExitCancelled = 6;
+
+constexpr const char* kExitCodesHelp =
+    "Exit codes:\n"
+    "  0  success\n"
+    "  1  the daemon refused or failed the operation (message on stderr)\n"
+    "  2  usage error\n"
+    "  3  the daemon could not be reached\n"
+    "  4  permission denied (only root or the admin group may change images)\n"
+    "  5  no such image\n"
+    "  6  cancelled (Ctrl-C during a long operation; nothing is left behind)\n";
 
 struct Context {
   std::string socket = "/run/imaged/imaged.sock";
   bool json = false;
-  int timeout_seconds = 30;
+  int timeout_seconds = 0;  // 0: none for long operations, 30 s for quick ones
 
-  std::unique_ptr<imaged::v1::Imaged::Stub> Stub() const {
+  std::unique_ptr<v1::Imaged::Stub> Stub() const {
     auto channel = grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials());
-    return imaged::v1::Imaged::NewStub(channel);
+    return v1::Imaged::NewStub(channel);
   }
-  void SetDeadline(grpc::ClientContext& ctx) const {
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_seconds));
+  void SetDeadline(grpc::ClientContext& call, bool long_operation) const {
+    int seconds = timeout_seconds ? timeout_seconds : (long_operation ? 0 : 30);
+    if (seconds) {
+      call.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
+    }
+    // Quick calls wait for a starting daemon instead of failing at once.
+    call.set_wait_for_ready(!long_operation);
   }
 };
 
 int ReportStatus(const grpc::Status& status, const Context& ctx) {
   if (status.ok()) return kExitOk;
-  if (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-      status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-    fmt::print(stderr, "imagectl: cannot reach imaged on {}: {}\n", ctx.socket,
-               status.error_message());
-    return kExitUnreachable;
+  switch (status.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+      fmt::print(stderr, "imagectl: cannot reach imaged on {}: {}\n", ctx.socket,
+                 status.error_message());
+      return kExitUnreachable;
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      fmt::print(stderr, "imagectl: no answer from imaged on {} in time\n", ctx.socket);
+      return kExitUnreachable;
+    case grpc::StatusCode::PERMISSION_DENIED:
+      fmt::print(stderr, "imagectl: permission denied: {}\n", status.error_message());
+      return kExitDenied;
+    case grpc::StatusCode::NOT_FOUND:
+      fmt::print(stderr, "imagectl: {}\n", status.error_message());
+      return kExitNotFound;
+    case grpc::StatusCode::CANCELLED:
+      fmt::print(stderr, "imagectl: cancelled\n");
+      return kExitCancelled;
+    default:
+      fmt::print(stderr, "imagectl: {}\n", status.error_message());
+      return kExitFailed;
   }
-  fmt::print(stderr, "imagectl: {}\n", status.error_message());
-  return kExitFailed;
+}
+
+json InfoJson(const v1::ImageInfo& info) {
+  return json{{"name", info.name()},
+              {"size_bytes", info.size_bytes()},
+              {"pieces", info.pieces()},
+              {"extents", info.extents()},
+              {"readonly", info.readonly()},
+              {"disabled", info.disabled()},
+              {"mapped_device", info.mapped_device()}};
+}
+
+void PrintInfo(const v1::ImageInfo& info) {
+  fmt::print("name:          {}\n", info.name());
+  fmt::print("size:          {} ({} bytes)\n", imaged::HumanSize(info.size_bytes()),
+             info.size_bytes());
+  fmt::print("pieces:        {}\n", info.pieces());
+  fmt::print("extents:       {}\n", info.extents());
+  fmt::print("readonly:      {}\n", info.readonly() ? "yes" : "no");
+  fmt::print("disabled:      {}\n", info.disabled() ? "yes" : "no");
+  fmt::print("mapped device: {}\n", info.mapped_device().empty() ? "-" : info.mapped_device());
+}
+
+// Shows progress of a long operation: a bar on a terminal, a line per 10% otherwise.
+class ProgressPrinter {
+ public:
+  explicit ProgressPrinter(std::string label)
+      : label_(std::move(label)), tty_(isatty(STDERR_FILENO)) {}
+  void Update(uint64_t done, uint64_t total) {
+    int percent = total ? static_cast<int>(done * 100 / total) : 100;
+    if (tty_) {
+      int filled = percent / 4;
+      fmt::print(stderr, "\r{} [{:<25}] {:3}% {} / {}", label_, std::string(filled, '#'), percent,
+                 imaged::HumanSize(done), imaged::HumanSize(total));
+      drawn_ = true;
+    } else if (percent / 10 != last_decile_) {
+      last_decile_ = percent / 10;
+      fmt::print(stderr, "{}: {}% ({} of {} bytes)\n", label_, percent, done, total);
+    }
+  }
+  ~ProgressPrinter() {
+    if (drawn_) fmt::print(stderr, "\n");
+  }
+
+ private:
+  std::string label_;
+  bool tty_;
+  bool drawn_ = false;
+  int last_decile_ = -1;
+};
+
+// Ctrl-C during a long call cancels it on the daemon side (which then cleans up), instead of
+// killing the client and leaving the daemon to notice later.
+class CancelOnInterrupt {
+ public:
+  explicit CancelOnInterrupt(grpc::ClientContext* call) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    watcher_ = std::thread([call, set, this] {
+      int sig = 0;
+      sigwait(&set, &sig);
+      if (sig != SIGUSR1) {
+        interrupted_ = true;
+        call->TryCancel();
+      }
+    });
+  }
+  ~CancelOnInterrupt() {
+    pthread_kill(watcher_.native_handle(), SIGUSR1);
+    watcher_.join();
+  }
+  bool interrupted() const { return interrupted_; }
+
+ private:
+  std::thread watcher_;
+  std::atomic<bool> interrupted_{false};
+};
+
+// Drains a stream of OperationUpdate, printing progress; prints the final info.
+template <typename Stream>
+int FinishOperation(Stream& stream, const Context& ctx, const std::string& label) {
+  v1::OperationUpdate update;
+  v1::ImageInfo final_info;
+  bool done = false;
+  {
+    ProgressPrinter printer(label);
+    while (stream->Read(&update)) {
+      if (update.has_progress()) {
+        if (!ctx.json) printer.Update(update.progress().done_bytes(), update.progress().total_bytes());
+      } else if (update.has_done()) {
+        final_info = update.done();
+        done = true;
+      }
+    }
+  }
+  auto status = stream->Finish();
+  if (!status.ok()) return ReportStatus(status, ctx);
+  if (!done) {
+    fmt::print(stderr, "imagectl: the daemon ended the operation without a result\n");
+    return kExitFailed;
+  }
+  if (ctx.json) {
+    fmt::print("{}\n", InfoJson(final_info).dump(2));
+  } else {
+    fmt::print("{}: {} ({})\n", label, final_info.name(), imaged::HumanSize(final_info.size_bytes()));
+  }
+  return kExitOk;
+}
+
+std::optional<uint64_t> SizeArg(const std::string& text, const char* what) {
+  auto size = imaged::ParseSize(text);
+  if (!size) fmt::print(stderr, "imagectl: {}: \"{}\" is not a size (e.g. 4096, 512M, 4G)\n", what, text);
+  return size;
+}
+
+v1::ImportFormat FormatArg(const std::string& s) {
+  if (s == "raw") return v1::IMPORT_FORMAT_RAW;
+  if (s == "sparse") return v1::IMPORT_FORMAT_SPARSE;
+  if (s == "qcow") return v1::IMPORT_FORMAT_QCOW1;
+  if (s == "qcow2") return v1::IMPORT_FORMAT_QCOW2;
+  return v1::IMPORT_FORMAT_AUTO;
 }
 
 int CmdVersion(const Context& ctx) {
   grpc::ClientContext call;
-  ctx.SetDeadline(call);
-  imaged::v1::VersionResponse response;
-  auto status = ctx.Stub()->Version(&call, imaged::v1::VersionRequest{}, &response);
+  ctx.SetDeadline(call, false);
+  v1::VersionResponse response;
+  auto status = ctx.Stub()->Version(&call, v1::VersionRequest{}, &response);
   if (!status.ok()) return ReportStatus(status, ctx);
   if (ctx.json) {
-    nlohmann::json out = {
-        {"client", {{"version", imaged::kVersion}, {"git_revision", imaged::kGitRevision}}},
-        {"server",
-         {{"version", response.version()},
-          {"git_revision", response.git_revision()},
-          {"api_version", response.api_version()}}}};
+    json out = {{"client", {{"version", imaged::kVersion}, {"git_revision", imaged::kGitRevision}}},
+                {"server",
+                 {{"version", response.version()},
+                  {"git_revision", response.git_revision()},
+                  {"api_version", response.api_version()}}}};
     fmt::print("{}\n", out.dump(2));
   } else {
     fmt::print("client: imagectl {} ({})\n", imaged::kVersion, imaged::kGitRevision);
@@ -74,19 +235,228 @@ int CmdVersion(const Context& ctx) {
 
 int CmdHealth(const Context& ctx) {
   grpc::ClientContext call;
-  ctx.SetDeadline(call);
-  imaged::v1::HealthResponse response;
-  auto status = ctx.Stub()->Health(&call, imaged::v1::HealthRequest{}, &response);
+  ctx.SetDeadline(call, false);
+  v1::HealthResponse response;
+  auto status = ctx.Stub()->Health(&call, v1::HealthRequest{}, &response);
   if (!status.ok()) return ReportStatus(status, ctx);
-  bool serving = response.status() == imaged::v1::HealthResponse::SERVING;
+  bool serving = response.status() == v1::HealthResponse::SERVING;
   if (ctx.json) {
-    fmt::print("{}\n", nlohmann::json{{"serving", serving},
-                                      {"uptime_seconds", response.uptime_seconds()}}
-                           .dump(2));
+    fmt::print("{}\n", json{{"serving", serving}, {"uptime_seconds", response.uptime_seconds()}}.dump(2));
   } else {
     fmt::print("{} (up {} s)\n", serving ? "serving" : "not serving", response.uptime_seconds());
   }
   return serving ? kExitOk : kExitFailed;
+}
+
+int CmdList(const Context& ctx) {
+  grpc::ClientContext call;
+  ctx.SetDeadline(call, false);
+  v1::ListImagesResponse response;
+  auto status = ctx.Stub()->ListImages(&call, v1::ListImagesRequest{}, &response);
+  if (!status.ok()) return ReportStatus(status, ctx);
+  if (ctx.json) {
+    json out = json::array();
+    for (const auto& image : response.images()) out.push_back(InfoJson(image));
+    fmt::print("{}\n", out.dump(2));
+    return kExitOk;
+  }
+  // Like lvs: one row per image, sizes human-readable.
+  fmt::print("{:<36} {:>10} {:>6} {:>7} {:<5} {}\n", "NAME", "SIZE", "PIECES", "EXTENTS", "FLAGS",
+             "DEVICE");
+  for (const auto& image : response.images()) {
+    std::string flags;
+    flags += image.readonly() ? 'r' : '-';
+    flags += image.disabled() ? 'd' : '-';
+    flags += image.mapped_device().empty() ? '-' : 'm';
+    fmt::print("{:<36} {:>10} {:>6} {:>7} {:<5} {}\n", image.name(),
+               imaged::HumanSize(image.size_bytes()), image.pieces(), image.extents(), flags,
+               image.mapped_device().empty() ? "-" : image.mapped_device());
+  }
+  return kExitOk;
+}
+
+int CmdInfo(const Context& ctx, const std::string& name) {
+  grpc::ClientContext call;
+  ctx.SetDeadline(call, false);
+  v1::ImageRequest request;
+  request.set_name(name);
+  v1::ImageInfo info;
+  auto status = ctx.Stub()->GetImage(&call, request, &info);
+  if (!status.ok()) return ReportStatus(status, ctx);
+  if (ctx.json) {
+    fmt::print("{}\n", InfoJson(info).dump(2));
+  } else {
+    PrintInfo(info);
+  }
+  return kExitOk;
+}
+
+// For the RPCs that take a name and return Empty.
+template <typename Method>
+int CmdSimple(const Context& ctx, const std::string& name, Method method, const char* verb) {
+  grpc::ClientContext call;
+  ctx.SetDeadline(call, false);
+  v1::ImageRequest request;
+  request.set_name(name);
+  v1::Empty response;
+  auto stub = ctx.Stub();
+  auto status = ((*stub).*method)(&call, request, &response);
+  if (!status.ok()) return ReportStatus(status, ctx);
+  if (ctx.json) {
+    fmt::print("{}\n", json{{"name", name}, {"result", verb}}.dump(2));
+  } else {
+    fmt::print("{} {}\n", verb, name);
+  }
+  return kExitOk;
+}
+
+int CmdMap(const Context& ctx, const std::string& name, uint32_t timeout_ms) {
+  grpc::ClientContext call;
+  ctx.SetDeadline(call, false);
+  v1::MapImageRequest request;
+  request.set_name(name);
+  request.set_timeout_ms(timeout_ms);
+  v1::MapImageResponse response;
+  auto status = ctx.Stub()->MapImage(&call, request, &response);
+  if (!status.ok()) return ReportStatus(status, ctx);
+  if (ctx.json) {
+    fmt::print("{}\n", json{{"name", name}, {"device", response.device()}}.dump(2));
+  } else {
+    fmt::print("{}\n", response.device());
+  }
+  return kExitOk;
+}
+
+int CmdMapAll(const Context& ctx) {
+  grpc::ClientContext call;
+  ctx.SetDeadline(call, false);
+  v1::MapAllImagesResponse response;
+  auto status = ctx.Stub()->MapAllImages(&call, v1::Empty{}, &response);
+  if (!status.ok()) return ReportStatus(status, ctx);
+  if (ctx.json) {
+    fmt::print("{}\n", json{{"mapped", response.mapped()}}.dump(2));
+  } else {
+    for (const auto& name : response.mapped()) fmt::print("mapped {}\n", name);
+  }
+  return kExitOk;
+}
+
+int CmdRemoveDisabled(const Context& ctx) {
+  grpc::ClientContext call;
+  ctx.SetDeadline(call, false);
+  v1::RemoveDisabledImagesResponse response;
+  auto status = ctx.Stub()->RemoveDisabledImages(&call, v1::Empty{}, &response);
+  if (!status.ok()) return ReportStatus(status, ctx);
+  if (ctx.json) {
+    fmt::print("{}\n", json{{"removed", response.removed()}}.dump(2));
+  } else {
+    for (const auto& name : response.removed()) fmt::print("removed {}\n", name);
+  }
+  return kExitOk;
+}
+
+int CmdValidate(const Context& ctx) {
+  grpc::ClientContext call;
+  ctx.SetDeadline(call, false);
+  v1::ValidateImagesResponse response;
+  auto status = ctx.Stub()->ValidateImages(&call, v1::Empty{}, &response);
+  if (!status.ok()) return ReportStatus(status, ctx);
+  bool all_ok = true;
+  json out = json::array();
+  for (const auto& r : response.results()) {
+    all_ok = all_ok && r.ok();
+    out.push_back(json{{"name", r.name()}, {"ok", r.ok()}, {"problem", r.problem()}});
+    if (!ctx.json) fmt::print("{:<36} {}\n", r.name(), r.ok() ? "ok" : r.problem());
+  }
+  if (ctx.json) fmt::print("{}\n", out.dump(2));
+  return all_ok ? kExitOk : kExitFailed;
+}
+
+int CmdCreate(const Context& ctx, const std::string& name, uint64_t size, bool readonly,
+              uint64_t zero_fill) {
+  grpc::ClientContext call;
+  ctx.SetDeadline(call, true);
+  v1::CreateImageRequest request;
+  request.set_name(name);
+  request.set_size_bytes(size);
+  request.set_readonly(readonly);
+  request.set_zero_fill_bytes(zero_fill);
+  CancelOnInterrupt cancel(&call);
+  auto stream = ctx.Stub()->CreateImage(&call, request);
+  return FinishOperation(stream, ctx, "created");
+}
+
+int CmdZeroFill(const Context& ctx, const std::string& name, uint64_t bytes) {
+  grpc::ClientContext call;
+  ctx.SetDeadline(call, true);
+  v1::ZeroFillRequest request;
+  request.set_name(name);
+  request.set_bytes(bytes);
+  CancelOnInterrupt cancel(&call);
+  auto stream = ctx.Stub()->ZeroFillImage(&call, request);
+  return FinishOperation(stream, ctx, "zero-filled");
+}
+
+int CmdResize(const Context& ctx, const std::string& name, uint64_t size) {
+  grpc::ClientContext call;
+  ctx.SetDeadline(call, true);
+  v1::ResizeImageRequest request;
+  request.set_name(name);
+  request.set_size_bytes(size);
+  CancelOnInterrupt cancel(&call);
+  auto stream = ctx.Stub()->ResizeImage(&call, request);
+  return FinishOperation(stream, ctx, "resized");
+}
+
+int CmdImport(const Context& ctx, const std::string& file, const std::string& name,
+              const std::string& format, bool into_existing, bool readonly, bool upload) {
+  grpc::ClientContext call;
+  ctx.SetDeadline(call, true);
+  CancelOnInterrupt cancel(&call);
+  if (!upload) {
+    // The daemon opens the file itself: it must be an absolute path it can read.
+    char* resolved = realpath(file.c_str(), nullptr);
+    if (!resolved) {
+      fmt::print(stderr, "imagectl: {}: {}\n", file, std::strerror(errno));
+      return kExitFailed;
+    }
+    v1::ImportImageRequest request;
+    request.set_name(name);
+    request.set_source_path(resolved);
+    free(resolved);
+    request.set_format(FormatArg(format));
+    request.set_into_existing(into_existing);
+    request.set_readonly(readonly);
+    auto stream = ctx.Stub()->ImportImage(&call, request);
+    return FinishOperation(stream, ctx, "imported");
+  }
+  int fd = open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    fmt::print(stderr, "imagectl: {}: {}\n", file, std::strerror(errno));
+    return kExitFailed;
+  }
+  struct stat st {};
+  fstat(fd, &st);
+  auto stream = ctx.Stub()->UploadImage(&call);
+  v1::UploadImageRequest header;
+  header.mutable_header()->set_name(name);
+  header.mutable_header()->set_format(FormatArg(format));
+  header.mutable_header()->set_into_existing(into_existing);
+  header.mutable_header()->set_readonly(readonly);
+  header.mutable_header()->set_total_bytes(S_ISREG(st.st_mode) ? static_cast<uint64_t>(st.st_size) : 0);
+  bool ok = stream->Write(header);
+  std::string buffer(1 << 20, '\0');
+  while (ok) {
+    ssize_t n = read(fd, buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    v1::UploadImageRequest chunk;
+    chunk.set_data(buffer.data(), static_cast<size_t>(n));
+    ok = stream->Write(chunk);
+  }
+  close(fd);
+  stream->WritesDone();
+  return FinishOperation(stream, ctx, "imported");
 }
 
 }  // namespace
@@ -94,21 +464,95 @@ int CmdHealth(const Context& ctx) {
 int main(int argc, char** argv) {
   Context ctx;
   CLI::App app{"imagectl: manage imaged's block-device images"};
-  app.footer(
-      "Exit codes: 0 success, 1 the daemon refused or failed the operation, 2 usage error,\n"
-      "3 the daemon could not be reached.");
+  app.footer(kExitCodesHelp);
   app.add_option("--socket", ctx.socket, "imaged's unix socket")->capture_default_str();
   app.add_flag("--json", ctx.json, "machine-readable output");
-  app.add_option("--timeout", ctx.timeout_seconds, "seconds to wait for an answer")
-      ->capture_default_str();
+  app.add_option("--timeout", ctx.timeout_seconds,
+                 "seconds to wait for an answer (default: 30, none for long operations)");
   app.require_subcommand(1);
 
   int rc = kExitOk;
-  app.add_subcommand("version", "print client and daemon versions")->callback([&] {
-    rc = CmdVersion(ctx);
+  std::string name, size_text, file, format = "auto";
+  bool readonly = false, into_existing = false, upload = false;
+  std::string zero_fill_text = "0";
+  uint32_t timeout_ms = 0;
+
+  auto* version = app.add_subcommand("version", "print client and daemon versions");
+  version->callback([&] { rc = CmdVersion(ctx); });
+  app.add_subcommand("health", "check that the daemon serves")->callback([&] { rc = CmdHealth(ctx); });
+
+  auto* create = app.add_subcommand("create", "create an image of SIZE (e.g. 512M, 4G)");
+  create->add_option("name", name, "image name")->required();
+  create->add_option("size", size_text, "size in bytes, or with K/M/G/T suffix")->required();
+  create->add_flag("--readonly", readonly, "map the image read-only");
+  create->add_option("--zero-fill", zero_fill_text, "zero the first N bytes through the device");
+  create->callback([&] {
+    auto size = SizeArg(size_text, "size");
+    auto zero = SizeArg(zero_fill_text, "--zero-fill");
+    rc = size && zero ? CmdCreate(ctx, name, *size, readonly, *zero) : kExitUsage;
   });
-  app.add_subcommand("health", "check that the daemon serves")->callback([&] {
-    rc = CmdHealth(ctx);
+
+  auto* del = app.add_subcommand("delete", "delete an unmapped image");
+  del->add_option("name", name)->required();
+  del->callback([&] { rc = CmdSimple(ctx, name, &v1::Imaged::Stub::DeleteImage, "deleted"); });
+
+  auto* list = app.add_subcommand("list", "list images (flags: r readonly, d disabled, m mapped)");
+  list->callback([&] { rc = CmdList(ctx); });
+
+  auto* info = app.add_subcommand("info", "show one image");
+  info->add_option("name", name)->required();
+  info->callback([&] { rc = CmdInfo(ctx, name); });
+
+  auto* map = app.add_subcommand("map", "map an image; prints the block device");
+  map->add_option("name", name)->required();
+  map->add_option("--timeout-ms", timeout_ms, "wait this long for the device node");
+  map->callback([&] { rc = CmdMap(ctx, name, timeout_ms); });
+
+  auto* unmap = app.add_subcommand("unmap", "remove an image's block device");
+  unmap->add_option("name", name)->required();
+  unmap->callback([&] { rc = CmdSimple(ctx, name, &v1::Imaged::Stub::UnmapImage, "unmapped"); });
+
+  app.add_subcommand("map-all", "map every image that is not mapped or disabled")
+      ->callback([&] { rc = CmdMapAll(ctx); });
+
+  auto* zero = app.add_subcommand("zero-fill", "write zeros over an image through its device");
+  zero->add_option("name", name)->required();
+  zero->add_option("bytes", zero_fill_text, "how many bytes from the start (default: all)");
+  zero->callback([&] {
+    auto bytes = SizeArg(zero_fill_text, "bytes");
+    rc = bytes ? CmdZeroFill(ctx, name, *bytes) : kExitUsage;
+  });
+
+  auto* disable = app.add_subcommand("disable", "mark an image for removal (see remove-disabled)");
+  disable->add_option("name", name)->required();
+  disable->callback([&] { rc = CmdSimple(ctx, name, &v1::Imaged::Stub::DisableImage, "disabled"); });
+
+  app.add_subcommand("remove-disabled", "delete every disabled image")
+      ->callback([&] { rc = CmdRemoveDisabled(ctx); });
+
+  app.add_subcommand("validate", "check every image's extents against lp_metadata")
+      ->callback([&] { rc = CmdValidate(ctx); });
+
+  auto* resize = app.add_subcommand("resize", "grow an unmapped image to SIZE");
+  resize->add_option("name", name)->required();
+  resize->add_option("size", size_text)->required();
+  resize->callback([&] {
+    auto size = SizeArg(size_text, "size");
+    rc = size ? CmdResize(ctx, name, *size) : kExitUsage;
+  });
+
+  auto* import = app.add_subcommand("import", "import a raw, Android sparse or qcow/qcow2 FILE as NAME");
+  import->add_option("file", file)->required();
+  import->add_option("name", name)->required();
+  import->add_option("--format", format, "auto, raw, sparse, qcow or qcow2")
+      ->check(CLI::IsMember({"auto", "raw", "sparse", "qcow", "qcow2"}))
+      ->capture_default_str();
+  import->add_flag("--into-existing", into_existing, "write into an existing unmapped image");
+  import->add_flag("--readonly", readonly, "create the image read-only");
+  import->add_flag("--upload", upload,
+                   "send the file's bytes over the socket (when the daemon cannot read FILE)");
+  import->callback([&] {
+    rc = CmdImport(ctx, file, name, format, into_existing, readonly, upload);
   });
 
   try {

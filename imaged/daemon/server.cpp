@@ -1,38 +1,44 @@
 #include "daemon/server.h"
 
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 
+#include <fmt/format.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
-
-#include "imaged/common/unique_fd.h"
+#include <grpcpp/server_posix.h>
 
 namespace imaged {
 namespace {
 
-// True if something accepts connections on the unix socket at `path`.
-bool SocketIsLive(const std::string& path) {
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd) return false;
+Result<sockaddr_un> SocketAddress(const std::string& path) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path)) return false;
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  return ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-}
-
-Result<void> PrepareSocketPath(const std::string& path) {
-  sockaddr_un addr{};
   if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
     return MakeError(ENAMETOOLONG, "socket path \"{}\" must be 1..{} bytes", path,
                      sizeof(addr.sun_path) - 1);
   }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  return addr;
+}
+
+// True if something accepts connections on the unix socket at `path`.
+bool SocketIsLive(const sockaddr_un& addr) {
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return false;
+  return ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0;
+}
+
+Result<UniqueFd> Listen(const ServerOptions& options) {
+  const std::string& path = options.socket_path;
+  sockaddr_un addr = IMAGED_TRY(SocketAddress(path));
   std::filesystem::path parent = std::filesystem::path(path).parent_path();
   if (!parent.empty()) {
     std::error_code ec;
@@ -41,46 +47,78 @@ Result<void> PrepareSocketPath(const std::string& path) {
   }
   struct stat st {};
   if (::lstat(path.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode)) {
-      return MakeError(EEXIST, "\"{}\" exists and is not a socket", path);
-    }
-    if (SocketIsLive(path)) {
-      return MakeError(EADDRINUSE, "another imaged is serving on \"{}\"", path);
-    }
+    if (!S_ISSOCK(st.st_mode)) return MakeError(EEXIST, "\"{}\" exists and is not a socket", path);
+    if (SocketIsLive(addr)) return MakeError(EADDRINUSE, "another imaged is serving on \"{}\"", path);
     // A socket nobody listens on is left over from a daemon that died: take it over.
     if (::unlink(path.c_str()) != 0) return ErrnoError("remove stale socket \"{}\"", path);
   }
-  return Ok();
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd) return ErrnoError("socket");
+  // A restrictive umask closes the window in which the socket exists with default permissions.
+  mode_t old_mask = ::umask(0777 & ~options.socket_mode);
+  int rc = ::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  int bind_errno = errno;
+  ::umask(old_mask);
+  if (rc != 0) return MakeError(bind_errno, "bind \"{}\"", path);
+  if (::chmod(path.c_str(), options.socket_mode) != 0) return ErrnoError("chmod \"{}\"", path);
+  if (options.socket_group != static_cast<gid_t>(-1) &&
+      ::chown(path.c_str(), static_cast<uid_t>(-1), options.socket_group) != 0) {
+    return ErrnoError("chown \"{}\" to group {}", path, options.socket_group);
+  }
+  if (::listen(fd.get(), 128) != 0) return ErrnoError("listen \"{}\"", path);
+  return fd;
 }
 
 }  // namespace
 
-Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
-  IMAGED_TRY(PrepareSocketPath(options.socket_path));
-  std::unique_ptr<Server> server(new Server(options));
-  server->service_ = std::make_unique<ImagedService>();
+Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options, grpc::Service* service,
+                                              PeerRegistry* peers) {
+  std::unique_ptr<Server> server(new Server(options, peers));
+  server->listen_fd_ = IMAGED_TRY(Listen(options));
+  server->stop_fd_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!server->stop_fd_) return ErrnoError("eventfd");
 
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort("unix:" + options.socket_path, grpc::InsecureServerCredentials());
-  builder.RegisterService(server->service_.get());
-
-  // The socket is created inside BuildAndStart; a restrictive umask closes the window in
-  // which it would otherwise exist with default permissions.
-  mode_t old_mask = ::umask(0777 & ~options.socket_mode);
+  builder.RegisterService(service);
   server->server_ = builder.BuildAndStart();
-  ::umask(old_mask);
-  if (!server->server_) {
-    return MakeError(EADDRNOTAVAIL, "gRPC server failed to listen on \"{}\"", options.socket_path);
-  }
-  if (::chmod(options.socket_path.c_str(), options.socket_mode) != 0) {
-    return ErrnoError("chmod socket \"{}\"", options.socket_path);
-  }
+  if (!server->server_) return MakeError(EIO, "gRPC server failed to start");
+  server->acceptor_ = std::thread([s = server.get()] { s->AcceptLoop(); });
   return server;
+}
+
+void Server::AcceptLoop() {
+  while (true) {
+    pollfd fds[2] = {{listen_fd_.get(), POLLIN, 0}, {stop_fd_.get(), POLLIN, 0}};
+    if (::poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      fmt::print(stderr, "imaged: poll on listening socket: {}\n", std::strerror(errno));
+      return;
+    }
+    if (fds[1].revents) return;
+    if (!(fds[0].revents & POLLIN)) continue;
+    int fd = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) {
+      if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
+        fmt::print(stderr, "imaged: accept: {}\n", std::strerror(errno));
+      }
+      continue;
+    }
+    auto peer = ReadPeerCredentials(fd);
+    if (!peer) {
+      fmt::print(stderr, "imaged: refusing connection: {}\n", peer.error().ToString());
+      ::close(fd);
+      continue;
+    }
+    peers_->Record(fd, std::move(*peer));
+    grpc::AddInsecureChannelFromFd(server_.get(), fd);  // gRPC owns and closes the fd now
+  }
 }
 
 Server::~Server() {
   Shutdown();
+  if (acceptor_.joinable()) acceptor_.join();
+  server_.reset();
   ::unlink(options_.socket_path.c_str());
 }
 
@@ -89,7 +127,11 @@ void Server::Wait() {
 }
 
 void Server::Shutdown() {
-  if (server_) server_->Shutdown();
+  if (shut_down_.exchange(true)) return;
+  uint64_t one = 1;
+  if (stop_fd_) (void)!::write(stop_fd_.get(), &one, sizeof(one));
+  // In-flight calls get a grace period, then are cancelled (long operations clean up on cancel).
+  if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
 }
 
 }  // namespace imaged

@@ -1,26 +1,350 @@
 #include "daemon/service.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <mutex>
+
+#include <fmt/format.h>
+
+#include "imaged/common/unique_fd.h"
 #include "imaged/version.h"
 
 namespace imaged {
+namespace {
 
-ImagedService::ImagedService() : started_(std::chrono::steady_clock::now()) {}
+using grpc::ServerContext;
+using grpc::Status;
+using grpc::StatusCode;
 
-grpc::Status ImagedService::Health(grpc::ServerContext*, const v1::HealthRequest*,
-                                   v1::HealthResponse* response) {
+// Progress goes to the client at most every 1/200 of the total, plus the final update; a
+// cancelled call (client gone, deadline, Ctrl-C) makes the operation stop and clean up.
+template <typename Writer>
+class ProgressStreamer {
+ public:
+  ProgressStreamer(ServerContext* context, Writer* writer) : context_(context), writer_(writer) {}
+
+  bool operator()(uint64_t done, uint64_t total) {
+    if (context_->IsCancelled()) return false;
+    uint64_t step = total / 200;
+    if (done != total && step != 0 && done < last_ + step && last_ != 0) return true;
+    last_ = done == 0 ? 1 : done;
+    v1::OperationUpdate update;
+    update.mutable_progress()->set_done_bytes(done);
+    update.mutable_progress()->set_total_bytes(total);
+    std::lock_guard lock(mutex_);
+    // A failed write means the client went away: treat as a cancel.
+    return writer_->Write(update);
+  }
+
+  bool Done(const ImageInfo& info);
+
+ private:
+  ServerContext* context_;
+  Writer* writer_;
+  uint64_t last_ = 0;
+  std::mutex mutex_;
+};
+
+void FillInfo(const ImageInfo& in, v1::ImageInfo* out) {
+  out->set_name(in.name);
+  out->set_size_bytes(in.size_bytes);
+  out->set_pieces(in.pieces);
+  out->set_extents(in.extents);
+  out->set_readonly(in.readonly);
+  out->set_disabled(in.disabled);
+  out->set_mapped_device(in.mapped_device.value_or(""));
+}
+
+template <typename Writer>
+bool ProgressStreamer<Writer>::Done(const ImageInfo& info) {
+  v1::OperationUpdate update;
+  FillInfo(info, update.mutable_done());
+  std::lock_guard lock(mutex_);
+  return writer_->Write(update);
+}
+
+ImportFormat FromProto(v1::ImportFormat format) {
+  switch (format) {
+    case v1::IMPORT_FORMAT_RAW: return ImportFormat::kRaw;
+    case v1::IMPORT_FORMAT_SPARSE: return ImportFormat::kSparse;
+    case v1::IMPORT_FORMAT_QCOW1: return ImportFormat::kQcow1;
+    case v1::IMPORT_FORMAT_QCOW2: return ImportFormat::kQcow2;
+    default: return ImportFormat::kAuto;
+  }
+}
+
+// Finishes a long operation: its status, or the final update with the image's info.
+template <typename Writer>
+Status FinishWithInfo(ServerContext* context, ImageManager* manager, std::string_view name,
+                      const Result<void>& result, ProgressStreamer<Writer>& progress) {
+  if (!result) return ToStatus(context, result.error());
+  auto info = manager->Info(name);
+  if (!info) return ToStatus(context, info.error());
+  progress.Done(*info);
+  return Status::OK;
+}
+
+}  // namespace
+
+StatusCode StatusCodeForErrno(int code) {
+  switch (code) {
+    case EINVAL:
+    case ENAMETOOLONG:
+    case EOPNOTSUPP:
+    case EBADMSG:
+      return StatusCode::INVALID_ARGUMENT;
+    case ENOENT:
+      return StatusCode::NOT_FOUND;
+    case EEXIST:
+      return StatusCode::ALREADY_EXISTS;
+    case EBUSY:
+    case ENXIO:
+    case EROFS:
+      return StatusCode::FAILED_PRECONDITION;
+    case ENOSPC:
+    case EFBIG:
+    case EDQUOT:
+    case ENOMEM:
+      return StatusCode::RESOURCE_EXHAUSTED;
+    case EPERM:
+    case EACCES:
+      return StatusCode::PERMISSION_DENIED;
+    case ECANCELED:
+      return StatusCode::CANCELLED;
+    case EUCLEAN:
+      return StatusCode::DATA_LOSS;
+    case ETIMEDOUT:
+      return StatusCode::DEADLINE_EXCEEDED;
+    default:
+      return StatusCode::INTERNAL;
+  }
+}
+
+Status ToStatus(ServerContext* context, const Error& error) {
+  if (context) context->AddTrailingMetadata("imaged-errno", std::to_string(error.code));
+  return Status(StatusCodeForErrno(error.code), error.ToString());
+}
+
+ImagedService::ImagedService(ImageManager* manager, const PeerRegistry* peers,
+                             std::optional<gid_t> admin_group)
+    : manager_(manager),
+      peers_(peers),
+      admin_group_(admin_group),
+      started_(std::chrono::steady_clock::now()) {}
+
+Status ImagedService::Authorize(ServerContext* context) const {
+  auto peer = peers_->Lookup(context->peer());
+  if (!peer) {
+    // Every connection is accepted by Server, so an unknown peer is a bug: deny, never allow.
+    return Status(StatusCode::PERMISSION_DENIED, "imaged: caller's credentials are unknown");
+  }
+  if (!MayChangeState(*peer, admin_group_)) {
+    return Status(StatusCode::PERMISSION_DENIED,
+                  fmt::format("uid {} may not change images (root or the admin group only)",
+                              peer->uid));
+  }
+  return Status::OK;
+}
+
+#define IMAGED_AUTHORIZE(context)                     \
+  do {                                                \
+    if (auto denied = Authorize(context); !denied.ok()) return denied; \
+  } while (0)
+
+Status ImagedService::Health(ServerContext*, const v1::HealthRequest*,
+                             v1::HealthResponse* response) {
   response->set_status(v1::HealthResponse::SERVING);
   auto up = std::chrono::steady_clock::now() - started_;
   response->set_uptime_seconds(
       static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(up).count()));
-  return grpc::Status::OK;
+  return Status::OK;
 }
 
-grpc::Status ImagedService::Version(grpc::ServerContext*, const v1::VersionRequest*,
-                                    v1::VersionResponse* response) {
+Status ImagedService::Version(ServerContext*, const v1::VersionRequest*,
+                              v1::VersionResponse* response) {
   response->set_version(kVersion);
   response->set_git_revision(kGitRevision);
   response->set_api_version(kApiVersion);
-  return grpc::Status::OK;
+  return Status::OK;
+}
+
+Status ImagedService::CreateImage(ServerContext* context, const v1::CreateImageRequest* request,
+                                  grpc::ServerWriter<v1::OperationUpdate>* writer) {
+  IMAGED_AUTHORIZE(context);
+  ProgressStreamer progress(context, writer);
+  CreateOptions options;
+  options.readonly = request->readonly();
+  options.zero_fill_bytes = request->zero_fill_bytes();
+  options.progress = [&](uint64_t done, uint64_t total) { return progress(done, total); };
+  auto result = manager_->Create(request->name(), request->size_bytes(), options);
+  return FinishWithInfo(context, manager_, request->name(), result, progress);
+}
+
+Status ImagedService::DeleteImage(ServerContext* context, const v1::ImageRequest* request,
+                                  v1::Empty*) {
+  IMAGED_AUTHORIZE(context);
+  auto result = manager_->Delete(request->name());
+  return result ? Status::OK : ToStatus(context, result.error());
+}
+
+Status ImagedService::ListImages(ServerContext* context, const v1::ListImagesRequest*,
+                                 v1::ListImagesResponse* response) {
+  auto images = manager_->List();
+  if (!images) return ToStatus(context, images.error());
+  for (const auto& image : *images) FillInfo(image, response->add_images());
+  return Status::OK;
+}
+
+Status ImagedService::GetImage(ServerContext* context, const v1::ImageRequest* request,
+                               v1::ImageInfo* response) {
+  auto info = manager_->Info(request->name());
+  if (!info) return ToStatus(context, info.error());
+  FillInfo(*info, response);
+  return Status::OK;
+}
+
+Status ImagedService::MapImage(ServerContext* context, const v1::MapImageRequest* request,
+                               v1::MapImageResponse* response) {
+  IMAGED_AUTHORIZE(context);
+  auto device = manager_->Map(request->name(), std::chrono::milliseconds(request->timeout_ms()));
+  if (!device) return ToStatus(context, device.error());
+  response->set_device(*device);
+  return Status::OK;
+}
+
+Status ImagedService::UnmapImage(ServerContext* context, const v1::ImageRequest* request,
+                                 v1::Empty*) {
+  IMAGED_AUTHORIZE(context);
+  auto result = manager_->Unmap(request->name());
+  return result ? Status::OK : ToStatus(context, result.error());
+}
+
+Status ImagedService::MapAllImages(ServerContext* context, const v1::Empty*,
+                                   v1::MapAllImagesResponse* response) {
+  IMAGED_AUTHORIZE(context);
+  auto mapped = manager_->MapAll();
+  if (!mapped) return ToStatus(context, mapped.error());
+  for (const auto& name : *mapped) response->add_mapped(name);
+  return Status::OK;
+}
+
+Status ImagedService::DisableImage(ServerContext* context, const v1::ImageRequest* request,
+                                   v1::Empty*) {
+  IMAGED_AUTHORIZE(context);
+  auto result = manager_->Disable(request->name());
+  return result ? Status::OK : ToStatus(context, result.error());
+}
+
+Status ImagedService::RemoveDisabledImages(ServerContext* context, const v1::Empty*,
+                                           v1::RemoveDisabledImagesResponse* response) {
+  IMAGED_AUTHORIZE(context);
+  auto removed = manager_->RemoveDisabled();
+  if (!removed) return ToStatus(context, removed.error());
+  for (const auto& name : *removed) response->add_removed(name);
+  return Status::OK;
+}
+
+Status ImagedService::ZeroFillImage(ServerContext* context, const v1::ZeroFillRequest* request,
+                                    grpc::ServerWriter<v1::OperationUpdate>* writer) {
+  IMAGED_AUTHORIZE(context);
+  ProgressStreamer progress(context, writer);
+  auto result = manager_->ZeroFill(request->name(), request->bytes(),
+                                   [&](uint64_t d, uint64_t t) { return progress(d, t); });
+  return FinishWithInfo(context, manager_, request->name(), result, progress);
+}
+
+Status ImagedService::ValidateImages(ServerContext* context, const v1::Empty*,
+                                     v1::ValidateImagesResponse* response) {
+  auto results = manager_->Validate();
+  if (!results) return ToStatus(context, results.error());
+  for (const auto& r : *results) {
+    auto* out = response->add_results();
+    out->set_name(r.name);
+    out->set_ok(r.ok);
+    out->set_problem(r.problem);
+  }
+  return Status::OK;
+}
+
+Status ImagedService::ResizeImage(ServerContext* context, const v1::ResizeImageRequest* request,
+                                  grpc::ServerWriter<v1::OperationUpdate>* writer) {
+  IMAGED_AUTHORIZE(context);
+  ProgressStreamer progress(context, writer);
+  auto result = manager_->Resize(request->name(), request->size_bytes(),
+                                 [&](uint64_t d, uint64_t t) { return progress(d, t); });
+  return FinishWithInfo(context, manager_, request->name(), result, progress);
+}
+
+Status ImagedService::ImportImage(ServerContext* context, const v1::ImportImageRequest* request,
+                                  grpc::ServerWriter<v1::OperationUpdate>* writer) {
+  IMAGED_AUTHORIZE(context);
+  if (request->source_path().empty() || request->source_path().front() != '/') {
+    return Status(StatusCode::INVALID_ARGUMENT, "source_path must be an absolute path");
+  }
+  ProgressStreamer progress(context, writer);
+  ImportOptions options;
+  options.format = FromProto(request->format());
+  options.into_existing = request->into_existing();
+  options.readonly = request->readonly();
+  options.progress = [&](uint64_t d, uint64_t t) { return progress(d, t); };
+  auto info = manager_->Import(request->name(), request->source_path(), options);
+  if (!info) return ToStatus(context, info.error());
+  progress.Done(*info);
+  return Status::OK;
+}
+
+Status ImagedService::UploadImage(
+    ServerContext* context,
+    grpc::ServerReaderWriter<v1::OperationUpdate, v1::UploadImageRequest>* stream) {
+  IMAGED_AUTHORIZE(context);
+  v1::UploadImageRequest message;
+  if (!stream->Read(&message) || !message.has_header()) {
+    return Status(StatusCode::INVALID_ARGUMENT, "upload must start with a header message");
+  }
+  const auto header = message.header();
+  auto name_ok = ValidateImageName(header.name());
+  if (!name_ok) return ToStatus(context, name_ok.error());
+
+  // The upload is spooled to an unnamed file on the data filesystem (O_TMPFILE: nothing to
+  // clean up after a crash), because qcow needs random access; then imported from it.
+  UniqueFd spool(::open(manager_->options().data_dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
+  if (!spool) return ToStatus(context, ErrnoError("create upload spool in \"{}\"",
+                                                  manager_->options().data_dir));
+  ProgressStreamer progress(context, stream);
+  uint64_t received = 0;
+  while (stream->Read(&message)) {
+    if (message.part_case() != v1::UploadImageRequest::kData) {
+      return Status(StatusCode::INVALID_ARGUMENT, "only data may follow the header");
+    }
+    const std::string& data = message.data();
+    size_t written = 0;
+    while (written < data.size()) {
+      ssize_t n = ::write(spool.get(), data.data() + written, data.size() - written);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return ToStatus(context, ErrnoError("spool upload for \"{}\"", header.name()));
+      }
+      written += static_cast<size_t>(n);
+    }
+    received += data.size();
+    if (context->IsCancelled()) return Status(StatusCode::CANCELLED, "upload cancelled");
+  }
+  if (context->IsCancelled()) return Status(StatusCode::CANCELLED, "upload cancelled");
+  if (header.total_bytes() != 0 && received != header.total_bytes()) {
+    return Status(StatusCode::INVALID_ARGUMENT,
+                  fmt::format("upload ended after {} of {} bytes", received, header.total_bytes()));
+  }
+  ImportOptions options;
+  options.format = FromProto(header.format());
+  options.into_existing = header.into_existing();
+  options.readonly = header.readonly();
+  options.progress = [&](uint64_t d, uint64_t t) { return progress(d, t); };
+  std::string spool_path = fmt::format("/proc/self/fd/{}", spool.get());
+  auto info = manager_->Import(header.name(), spool_path, options);
+  if (!info) return ToStatus(context, info.error());
+  progress.Done(*info);
+  return Status::OK;
 }
 
 }  // namespace imaged

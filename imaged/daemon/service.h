@@ -1,22 +1,63 @@
-// The gRPC service: translates RPCs into library calls and library errors into gRPC statuses.
+// The gRPC service: checks who may do what, translates RPCs into ImageManager calls and
+// library errors into gRPC statuses (with the errno in the "imaged-errno" trailer).
 #pragma once
 
-#include <chrono>
+#include <sys/types.h>
 
+#include <chrono>
+#include <optional>
+
+#include "daemon/peer.h"
 #include "imaged.grpc.pb.h"
+#include "manager/image_manager.h"
 
 namespace imaged {
 
+// errno -> gRPC code, as documented in proto/imaged.proto.
+grpc::StatusCode StatusCodeForErrno(int code);
+grpc::Status ToStatus(grpc::ServerContext* context, const Error& error);
+
 class ImagedService final : public v1::Imaged::Service {
  public:
-  ImagedService();
+  ImagedService(ImageManager* manager, const PeerRegistry* peers, std::optional<gid_t> admin_group);
 
-  grpc::Status Health(grpc::ServerContext* context, const v1::HealthRequest* request,
-                      v1::HealthResponse* response) override;
-  grpc::Status Version(grpc::ServerContext* context, const v1::VersionRequest* request,
-                       v1::VersionResponse* response) override;
+  grpc::Status Health(grpc::ServerContext*, const v1::HealthRequest*,
+                      v1::HealthResponse*) override;
+  grpc::Status Version(grpc::ServerContext*, const v1::VersionRequest*,
+                       v1::VersionResponse*) override;
+  grpc::Status CreateImage(grpc::ServerContext*, const v1::CreateImageRequest*,
+                           grpc::ServerWriter<v1::OperationUpdate>*) override;
+  grpc::Status DeleteImage(grpc::ServerContext*, const v1::ImageRequest*, v1::Empty*) override;
+  grpc::Status ListImages(grpc::ServerContext*, const v1::ListImagesRequest*,
+                          v1::ListImagesResponse*) override;
+  grpc::Status GetImage(grpc::ServerContext*, const v1::ImageRequest*, v1::ImageInfo*) override;
+  grpc::Status MapImage(grpc::ServerContext*, const v1::MapImageRequest*,
+                        v1::MapImageResponse*) override;
+  grpc::Status UnmapImage(grpc::ServerContext*, const v1::ImageRequest*, v1::Empty*) override;
+  grpc::Status MapAllImages(grpc::ServerContext*, const v1::Empty*,
+                            v1::MapAllImagesResponse*) override;
+  grpc::Status DisableImage(grpc::ServerContext*, const v1::ImageRequest*, v1::Empty*) override;
+  grpc::Status RemoveDisabledImages(grpc::ServerContext*, const v1::Empty*,
+                                    v1::RemoveDisabledImagesResponse*) override;
+  grpc::Status ZeroFillImage(grpc::ServerContext*, const v1::ZeroFillRequest*,
+                             grpc::ServerWriter<v1::OperationUpdate>*) override;
+  grpc::Status ValidateImages(grpc::ServerContext*, const v1::Empty*,
+                              v1::ValidateImagesResponse*) override;
+  grpc::Status ResizeImage(grpc::ServerContext*, const v1::ResizeImageRequest*,
+                           grpc::ServerWriter<v1::OperationUpdate>*) override;
+  grpc::Status ImportImage(grpc::ServerContext*, const v1::ImportImageRequest*,
+                           grpc::ServerWriter<v1::OperationUpdate>*) override;
+  grpc::Status UploadImage(
+      grpc::ServerContext*,
+      grpc::ServerReaderWriter<v1::OperationUpdate, v1::UploadImageRequest>*) override;
 
  private:
+  // OK if the caller may change state, PERMISSION_DENIED otherwise.
+  grpc::Status Authorize(grpc::ServerContext* context) const;
+
+  ImageManager* manager_;
+  const PeerRegistry* peers_;
+  std::optional<gid_t> admin_group_;
   std::chrono::steady_clock::time_point started_;
 };
 

@@ -1,0 +1,33 @@
+// Daemon configuration: defaults, then an optional config file, then command-line flags.
+//
+// The file is `key = value` lines; `#` starts a comment; blank lines are ignored. Keys:
+//   data_dir, metadata_dir, socket, admin_group, strategy (auto|dm-linear|loop), dm_prefix,
+//   max_piece_size (bytes or 4G-style), map_timeout_ms
+// Unknown keys and malformed lines are errors that name the line, so a typo never silently
+// falls back to a default.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "imaged/common/result.h"
+
+namespace imaged {
+
+struct DaemonConfig {
+  std::string data_dir = "/var/lib/imaged/data";
+  std::string metadata_dir = "/var/lib/imaged/metadata";
+  std::string socket_path = "/run/imaged/imaged.sock";
+  std::string admin_group;  // members may change state besides root; empty = root only
+  std::string strategy = "auto";
+  std::string dm_prefix = "imaged-";
+  uint64_t max_piece_size = 0;
+  uint32_t map_timeout_ms = 10000;
+};
+
+// Applies the settings in `text` (the file's contents) on top of `config`.
+Result<void> ParseConfig(std::string_view text, DaemonConfig& config);
+Result<void> LoadConfigFile(const std::string& path, DaemonConfig& config);
+
+}  // namespace imaged
