@@ -1,0 +1,156 @@
+// Helpers for the import tests: build sources, run the real peers, import into files.
+#pragma once
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "import/reader.h"
+#include "import/source.h"
+#include "import/writer.h"
+#include "process.h"
+
+namespace imaged::import::test {
+
+using Bytes = std::vector<uint8_t>;
+namespace fs = std::filesystem;
+
+inline Bytes ReadAll(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return Bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+inline void WriteAll(const fs::path& path, const Bytes& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+}
+
+// Runs a peer tool; fails the test with its stderr when it fails.
+inline void Tool(const std::vector<std::string>& argv) {
+  auto r = imaged::test::RunCommand(argv);
+  ASSERT_EQ(r.exit_code, 0) << argv[0] << " failed: " << r.err << r.out;
+}
+
+// A raw image mixing random (incompressible) data, compressible text, written zeros, holes and
+// a partially written cluster, with a size that is not a multiple of 4 KiB or 64 KiB.
+inline Bytes MakeRawImage(const fs::path& path, size_t size = (4 << 20) + (12 << 10) + 1536) {
+  Bytes b(size, 0);
+  std::mt19937_64 rng(42);
+  for (size_t i = 0; i < size; i += 65536) {
+    size_t n = std::min<size_t>(65536, size - i);
+    switch ((i / 65536) % 5) {
+      case 0:  // random
+        for (size_t j = 0; j < n; ++j) b[i + j] = static_cast<uint8_t>(rng());
+        break;
+      case 1: {  // compressible text
+        std::string text;
+        while (text.size() < n) text += "imaged block " + std::to_string(rng() % 1000) + " ";
+        std::memcpy(&b[i], text.data(), n);
+        break;
+      }
+      case 2:  // written zeros (stay zero)
+        break;
+      case 3:  // a few bytes at an odd place inside the cluster
+        for (size_t j = 1000; j < std::min<size_t>(n, 3000); ++j) b[i + j] = static_cast<uint8_t>(j);
+        break;
+      case 4:  // hole
+        break;
+    }
+  }
+  // Write it with holes where case 4 is, so the peers see real unallocated ranges too.
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  EXPECT_GE(fd, 0);
+  for (size_t i = 0; i < size; i += 65536) {
+    size_t n = std::min<size_t>(65536, size - i);
+    if ((i / 65536) % 5 == 4) continue;
+    EXPECT_EQ(::pwrite(fd, &b[i], n, static_cast<off_t>(i)), static_cast<ssize_t>(n));
+  }
+  EXPECT_EQ(::ftruncate(fd, static_cast<off_t>(size)), 0);
+  ::close(fd);
+  return b;
+}
+
+// A sink that records every call and keeps the written bytes in memory.
+class MemorySink : public RunSink {
+ public:
+  struct Call {
+    bool zero;
+    uint64_t offset;
+    uint64_t length;
+    bool buffer_aligned;
+  };
+  explicit MemorySink(uint64_t size, uint8_t fill = 0) : bytes(size, fill) {}
+  Result<void> Write(uint64_t offset, std::span<const uint8_t> data) override {
+    calls.push_back({false, offset, data.size(), reinterpret_cast<uintptr_t>(data.data()) % 4096 == 0});
+    if (offset > bytes.size() || data.size() > bytes.size() - offset) {
+      return MakeError(EINVAL, "write past end");
+    }
+    std::memcpy(&bytes[offset], data.data(), data.size());
+    return Ok();
+  }
+  Result<void> WriteZeroes(uint64_t offset, uint64_t length) override {
+    calls.push_back({true, offset, length, true});
+    if (offset > bytes.size() || length > bytes.size() - offset) {
+      return MakeError(EINVAL, "zero past end");
+    }
+    std::memset(&bytes[offset], 0, length);
+    return Ok();
+  }
+  uint64_t size() const override { return bytes.size(); }
+
+  Bytes bytes;
+  std::vector<Call> calls;
+};
+
+struct ImportOutcome {
+  Result<ImportStats> stats = Error{};
+  Bytes bytes;          // the target after the import
+  size_t calls = 0;     // sink calls made
+  uint64_t virtual_size = 0;
+};
+
+// Detects the format, opens the reader and copies into a memory target of the image's size
+// (prefilled with 0xA5 so unwritten ranges show up). Errors from any step land in `stats`.
+inline ImportOutcome Import(const fs::path& path, const ReaderOptions& options = {},
+                            std::optional<Format> format = std::nullopt) {
+  ImportOutcome out;
+  auto source = FileSource::Open(path);
+  if (!source) {
+    out.stats = source.error();
+    return out;
+  }
+  Format f = Format::Raw;
+  if (format) {
+    f = *format;
+  } else {
+    auto detected = DetectFormat(**source);
+    if (!detected) {
+      out.stats = detected.error();
+      return out;
+    }
+    f = *detected;
+  }
+  auto reader = OpenReader(**source, f, options);
+  if (!reader) {
+    out.stats = reader.error();
+    return out;
+  }
+  out.virtual_size = (*reader)->virtual_size();
+  MemorySink sink(out.virtual_size, 0xA5);
+  out.stats = Copy(**reader, sink, nullptr);
+  out.bytes = std::move(sink.bytes);
+  out.calls = sink.calls.size();
+  return out;
+}
+
+}  // namespace imaged::import::test
