@@ -1,0 +1,21 @@
+// Helpers shared by the fiemap sources; not part of the public API.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <imaged/common/result.h>
+#include <fiemap/filesystem.h>
+
+namespace imaged::fiemap::internal {
+
+Result<uint64_t> MaxFileSizeFor(FsType type, uint32_t block_size, const std::string& fs_device);
+
+// fsync of the directory holding `path`, so a create, rename or unlink in it is durable.
+Result<void> FsyncParentDir(const std::string& path);
+Result<void> FsyncDir(const std::string& dir);
+
+std::string Dirname(const std::string& path);
+std::string Basename(const std::string& path);
+
+}  // namespace imaged::fiemap::internal
