@@ -1,0 +1,583 @@
+// liblp on-disk codec: validation shared by reader and writer, serialization of one metadata copy
+// (header + tables), and the image-file and super layouts around it.
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <set>
+
+#include "byte_io.h"
+#include "metadata/atomic_file.h"
+#include "metadata/lp_metadata.h"
+
+namespace imaged::metadata {
+
+using internal::GetU16;
+using internal::GetU32;
+using internal::GetU64;
+using internal::PutName;
+using internal::PutU16;
+using internal::PutU32;
+using internal::PutU64;
+using internal::Sha256;
+using internal::Sha256Digest;
+
+namespace {
+
+// Field offsets (liblp metadata_format.h).
+constexpr size_t kGeoMagic = 0, kGeoStructSize = 4, kGeoChecksum = 8, kGeoMaxSize = 40,
+                 kGeoSlotCount = 44, kGeoBlockSize = 48;
+constexpr size_t kHdrMagic = 0, kHdrMajor = 4, kHdrMinor = 6, kHdrSize = 8, kHdrChecksum = 12,
+                 kHdrTablesSize = 44, kHdrTablesChecksum = 48, kHdrPartitions = 80,
+                 kHdrExtents = 92, kHdrGroups = 104, kHdrBlockDevices = 116, kHdrFlags = 128;
+
+constexpr uint64_t kSuperGeometryOffset = kPartitionReservedBytes;
+constexpr uint64_t kSuperBackupGeometryOffset = kSuperGeometryOffset + kGeometrySize;
+// Whole super layouts are built in memory; refuse absurd slot counts instead of allocating.
+constexpr uint64_t kMaxSuperLayoutBytes = 1ull << 30;
+
+constexpr uint64_t SaturatingU64(unsigned __int128 v) {
+  return v > UINT64_MAX ? UINT64_MAX : static_cast<uint64_t>(v);
+}
+
+uint32_t HeaderSizeFor(uint16_t minor) {
+  return minor >= kVersionForExpandedHeader ? kHeaderSizeV1_2 : kHeaderSizeV1_0;
+}
+
+uint32_t AllowedAttributes(uint16_t minor) {
+  uint32_t mask = kPartitionAttributeMaskV0;
+  if (minor >= kVersionForUpdatedAttr) mask |= kPartitionAttributeMaskV1;
+  return mask;
+}
+
+// Reads a NUL-terminated name out of a fixed field. liblp tolerates a full 36-byte name; we do not,
+// because the writer could then never reproduce it and a C reader might run past it.
+Result<std::string> GetName(const uint8_t* p, std::string_view what) {
+  const void* nul = std::memchr(p, 0, kNameFieldSize);
+  if (nul == nullptr) return MakeError(EINVAL, "{}: name is not NUL-terminated", what);
+  return std::string(reinterpret_cast<const char*>(p),
+                     static_cast<const uint8_t*>(nul) - p);
+}
+
+Result<void> CheckName(std::string_view name, std::string_view what) {
+  if (!IsValidName(name)) {
+    if (name.empty()) return MakeError(EINVAL, "{}: name is empty", what);
+    if (name.size() > kMaxNameLength) {
+      return MakeError(EINVAL, "{}: name \"{}\" is {} bytes, the limit is {}", what, name,
+                       name.size(), kMaxNameLength);
+    }
+    return MakeError(EINVAL, "{}: name \"{}\" has characters outside [A-Za-z0-9_.-]", what,
+                     name);
+  }
+  return {};
+}
+
+// The checks every readable metadata must pass, with `minor` the version the bytes carry (or will
+// carry). The byte-level checks (magic, sizes, checksums) live in the parser.
+Result<void> ValidateModel(const LpMetadata& md, uint16_t minor) {
+  const Geometry& g = md.geometry;
+  if (md.major_version != kMajorVersion) {
+    return MakeError(EINVAL, "header: major_version {} is not {}", md.major_version,
+                     kMajorVersion);
+  }
+  if (minor > kMinorVersionMax) {
+    return MakeError(EINVAL, "header: minor_version {} is newer than {}", minor,
+                     kMinorVersionMax);
+  }
+  if (md.header_flags != 0 && minor < kVersionForExpandedHeader) {
+    return MakeError(EINVAL, "header: flags 0x{:x} need minor version 2, have {}",
+                     md.header_flags, minor);
+  }
+  if (g.metadata_slot_count == 0) return MakeError(EINVAL, "geometry: metadata_slot_count is 0");
+  if (g.metadata_max_size % kSectorSize != 0) {
+    return MakeError(EINVAL, "geometry: metadata_max_size {} is not a multiple of {}",
+                     g.metadata_max_size, kSectorSize);
+  }
+  if (g.logical_block_size == 0 || g.logical_block_size % kSectorSize != 0) {
+    return MakeError(EINVAL, "geometry: logical_block_size {} is not a non-zero multiple of {}",
+                     g.logical_block_size, kSectorSize);
+  }
+  // Checked before the extents so that an empty table is named as such, not as a bad index.
+  if (md.block_devices.empty()) return MakeError(EINVAL, "block_devices: table is empty");
+  if (md.partitions.size() > UINT32_MAX || md.extents.size() > UINT32_MAX ||
+      md.groups.size() > UINT32_MAX || md.block_devices.size() > UINT32_MAX) {
+    return MakeError(EFBIG, "tables: too many entries");
+  }
+
+  const uint32_t allowed = AllowedAttributes(minor);
+  std::set<std::string_view> names;
+  for (size_t i = 0; i < md.partitions.size(); ++i) {
+    const Partition& p = md.partitions[i];
+    std::string what = fmt::format("partition {}", i);
+    IMAGED_TRY(CheckName(p.name, what));
+    what = fmt::format("partition \"{}\"", p.name);
+    if (!names.insert(p.name).second) return MakeError(EINVAL, "{}: duplicate name", what);
+    if (p.attributes & ~allowed) {
+      return MakeError(EINVAL, "{}: attributes 0x{:x} not allowed in version 10.{}", what,
+                       p.attributes, minor);
+    }
+    if (uint64_t{p.first_extent_index} + p.num_extents > md.extents.size()) {
+      return MakeError(EINVAL, "{}: extents [{}, +{}) out of range of {} extents", what,
+                       p.first_extent_index, p.num_extents, md.extents.size());
+    }
+    if (p.group_index >= md.groups.size()) {
+      return MakeError(EINVAL, "{}: group_index {} out of range of {} groups", what,
+                       p.group_index, md.groups.size());
+    }
+  }
+  for (size_t i = 0; i < md.extents.size(); ++i) {
+    const Extent& e = md.extents[i];
+    if (e.target_type != kTargetTypeLinear && e.target_type != kTargetTypeZero) {
+      return MakeError(EINVAL, "extent {}: unknown target_type {}", i, e.target_type);
+    }
+    if (e.target_type == kTargetTypeLinear && e.target_source >= md.block_devices.size()) {
+      return MakeError(EINVAL, "extent {}: target_source {} out of range of {} block devices", i,
+                       e.target_source, md.block_devices.size());
+    }
+  }
+  names.clear();
+  for (size_t i = 0; i < md.groups.size(); ++i) {
+    IMAGED_TRY(CheckName(md.groups[i].name, fmt::format("group {}", i)));
+    if (!names.insert(md.groups[i].name).second) {
+      return MakeError(EINVAL, "group \"{}\": duplicate name", md.groups[i].name);
+    }
+  }
+  for (size_t i = 0; i < md.block_devices.size(); ++i) {
+    IMAGED_TRY(CheckName(md.block_devices[i].partition_name, fmt::format("block device {}", i)));
+  }
+  // liblp's reader refuses metadata whose reserved region overlaps the first logical sector.
+  const uint64_t region = TotalMetadataSize(g.metadata_max_size, g.metadata_slot_count);
+  const unsigned __int128 first_byte =
+      static_cast<unsigned __int128>(md.block_devices[0].first_logical_sector) * kSectorSize;
+  if (region > first_byte) {
+    return MakeError(EINVAL,
+                     "block device 0: first_logical_sector {} lies inside the {}-byte metadata "
+                     "region",
+                     md.block_devices[0].first_logical_sector, region);
+  }
+  return {};
+}
+
+uint64_t TablesSize(const LpMetadata& md) {
+  return uint64_t{kPartitionEntrySize} * md.partitions.size() +
+         uint64_t{kExtentEntrySize} * md.extents.size() +
+         uint64_t{kGroupEntrySize} * md.groups.size() +
+         uint64_t{kBlockDeviceEntrySize} * md.block_devices.size();
+}
+
+std::array<uint8_t, kGeometrySize> EncodeGeometry(const Geometry& g) {
+  std::array<uint8_t, kGeometrySize> block{};
+  uint8_t* p = block.data();
+  PutU32(p + kGeoMagic, kGeometryMagic);
+  PutU32(p + kGeoStructSize, kGeometryStructSize);
+  PutU32(p + kGeoMaxSize, g.metadata_max_size);
+  PutU32(p + kGeoSlotCount, g.metadata_slot_count);
+  PutU32(p + kGeoBlockSize, g.logical_block_size);
+  Sha256Digest sum = Sha256({p, kGeometryStructSize});
+  std::memcpy(p + kGeoChecksum, sum.data(), sum.size());
+  return block;
+}
+
+// Validated: header + tables, exactly SerializedMetadataSize() bytes.
+Result<std::vector<uint8_t>> EncodeMetadata(const LpMetadata& md) {
+  const uint16_t minor = EffectiveMinorVersion(md);
+  IMAGED_TRY(ValidateModel(md, minor));
+  const uint32_t header_size = HeaderSizeFor(minor);
+  const uint64_t tables_size = TablesSize(md);
+  const uint64_t total = header_size + tables_size;
+  if (total > md.geometry.metadata_max_size) {
+    // AOSP's WriteToImageFile writes this anyway, and then ReadFromImageFile cannot read it back.
+    return MakeError(EFBIG,
+                     "metadata needs {} bytes ({} partitions, {} extents) but metadata_max_size "
+                     "is {}",
+                     total, md.partitions.size(), md.extents.size(),
+                     md.geometry.metadata_max_size);
+  }
+  std::vector<uint8_t> out(total, 0);
+  uint8_t* hdr = out.data();
+  uint8_t* tables = hdr + header_size;
+
+  uint8_t* p = tables;
+  for (const Partition& part : md.partitions) {
+    PutName(p, kNameFieldSize, part.name);
+    PutU32(p + 36, part.attributes);
+    PutU32(p + 40, part.first_extent_index);
+    PutU32(p + 44, part.num_extents);
+    PutU32(p + 48, part.group_index);
+    p += kPartitionEntrySize;
+  }
+  for (const Extent& e : md.extents) {
+    PutU64(p, e.num_sectors);
+    PutU32(p + 8, e.target_type);
+    PutU64(p + 12, e.target_data);
+    PutU32(p + 20, e.target_source);
+    p += kExtentEntrySize;
+  }
+  for (const Group& grp : md.groups) {
+    PutName(p, kNameFieldSize, grp.name);
+    PutU32(p + 36, grp.flags);
+    PutU64(p + 40, grp.maximum_size);
+    p += kGroupEntrySize;
+  }
+  for (const BlockDevice& bd : md.block_devices) {
+    PutU64(p, bd.first_logical_sector);
+    PutU32(p + 8, bd.alignment);
+    PutU32(p + 12, bd.alignment_offset);
+    PutU64(p + 16, bd.size);
+    PutName(p + 24, kNameFieldSize, bd.partition_name);
+    PutU32(p + 60, bd.flags);
+    p += kBlockDeviceEntrySize;
+  }
+
+  PutU32(hdr + kHdrMagic, kHeaderMagic);
+  PutU16(hdr + kHdrMajor, md.major_version);
+  PutU16(hdr + kHdrMinor, minor);
+  PutU32(hdr + kHdrSize, header_size);
+  PutU32(hdr + kHdrTablesSize, static_cast<uint32_t>(tables_size));
+  uint32_t offset = 0;
+  auto descriptor = [&](size_t at, size_t count, uint32_t entry_size) {
+    PutU32(hdr + at, offset);
+    PutU32(hdr + at + 4, static_cast<uint32_t>(count));
+    PutU32(hdr + at + 8, entry_size);
+    offset += static_cast<uint32_t>(count * entry_size);
+  };
+  descriptor(kHdrPartitions, md.partitions.size(), kPartitionEntrySize);
+  descriptor(kHdrExtents, md.extents.size(), kExtentEntrySize);
+  descriptor(kHdrGroups, md.groups.size(), kGroupEntrySize);
+  descriptor(kHdrBlockDevices, md.block_devices.size(), kBlockDeviceEntrySize);
+  if (header_size >= kHeaderSizeV1_2) PutU32(hdr + kHdrFlags, md.header_flags);
+  // Tables checksum first: the header checksum covers it.
+  Sha256Digest tsum = Sha256({tables, static_cast<size_t>(tables_size)});
+  std::memcpy(hdr + kHdrTablesChecksum, tsum.data(), tsum.size());
+  Sha256Digest hsum = Sha256({hdr, header_size});
+  std::memcpy(hdr + kHdrChecksum, hsum.data(), hsum.size());
+  return out;
+}
+
+Result<Geometry> DecodeGeometry(std::span<const uint8_t> block) {
+  if (block.size() < kGeometrySize) {
+    return MakeError(EINVAL, "geometry: truncated, {} of {} bytes", block.size(), kGeometrySize);
+  }
+  const uint8_t* p = block.data();
+  if (GetU32(p + kGeoMagic) != kGeometryMagic) {
+    return MakeError(EINVAL, "geometry: bad magic 0x{:08x}", GetU32(p + kGeoMagic));
+  }
+  const uint32_t struct_size = GetU32(p + kGeoStructSize);
+  // As liblp: bound struct_size before hashing that many bytes, then demand the exact size.
+  if (struct_size > kGeometryStructSize) {
+    return MakeError(EINVAL, "geometry: struct_size {} is larger than {}", struct_size,
+                     kGeometryStructSize);
+  }
+  uint8_t temp[kGeometryStructSize];
+  std::memcpy(temp, p, kGeometryStructSize);
+  std::memset(temp + kGeoChecksum, 0, 32);
+  Sha256Digest sum = Sha256({temp, struct_size});
+  if (std::memcmp(sum.data(), p + kGeoChecksum, sum.size()) != 0) {
+    return MakeError(EBADMSG, "geometry: checksum mismatch");
+  }
+  if (struct_size != kGeometryStructSize) {
+    return MakeError(EINVAL, "geometry: struct_size {} is not {}", struct_size,
+                     kGeometryStructSize);
+  }
+  Geometry g;
+  g.metadata_max_size = GetU32(p + kGeoMaxSize);
+  g.metadata_slot_count = GetU32(p + kGeoSlotCount);
+  g.logical_block_size = GetU32(p + kGeoBlockSize);
+  if (g.metadata_slot_count == 0) return MakeError(EINVAL, "geometry: metadata_slot_count is 0");
+  if (g.metadata_max_size % kSectorSize != 0) {
+    return MakeError(EINVAL, "geometry: metadata_max_size {} is not a multiple of {}",
+                     g.metadata_max_size, kSectorSize);
+  }
+  return g;
+}
+
+struct TableDesc {
+  uint32_t offset, num_entries, entry_size;
+};
+
+Result<LpMetadata> DecodeMetadata(const Geometry& geometry, std::span<const uint8_t> data) {
+  if (data.size() < kHeaderSizeV1_0) {
+    return MakeError(EINVAL, "header: truncated, {} of {} bytes", data.size(), kHeaderSizeV1_0);
+  }
+  const uint8_t* hdr = data.data();
+  if (GetU32(hdr + kHdrMagic) != kHeaderMagic) {
+    return MakeError(EINVAL, "header: bad magic 0x{:08x}", GetU32(hdr + kHdrMagic));
+  }
+  LpMetadata md;
+  md.geometry = geometry;
+  md.major_version = GetU16(hdr + kHdrMajor);
+  md.minor_version = GetU16(hdr + kHdrMinor);
+  if (md.major_version != kMajorVersion || md.minor_version > kMinorVersionMax) {
+    return MakeError(EINVAL, "header: unsupported version {}.{}", md.major_version,
+                     md.minor_version);
+  }
+  const uint32_t header_size = GetU32(hdr + kHdrSize);
+  if (header_size != HeaderSizeFor(md.minor_version)) {
+    return MakeError(EINVAL, "header: header_size {} is wrong for version 10.{} (want {})",
+                     header_size, md.minor_version, HeaderSizeFor(md.minor_version));
+  }
+  if (data.size() < header_size) {
+    return MakeError(EINVAL, "header: truncated, {} of {} bytes", data.size(), header_size);
+  }
+  {
+    uint8_t temp[kHeaderSizeV1_2];
+    std::memcpy(temp, hdr, header_size);
+    std::memset(temp + kHdrChecksum, 0, 32);
+    Sha256Digest sum = Sha256({temp, header_size});
+    if (std::memcmp(sum.data(), hdr + kHdrChecksum, sum.size()) != 0) {
+      return MakeError(EBADMSG, "header: checksum mismatch");
+    }
+  }
+  if (header_size >= kHeaderSizeV1_2) md.header_flags = GetU32(hdr + kHdrFlags);
+
+  const uint32_t tables_size = GetU32(hdr + kHdrTablesSize);
+  auto desc = [&](size_t at) {
+    return TableDesc{GetU32(hdr + at), GetU32(hdr + at + 4), GetU32(hdr + at + 8)};
+  };
+  const struct {
+    const char* name;
+    TableDesc d;
+    uint32_t entry_size;
+  } tables[] = {
+      {"partitions", desc(kHdrPartitions), kPartitionEntrySize},
+      {"extents", desc(kHdrExtents), kExtentEntrySize},
+      {"groups", desc(kHdrGroups), kGroupEntrySize},
+      {"block_devices", desc(kHdrBlockDevices), kBlockDeviceEntrySize},
+  };
+  for (const auto& t : tables) {
+    if (t.d.offset > tables_size ||
+        uint64_t{t.d.num_entries} * t.d.entry_size > tables_size - t.d.offset) {
+      return MakeError(EINVAL, "header: {} table (offset {}, {} x {} bytes) exceeds tables_size {}",
+                       t.name, t.d.offset, t.d.num_entries, t.d.entry_size, tables_size);
+    }
+  }
+  // liblp skips this check for block_devices and would then read past the end of each entry.
+  for (const auto& t : tables) {
+    if (t.d.entry_size != t.entry_size) {
+      return MakeError(EINVAL, "header: {} entry_size {} is not {}", t.name, t.d.entry_size,
+                       t.entry_size);
+    }
+  }
+  if (tables_size > geometry.metadata_max_size) {
+    return MakeError(EINVAL, "header: tables_size {} exceeds metadata_max_size {}", tables_size,
+                     geometry.metadata_max_size);
+  }
+  if (data.size() - header_size < tables_size) {
+    return MakeError(EINVAL, "tables: truncated, {} of {} bytes", data.size() - header_size,
+                     tables_size);
+  }
+  const uint8_t* tbl = hdr + header_size;
+  Sha256Digest tsum = Sha256({tbl, tables_size});
+  if (std::memcmp(tsum.data(), hdr + kHdrTablesChecksum, tsum.size()) != 0) {
+    return MakeError(EBADMSG, "tables: checksum mismatch");
+  }
+
+  // Entry counts are bounded by tables_size, itself bounded by the input, so these reserve()s are
+  // safe against hostile counts.
+  const TableDesc& pd = tables[0].d;
+  md.partitions.reserve(pd.num_entries);
+  for (uint32_t i = 0; i < pd.num_entries; ++i) {
+    const uint8_t* p = tbl + pd.offset + size_t{i} * pd.entry_size;
+    Partition part;
+    part.name = IMAGED_TRY(GetName(p, fmt::format("partition {}", i)));
+    part.attributes = GetU32(p + 36);
+    part.first_extent_index = GetU32(p + 40);
+    part.num_extents = GetU32(p + 44);
+    part.group_index = GetU32(p + 48);
+    md.partitions.push_back(std::move(part));
+  }
+  const TableDesc& ed = tables[1].d;
+  md.extents.reserve(ed.num_entries);
+  for (uint32_t i = 0; i < ed.num_entries; ++i) {
+    const uint8_t* p = tbl + ed.offset + size_t{i} * ed.entry_size;
+    md.extents.push_back(Extent{GetU64(p), GetU32(p + 8), GetU64(p + 12), GetU32(p + 20)});
+  }
+  const TableDesc& gd = tables[2].d;
+  md.groups.reserve(gd.num_entries);
+  for (uint32_t i = 0; i < gd.num_entries; ++i) {
+    const uint8_t* p = tbl + gd.offset + size_t{i} * gd.entry_size;
+    Group grp;
+    grp.name = IMAGED_TRY(GetName(p, fmt::format("group {}", i)));
+    grp.flags = GetU32(p + 36);
+    grp.maximum_size = GetU64(p + 40);
+    md.groups.push_back(std::move(grp));
+  }
+  const TableDesc& bd = tables[3].d;
+  md.block_devices.reserve(bd.num_entries);
+  for (uint32_t i = 0; i < bd.num_entries; ++i) {
+    const uint8_t* p = tbl + bd.offset + size_t{i} * bd.entry_size;
+    BlockDevice dev;
+    dev.first_logical_sector = GetU64(p);
+    dev.alignment = GetU32(p + 8);
+    dev.alignment_offset = GetU32(p + 12);
+    dev.size = GetU64(p + 16);
+    dev.partition_name = IMAGED_TRY(GetName(p + 24, fmt::format("block device {}", i)));
+    dev.flags = GetU32(p + 60);
+    md.block_devices.push_back(std::move(dev));
+  }
+  IMAGED_TRY(ValidateModel(md, md.minor_version));
+  return md;
+}
+
+}  // namespace
+
+uint64_t TotalMetadataSize(uint32_t metadata_max_size, uint32_t slot_count) {
+  unsigned __int128 per_copy =
+      kGeometrySize + static_cast<unsigned __int128>(metadata_max_size) * slot_count;
+  return SaturatingU64(kPartitionReservedBytes + 2 * per_copy);
+}
+
+uint64_t PrimaryMetadataOffset(const Geometry& g, uint32_t slot) {
+  return SaturatingU64(kPartitionReservedBytes + 2 * kGeometrySize +
+                       static_cast<unsigned __int128>(g.metadata_max_size) * slot);
+}
+
+uint64_t BackupMetadataOffset(const Geometry& g, uint32_t slot) {
+  return SaturatingU64(kPartitionReservedBytes + 2 * kGeometrySize +
+                       static_cast<unsigned __int128>(g.metadata_max_size) *
+                           (uint64_t{g.metadata_slot_count} + slot));
+}
+
+uint16_t EffectiveMinorVersion(const LpMetadata& md) {
+  uint16_t minor = md.minor_version;
+  for (const Partition& p : md.partitions) {
+    if (p.attributes & kPartitionAttributeMaskV1) {
+      minor = std::max(minor, kVersionForUpdatedAttr);
+      break;
+    }
+  }
+  if (md.header_flags != 0) minor = std::max(minor, kVersionForExpandedHeader);
+  return minor;
+}
+
+uint64_t SerializedMetadataSize(const LpMetadata& md) {
+  return HeaderSizeFor(EffectiveMinorVersion(md)) + TablesSize(md);
+}
+
+Result<void> ValidateMetadata(const LpMetadata& md) {
+  IMAGED_TRY(ValidateModel(md, EffectiveMinorVersion(md)));
+  const uint64_t total = SerializedMetadataSize(md);
+  if (total > md.geometry.metadata_max_size) {
+    return MakeError(EFBIG, "metadata needs {} bytes but metadata_max_size is {}", total,
+                     md.geometry.metadata_max_size);
+  }
+  return {};
+}
+
+Result<std::vector<uint8_t>> SerializeImageFile(const LpMetadata& md) {
+  std::vector<uint8_t> blob = IMAGED_TRY_CTX(EncodeMetadata(md), "serialize lp_metadata");
+  std::vector<uint8_t> out;
+  out.reserve(kGeometrySize + blob.size());
+  auto geo = EncodeGeometry(md.geometry);
+  out.insert(out.end(), geo.begin(), geo.end());
+  out.insert(out.end(), blob.begin(), blob.end());
+  return out;
+}
+
+Result<LpMetadata> ParseImageFile(std::span<const uint8_t> data) {
+  Geometry g = IMAGED_TRY_CTX(DecodeGeometry(data), "parse lp_metadata image");
+  return IMAGED_TRY_CTX(DecodeMetadata(g, data.subspan(kGeometrySize)), "parse lp_metadata image");
+}
+
+Result<std::vector<uint8_t>> SerializeSuper(const LpMetadata& md) {
+  std::vector<uint8_t> blob = IMAGED_TRY_CTX(EncodeMetadata(md), "serialize super metadata");
+  const Geometry& g = md.geometry;
+  const uint64_t total = TotalMetadataSize(g.metadata_max_size, g.metadata_slot_count);
+  if (total > kMaxSuperLayoutBytes) {
+    return MakeError(EFBIG, "serialize super metadata: layout of {} bytes is too large", total);
+  }
+  std::vector<uint8_t> out(total, 0);
+  auto geo = EncodeGeometry(g);
+  std::copy(geo.begin(), geo.end(), out.begin() + kSuperGeometryOffset);
+  std::copy(geo.begin(), geo.end(), out.begin() + kSuperBackupGeometryOffset);
+  for (uint32_t slot = 0; slot < g.metadata_slot_count; ++slot) {
+    std::copy(blob.begin(), blob.end(), out.begin() + PrimaryMetadataOffset(g, slot));
+    std::copy(blob.begin(), blob.end(), out.begin() + BackupMetadataOffset(g, slot));
+  }
+  return out;
+}
+
+namespace {
+
+// One slot copy: at most metadata_max_size bytes, since the next copy starts right after.
+std::span<const uint8_t> SlotSpan(std::span<const uint8_t> data, uint64_t offset, uint32_t max) {
+  if (offset >= data.size()) return {};
+  return data.subspan(offset, std::min<uint64_t>(max, data.size() - offset));
+}
+
+}  // namespace
+
+Result<LpMetadata> ParseSuper(std::span<const uint8_t> data, uint32_t slot) {
+  auto geo_at = [&](uint64_t offset) -> Result<Geometry> {
+    if (data.size() < offset + kGeometrySize) {
+      return MakeError(EINVAL, "geometry at {}: truncated input of {} bytes", offset,
+                       data.size());
+    }
+    return DecodeGeometry(data.subspan(offset, kGeometrySize));
+  };
+  Result<Geometry> geo = geo_at(kSuperGeometryOffset);
+  if (!geo) {
+    Result<Geometry> backup = geo_at(kSuperBackupGeometryOffset);
+    if (!backup) {
+      return MakeError(geo.error().code, "parse super: primary {}; backup {}",
+                       geo.error().message, backup.error().message);
+    }
+    geo = std::move(backup);
+  }
+  const Geometry& g = *geo;
+  if (slot >= g.metadata_slot_count) {
+    return MakeError(EINVAL, "parse super: slot {} out of range of {} slots", slot,
+                     g.metadata_slot_count);
+  }
+  Result<LpMetadata> primary =
+      DecodeMetadata(g, SlotSpan(data, PrimaryMetadataOffset(g, slot), g.metadata_max_size));
+  if (primary) return primary;
+  Result<LpMetadata> backup =
+      DecodeMetadata(g, SlotSpan(data, BackupMetadataOffset(g, slot), g.metadata_max_size));
+  if (backup) return backup;
+  return MakeError(primary.error().code, "parse super slot {}: primary {}; backup {}", slot,
+                   primary.error().message, backup.error().message);
+}
+
+Layout DetectLayout(std::span<const uint8_t> data) {
+  auto magic_at = [&](size_t off) {
+    return data.size() >= off + 4 && GetU32(data.data() + off) == kGeometryMagic;
+  };
+  if (magic_at(0)) return Layout::kImageFile;
+  if (magic_at(kSuperGeometryOffset) || magic_at(kSuperBackupGeometryOffset)) return Layout::kSuper;
+  return Layout::kUnknown;
+}
+
+Result<LpMetadata> ParseAnyLayout(std::span<const uint8_t> data, uint32_t slot) {
+  switch (DetectLayout(data)) {
+    case Layout::kImageFile:
+      return ParseImageFile(data);
+    case Layout::kSuper:
+      return ParseSuper(data, slot);
+    case Layout::kUnknown:
+      break;
+  }
+  return MakeError(EINVAL, "no liblp geometry magic at offset 0, 4096 or 8192");
+}
+
+Result<LpMetadata> ReadImageFile(const std::string& path) {
+  // The image file is one metadata copy plus the geometry block.
+  std::vector<uint8_t> data = IMAGED_TRY_CTX(
+      ReadWholeFile(path, size_t{kGeometrySize} + kMaxMetadataMaxSize), "read lp_metadata");
+  return IMAGED_TRY_CTX(ParseImageFile(data), "read \"{}\"", path);
+}
+
+Result<void> WriteImageFile(const std::string& path, const LpMetadata& md) {
+  std::vector<uint8_t> data = IMAGED_TRY_CTX(SerializeImageFile(md), "write \"{}\"", path);
+  IMAGED_TRY_CTX(AtomicWriteFile(path, data, 0644), "write lp_metadata");
+  return {};
+}
+
+bool IsValidName(std::string_view name) {
+  if (name.empty() || name.size() > kMaxNameLength) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '_' || c == '.' || c == '-';
+  });
+}
+
+}  // namespace imaged::metadata
