@@ -31,8 +31,7 @@ namespace imaged::test {
 
 inline bool IsRoot() { return geteuid() == 0; }
 
-// True if the running kernel can mount `fs` ("vfat", "f2fs", ...), from /proc/filesystems.
-inline bool KernelHasFilesystem(const std::string& fs) {
+inline bool ProcFilesystemsLists(const std::string& fs) {
   std::ifstream in("/proc/filesystems");
   std::string line;
   while (std::getline(in, line)) {
@@ -41,6 +40,15 @@ inline bool KernelHasFilesystem(const std::string& fs) {
     if (name == fs) return true;
   }
   return false;
+}
+
+// True if the running kernel can mount `fs` ("vfat", "f2fs", ...): listed in
+// /proc/filesystems, or loadable as a module (guest kernels load them on demand).
+inline bool KernelHasFilesystem(const std::string& fs) {
+  if (ProcFilesystemsLists(fs)) return true;
+  if (!IsRoot()) return false;
+  RunCommand({"modprobe", "-q", fs});
+  return ProcFilesystemsLists(fs);
 }
 
 inline bool HaveProgram(const std::string& name) {
