@@ -13,11 +13,16 @@ namespace {
 class SkeletonTest : public ::testing::Test {
  protected:
   std::string socket() const { return (dir_.path() / "imaged.sock").string(); }
+  // The daemon with its image set in the temp dir; no image is created by these tests.
+  std::vector<std::string> Daemon() const {
+    return {IMAGED_BIN, "--socket", socket(), "--data-dir", (dir_.path() / "data").string(),
+            "--metadata-dir", (dir_.path() / "metadata").string()};
+  }
   TempDir dir_;
 };
 
 TEST_F(SkeletonTest, ImagectlVersionReachesDaemon) {
-  DaemonProcess daemon({IMAGED_BIN, "--socket", socket()}, dir_.path());
+  DaemonProcess daemon(Daemon(), dir_.path());
   ASSERT_TRUE(daemon.ready());
   auto result = RunCommand({IMAGECTL_BIN, "--socket", socket(), "version"});
   EXPECT_EQ(result.exit_code, 0) << result.err;
@@ -26,7 +31,7 @@ TEST_F(SkeletonTest, ImagectlVersionReachesDaemon) {
 }
 
 TEST_F(SkeletonTest, ImagectlVersionJsonIsParseable) {
-  DaemonProcess daemon({IMAGED_BIN, "--socket", socket()}, dir_.path());
+  DaemonProcess daemon(Daemon(), dir_.path());
   ASSERT_TRUE(daemon.ready());
   auto result = RunCommand({IMAGECTL_BIN, "--socket", socket(), "--json", "version"});
   ASSERT_EQ(result.exit_code, 0) << result.err;
@@ -34,7 +39,7 @@ TEST_F(SkeletonTest, ImagectlVersionJsonIsParseable) {
 }
 
 TEST_F(SkeletonTest, HealthReportsServing) {
-  DaemonProcess daemon({IMAGED_BIN, "--socket", socket()}, dir_.path());
+  DaemonProcess daemon(Daemon(), dir_.path());
   ASSERT_TRUE(daemon.ready());
   auto result = RunCommand({IMAGECTL_BIN, "--socket", socket(), "health"});
   EXPECT_EQ(result.exit_code, 0) << result.err;
@@ -42,7 +47,7 @@ TEST_F(SkeletonTest, HealthReportsServing) {
 }
 
 TEST_F(SkeletonTest, SocketHasMode0660) {
-  DaemonProcess daemon({IMAGED_BIN, "--socket", socket()}, dir_.path());
+  DaemonProcess daemon(Daemon(), dir_.path());
   ASSERT_TRUE(daemon.ready());
   struct stat st {};
   ASSERT_EQ(stat(socket().c_str(), &st), 0);
@@ -57,9 +62,9 @@ TEST_F(SkeletonTest, UnreachableDaemonGivesExitCode3) {
 }
 
 TEST_F(SkeletonTest, SecondDaemonOnSameSocketIsRefused) {
-  DaemonProcess first({IMAGED_BIN, "--socket", socket()}, dir_.path());
+  DaemonProcess first(Daemon(), dir_.path());
   ASSERT_TRUE(first.ready());
-  auto second = RunCommand({IMAGED_BIN, "--socket", socket()});
+  auto second = RunCommand(Daemon());
   EXPECT_EQ(second.exit_code, 1);
   EXPECT_NE(second.err.find("another imaged is serving"), std::string::npos) << second.err;
   // The first one still answers.
@@ -68,17 +73,17 @@ TEST_F(SkeletonTest, SecondDaemonOnSameSocketIsRefused) {
 
 TEST_F(SkeletonTest, StaleSocketFileIsTakenOver) {
   {
-    DaemonProcess crashed({IMAGED_BIN, "--socket", socket()}, dir_.path());
+    DaemonProcess crashed(Daemon(), dir_.path());
     ASSERT_TRUE(crashed.ready());
     crashed.Kill();  // leaves the socket file behind
   }
-  DaemonProcess daemon({IMAGED_BIN, "--socket", socket()}, dir_.path());
+  DaemonProcess daemon(Daemon(), dir_.path());
   ASSERT_TRUE(daemon.ready());
   EXPECT_EQ(RunCommand({IMAGECTL_BIN, "--socket", socket(), "version"}).exit_code, 0);
 }
 
 TEST_F(SkeletonTest, SigtermStopsCleanlyAndRemovesSocket) {
-  DaemonProcess daemon({IMAGED_BIN, "--socket", socket()}, dir_.path());
+  DaemonProcess daemon(Daemon(), dir_.path());
   ASSERT_TRUE(daemon.ready());
   int status = daemon.Stop();
   EXPECT_TRUE(WIFEXITED(status));

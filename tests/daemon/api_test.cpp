@@ -1,0 +1,334 @@
+// The gRPC API through the real daemon and the real imagectl, on a real ext4 filesystem made on
+// a loop device (label host: root). The loop map strategy works on this kernel.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "fs_fixture.h"
+#include "process.h"
+
+namespace imaged::test {
+namespace {
+
+using nlohmann::json;
+
+class ApiTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    IMAGED_SKIP_UNLESS_FS("ext4");
+    fs_.emplace("ext4", 192ull << 20);
+    data_ = fs_->mount_point() + "/data";
+    metadata_ = (dir_.path() / "metadata").string();
+    socket_ = (dir_.path() / "imaged.sock").string();
+    StartDaemon();
+  }
+  void TearDown() override {
+    // Unmap anything a failed test left mapped, so the fixture can unmount.
+    if (daemon_ && daemon_->ready()) {
+      auto list = Ctl({"--json", "list"});
+      if (list.exit_code == 0) {
+        for (const auto& image : json::parse(list.out)) {
+          if (!image["mapped_device"].get<std::string>().empty()) {
+            Ctl({"unmap", image["name"].get<std::string>()});
+          }
+        }
+      }
+    }
+    daemon_.reset();
+  }
+
+  void StartDaemon(std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {IMAGED_BIN,       "--socket",   socket_,  "--data-dir",
+                                     data_,            "--metadata-dir", metadata_, "--strategy",
+                                     "loop"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    daemon_.reset();
+    daemon_ = std::make_unique<DaemonProcess>(argv, dir_.path());
+    ASSERT_TRUE(daemon_->ready()) << "daemon did not start";
+  }
+
+  CommandResult Ctl(std::vector<std::string> args) {
+    std::vector<std::string> argv = {IMAGECTL_BIN, "--socket", socket_};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunCommand(argv);
+  }
+  // imagectl as an unprivileged user (nobody), for authorization tests.
+  CommandResult CtlAsNobody(std::vector<std::string> args) {
+    std::vector<std::string> argv = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                     IMAGECTL_BIN, "--socket", socket_};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunCommand(argv);
+  }
+
+  TempDir dir_;
+  std::optional<LoopFilesystem> fs_;
+  std::unique_ptr<DaemonProcess> daemon_;
+  std::string data_, metadata_, socket_;
+};
+
+std::string ReadDevice(const std::string& device, size_t length, off_t offset) {
+  std::string buf(length, '\0');
+  int fd = open(device.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return {};
+  ssize_t n = pread(fd, buf.data(), length, offset);
+  close(fd);
+  buf.resize(n < 0 ? 0 : static_cast<size_t>(n));
+  return buf;
+}
+
+bool WriteDevice(const std::string& device, const std::string& data, off_t offset) {
+  int fd = open(device.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool ok = pwrite(fd, data.data(), data.size(), offset) == static_cast<ssize_t>(data.size()) &&
+            fsync(fd) == 0;
+  close(fd);
+  return ok;
+}
+
+uint64_t DeviceSize(const std::string& device) {
+  int fd = open(device.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  off_t size = lseek(fd, 0, SEEK_END);
+  close(fd);
+  return size < 0 ? 0 : static_cast<uint64_t>(size);
+}
+
+TEST_F(ApiTest, CreateMapWriteReadUnmapDelete) {
+  auto created = Ctl({"create", "demo", "8M"});
+  ASSERT_EQ(created.exit_code, 0) << created.err;
+
+  auto mapped = Ctl({"map", "demo"});
+  ASSERT_EQ(mapped.exit_code, 0) << mapped.err;
+  std::string device = mapped.out.substr(0, mapped.out.find('\n'));
+  ASSERT_TRUE(device.rfind("/dev/", 0) == 0) << device;
+  EXPECT_EQ(DeviceSize(device), 8u << 20);
+
+  std::string pattern(4096, '\0');
+  for (size_t i = 0; i < pattern.size(); ++i) pattern[i] = static_cast<char>(i * 7 + 3);
+  ASSERT_TRUE(WriteDevice(device, pattern, 1 << 20));
+  EXPECT_EQ(ReadDevice(device, pattern.size(), 1 << 20), pattern);
+
+  auto info = Ctl({"--json", "info", "demo"});
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_EQ(json::parse(info.out)["mapped_device"], device);
+
+  ASSERT_EQ(Ctl({"unmap", "demo"}).exit_code, 0);
+  // The data is in the backing file, at the same offset.
+  std::ifstream piece(data_ + "/demo.img.0000", std::ios::binary);
+  piece.seekg(1 << 20);
+  std::string from_file(pattern.size(), '\0');
+  piece.read(from_file.data(), static_cast<std::streamsize>(from_file.size()));
+  EXPECT_EQ(from_file, pattern);
+
+  ASSERT_EQ(Ctl({"delete", "demo"}).exit_code, 0);
+  EXPECT_FALSE(std::filesystem::exists(data_ + "/demo.img.0000"));
+  auto list = Ctl({"--json", "list"});
+  ASSERT_EQ(list.exit_code, 0);
+  EXPECT_TRUE(json::parse(list.out).empty());
+}
+
+TEST_F(ApiTest, ListShowsImagesAsTableAndJson) {
+  ASSERT_EQ(Ctl({"create", "alpha", "1M"}).exit_code, 0);
+  ASSERT_EQ(Ctl({"create", "beta", "2M", "--readonly"}).exit_code, 0);
+  auto table = Ctl({"list"});
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_NE(table.out.find("NAME"), std::string::npos);
+  EXPECT_NE(table.out.find("alpha"), std::string::npos);
+  EXPECT_NE(table.out.find("2.0 MiB"), std::string::npos);
+  auto list = Ctl({"--json", "list"});
+  ASSERT_EQ(list.exit_code, 0);
+  auto images = json::parse(list.out);
+  ASSERT_EQ(images.size(), 2u);
+  EXPECT_EQ(images[1]["name"], "beta");
+  EXPECT_EQ(images[1]["size_bytes"], 2u << 20);
+  EXPECT_EQ(images[1]["readonly"], true);
+}
+
+TEST_F(ApiTest, CreateExistingIsRefusedWithExitCode1) {
+  ASSERT_EQ(Ctl({"create", "dup", "1M"}).exit_code, 0);
+  auto again = Ctl({"create", "dup", "1M"});
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_NE(again.err.find("dup"), std::string::npos) << again.err;
+}
+
+TEST_F(ApiTest, UnknownImageGivesExitCode5) {
+  EXPECT_EQ(Ctl({"info", "ghost"}).exit_code, 5);
+  EXPECT_EQ(Ctl({"delete", "ghost"}).exit_code, 5);
+}
+
+TEST_F(ApiTest, BadNamesAndSizesAreRefusedAndChangeNothing) {
+  for (std::string name : {"../x", "a/b", ".hidden", std::string(300, 'n')}) {
+    auto r = Ctl({"create", name, "1M"});
+    EXPECT_EQ(r.exit_code, 1) << name;
+  }
+  EXPECT_EQ(Ctl({"create", "zero", "0"}).exit_code, 1);
+  EXPECT_EQ(Ctl({"create", "huge", "1P"}).exit_code, 1);
+  EXPECT_EQ(Ctl({"create", "bad", "12Q"}).exit_code, 2);  // not a size: usage error
+  auto list = Ctl({"--json", "list"});
+  EXPECT_TRUE(json::parse(list.out).empty());
+  // Nothing but the directory skeleton on the data filesystem.
+  for (const auto& entry : std::filesystem::directory_iterator(data_)) {
+    ADD_FAILURE() << "left behind: " << entry.path();
+  }
+}
+
+TEST_F(ApiTest, DeleteOfMappedImageIsRefused) {
+  ASSERT_EQ(Ctl({"create", "busy", "1M"}).exit_code, 0);
+  ASSERT_EQ(Ctl({"map", "busy"}).exit_code, 0);
+  auto del = Ctl({"delete", "busy"});
+  EXPECT_EQ(del.exit_code, 1);
+  EXPECT_NE(del.err.find("mapped"), std::string::npos) << del.err;
+  EXPECT_EQ(Ctl({"unmap", "busy"}).exit_code, 0);
+  EXPECT_EQ(Ctl({"delete", "busy"}).exit_code, 0);
+}
+
+TEST_F(ApiTest, UnprivilegedPeerMayReadButNotChange) {
+  ASSERT_EQ(Ctl({"create", "guarded", "1M"}).exit_code, 0);
+  // Deployment choice under test: the socket opened to everyone; the daemon still decides.
+  ASSERT_EQ(chmod(socket_.c_str(), 0666), 0);
+  auto list = CtlAsNobody({"--json", "list"});
+  EXPECT_EQ(list.exit_code, 0) << list.err;
+  auto del = CtlAsNobody({"delete", "guarded"});
+  EXPECT_EQ(del.exit_code, 4) << del.err;
+  auto create = CtlAsNobody({"create", "intruder", "1M"});
+  EXPECT_EQ(create.exit_code, 4) << create.err;
+  EXPECT_EQ(Ctl({"info", "guarded"}).exit_code, 0);
+  EXPECT_EQ(Ctl({"info", "intruder"}).exit_code, 5);
+}
+
+TEST_F(ApiTest, SocketClosedToOthersByDefault) {
+  struct stat st {};
+  ASSERT_EQ(stat(socket_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+  auto r = CtlAsNobody({"--timeout", "2", "list"});
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+}
+
+TEST_F(ApiTest, ImportByPathAndByUploadAreBitExact) {
+  std::string source = (dir_.path() / "source.raw").string();
+  {
+    std::ofstream out(source, std::ios::binary);
+    std::string block(65536, '\0');
+    for (int i = 0; i < 32; ++i) {
+      for (size_t j = 0; j < block.size(); ++j) block[j] = static_cast<char>((i * 31 + j) % 251);
+      if (i % 3 == 0) std::fill(block.begin(), block.end(), '\0');
+      out.write(block.data(), static_cast<std::streamsize>(block.size()));
+    }
+  }
+  std::string sparse = (dir_.path() / "source.simg").string();
+  ASSERT_EQ(RunCommand({"img2simg", source, sparse}).exit_code, 0);
+
+  auto by_path = Ctl({"import", sparse, "frompath"});
+  ASSERT_EQ(by_path.exit_code, 0) << by_path.err;
+  auto upload = Ctl({"import", "--upload", source, "fromupload"});
+  ASSERT_EQ(upload.exit_code, 0) << upload.err;
+
+  std::ifstream in(source, std::ios::binary);
+  std::string expected((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (const char* name : {"frompath", "fromupload"}) {
+    auto mapped = Ctl({"map", name});
+    ASSERT_EQ(mapped.exit_code, 0) << mapped.err;
+    std::string device = mapped.out.substr(0, mapped.out.find('\n'));
+    EXPECT_EQ(DeviceSize(device), expected.size()) << name;
+    EXPECT_TRUE(ReadDevice(device, expected.size(), 0) == expected) << name;
+    EXPECT_EQ(Ctl({"unmap", name}).exit_code, 0);
+  }
+}
+
+TEST_F(ApiTest, CorruptImportIsRefusedAndLeavesNothing) {
+  std::string bogus = (dir_.path() / "bogus.qcow2").string();
+  ASSERT_EQ(RunCommand({"qemu-img", "create", "-q", "-f", "qcow2", bogus, "1M"}).exit_code, 0);
+  {
+    // Mark an unknown incompatible feature bit (bit 40): must be refused.
+    std::fstream f(bogus, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(72 + 2);
+    char bit = 0x01;
+    f.write(&bit, 1);
+  }
+  auto r = Ctl({"import", bogus, "bogus"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(Ctl({"info", "bogus"}).exit_code, 5);
+  EXPECT_FALSE(std::filesystem::exists(data_ + "/bogus.img"));
+}
+
+TEST_F(ApiTest, MappingSurvivesDaemonRestartAndIsAdopted) {
+  ASSERT_EQ(Ctl({"create", "keep", "1M"}).exit_code, 0);
+  auto mapped = Ctl({"map", "keep"});
+  ASSERT_EQ(mapped.exit_code, 0);
+  std::string device = mapped.out.substr(0, mapped.out.find('\n'));
+  daemon_->Kill();  // SIGKILL: no chance to clean up
+  StartDaemon();
+  auto info = Ctl({"--json", "info", "keep"});
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_EQ(json::parse(info.out)["mapped_device"], device);
+  EXPECT_EQ(Ctl({"unmap", "keep"}).exit_code, 0);
+}
+
+TEST_F(ApiTest, ResizeGrowsAnUnmappedImage) {
+  ASSERT_EQ(Ctl({"create", "grow", "1M"}).exit_code, 0);
+  auto r = Ctl({"--json", "resize", "grow", "3M"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["size_bytes"], 3u << 20);
+  EXPECT_EQ(Ctl({"resize", "grow", "2M"}).exit_code, 1);  // shrinking is refused
+}
+
+TEST_F(ApiTest, DisableThenRemoveDisabled) {
+  ASSERT_EQ(Ctl({"create", "old", "1M"}).exit_code, 0);
+  ASSERT_EQ(Ctl({"disable", "old"}).exit_code, 0);
+  auto info = Ctl({"--json", "info", "old"});
+  EXPECT_EQ(json::parse(info.out)["disabled"], true);
+  auto removed = Ctl({"--json", "remove-disabled"});
+  ASSERT_EQ(removed.exit_code, 0) << removed.err;
+  EXPECT_EQ(json::parse(removed.out)["removed"][0], "old");
+  EXPECT_EQ(Ctl({"info", "old"}).exit_code, 5);
+}
+
+TEST_F(ApiTest, ValidateReportsEveryImage) {
+  ASSERT_EQ(Ctl({"create", "v1", "1M"}).exit_code, 0);
+  ASSERT_EQ(Ctl({"create", "v2", "1M"}).exit_code, 0);
+  auto r = Ctl({"--json", "validate"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto results = json::parse(r.out);
+  ASSERT_EQ(results.size(), 2u);
+  EXPECT_EQ(results[0]["ok"], true);
+}
+
+TEST_F(ApiTest, PythonClientFromTheSameProto) {
+  if (RunCommand({"python3", "-c", "import grpc, grpc_tools"}).exit_code != 0) {
+    GTEST_SKIP() << "python3-grpcio / python3-grpc-tools not installed";
+  }
+  ASSERT_EQ(Ctl({"create", "py", "1M"}).exit_code, 0);
+  std::string gen = (dir_.path() / "py").string();
+  std::filesystem::create_directories(gen);
+  auto protoc = RunCommand({"python3", "-m", "grpc_tools.protoc", "-I", PROTO_DIR,
+                            "--python_out=" + gen, "--grpc_python_out=" + gen,
+                            std::string(PROTO_DIR) + "/imaged.proto"});
+  ASSERT_EQ(protoc.exit_code, 0) << protoc.err;
+  std::string script = R"(
+import sys, grpc
+sys.path.insert(0, sys.argv[1])
+import imaged_pb2, imaged_pb2_grpc
+stub = imaged_pb2_grpc.ImagedStub(grpc.insecure_channel('unix:' + sys.argv[2]))
+print('version', stub.Version(imaged_pb2.VersionRequest()).api_version)
+for image in stub.ListImages(imaged_pb2.ListImagesRequest()).images:
+    print('image', image.name, image.size_bytes)
+try:
+    stub.GetImage(imaged_pb2.ImageRequest(name='missing'))
+except grpc.RpcError as e:
+    print('error', e.code().name, dict(e.trailing_metadata()).get('imaged-errno'))
+)";
+  auto r = RunCommand({"python3", "-c", script, gen, socket_});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("version 1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("image py 1048576"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("error NOT_FOUND 2"), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace imaged::test
