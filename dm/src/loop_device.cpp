@@ -179,13 +179,28 @@ Result<LoopDevice> LoopDevice::Attach(const std::string& backing_file,
                      options.offset, block_size);
   }
 
+  // The loop's own direct I/O check trusts the filesystem's address_space ops, which
+  // overlayfs fakes even over tmpfs (then every I/O fails with EINVAL). Opening the file with
+  // O_DIRECT asks the filesystem that really holds the data.
+  bool want_dio = options.direct_io;
+  if (want_dio) {
+    UniqueFd probe(open(backing_file.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC));
+    if (!probe) {
+      if (errno != EINVAL) return ErrnoError("{}: open with O_DIRECT", ctx());
+      if (!options.allow_buffered) {
+        return MakeError(EINVAL, "{}: the filesystem cannot do direct I/O (O_DIRECT)", ctx());
+      }
+      want_dio = false;
+    }
+  }
+
   UniqueFd control(open("/dev/loop-control", O_RDWR | O_CLOEXEC));
   if (!control) return ErrnoError("{}: open /dev/loop-control", ctx());
 
   std::optional<Configured> configured;
   for (int attempt = 0; !configured; ++attempt) {
     auto r = ConfigureFreeLoop(control.get(), file.get(), backing_file, options, block_size,
-                               options.direct_io);
+                               want_dio);
     if (r) {
       configured = std::move(*r);
       break;

@@ -20,8 +20,8 @@
 namespace imaged::dm {
 
 struct DeviceInfo {
-  std::string name;
-  std::string uuid;
+  std::string name{};
+  std::string uuid{};
   dev_t dev = 0;
   int open_count = 0;
   int target_count = 0;     // targets of the live table
@@ -34,14 +34,14 @@ struct DeviceInfo {
 struct TargetInfo {
   uint64_t start = 0;   // sectors
   uint64_t length = 0;  // sectors
-  std::string type;
-  std::string params;  // table parameters (GetTable) or status text (GetStatus)
+  std::string type{};
+  std::string params{};  // table parameters (GetTable) or status text (GetStatus)
 
   bool operator==(const TargetInfo&) const = default;
 };
 
 struct CreateOptions {
-  std::string uuid;  // optional; at most 128 bytes (DM_UUID_LEN - 1), printable, no spaces
+  std::string uuid{};  // optional; at most 128 bytes (DM_UUID_LEN - 1), printable, no spaces
   bool readonly = false;  // in addition to Table::readonly()
   // How long to wait for /dev/mapper/<name> to appear. 0 = do not wait for the node.
   std::chrono::milliseconds timeout{10000};
