@@ -1,0 +1,202 @@
+// Import: a raw / Android sparse / qcow image file into a new (or an existing, unmapped) image.
+// Data goes into the pieces with O_DIRECT writes; a fresh image's pieces are already zero, so
+// zero runs are skipped and no byte is written twice.
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "import/reader.h"
+#include "import/source.h"
+#include "import/writer.h"
+#include "internal.h"
+
+namespace imaged {
+using manager::RoundUp;
+namespace {
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+// A RunSink over the pieces of an image opened with O_DIRECT. Copy() hands it 4 KiB-aligned
+// writes; anything else (a tail, a foreign buffer) goes through an aligned read-modify-write.
+class SplitSink : public import::RunSink {
+ public:
+  SplitSink(fiemap::SplitFiemap& split, uint64_t size, uint32_t lbs)
+      : split_(split), size_(size), lbs_(lbs) {}
+
+  Result<void> Write(uint64_t offset, std::span<const uint8_t> data) override {
+    if (Aligned(offset, data.size(), data.data())) {
+      return split_.PWrite(data.data(), data.size(), offset);
+    }
+    return Patch(offset, data.size(), data.data());
+  }
+
+  Result<void> WriteZeroes(uint64_t offset, uint64_t length) override {
+    IMAGED_TRY(EnsureZeros());
+    while (length > 0) {
+      // Unaligned head or tail: patch just the partial block.
+      uint64_t n = std::min<uint64_t>(length, kZeroChunk);
+      if (offset % lbs_ != 0) n = std::min<uint64_t>(length, lbs_ - offset % lbs_);
+      else if (n % lbs_ != 0 && n > lbs_) n -= n % lbs_;
+      if (Aligned(offset, n, zeros_.get())) {
+        IMAGED_TRY(split_.PWrite(zeros_.get(), n, offset));
+      } else {
+        IMAGED_TRY(Patch(offset, n, nullptr));
+      }
+      offset += n;
+      length -= n;
+    }
+    return Ok();
+  }
+
+  uint64_t size() const override { return size_; }
+
+ private:
+  static constexpr size_t kZeroChunk = 1 << 20;
+
+  bool Aligned(uint64_t offset, uint64_t length, const void* p) const {
+    return offset % lbs_ == 0 && length % lbs_ == 0 &&
+           reinterpret_cast<uintptr_t>(p) % lbs_ == 0;
+  }
+
+  Result<void> EnsureZeros() {
+    if (zeros_) return Ok();
+    zeros_.reset(static_cast<uint8_t*>(std::aligned_alloc(4096, kZeroChunk)));
+    if (!zeros_) return MakeError(ENOMEM, "allocate {} bytes", kZeroChunk);
+    std::memset(zeros_.get(), 0, kZeroChunk);
+    return Ok();
+  }
+
+  // Read-modify-write of the whole logical blocks around [offset, offset+length); `data` null
+  // means zeros.
+  Result<void> Patch(uint64_t offset, uint64_t length, const uint8_t* data) {
+    const uint64_t start = offset / lbs_ * lbs_;
+    const uint64_t end = RoundUpTo(offset + length);
+    const size_t span = static_cast<size_t>(end - start);
+    std::unique_ptr<uint8_t, FreeDeleter> buf(
+        static_cast<uint8_t*>(std::aligned_alloc(4096, RoundUpTo(span, 4096))));
+    if (!buf) return MakeError(ENOMEM, "allocate {} bytes", span);
+    IMAGED_TRY(split_.PRead(buf.get(), span, start));
+    if (data) {
+      std::memcpy(buf.get() + (offset - start), data, length);
+    } else {
+      std::memset(buf.get() + (offset - start), 0, length);
+    }
+    return split_.PWrite(buf.get(), span, start);
+  }
+
+  uint64_t RoundUpTo(uint64_t v, uint64_t a = 0) const {
+    if (a == 0) a = lbs_;
+    return (v + a - 1) / a * a;
+  }
+
+  fiemap::SplitFiemap& split_;
+  uint64_t size_;
+  uint32_t lbs_;
+  std::unique_ptr<uint8_t, FreeDeleter> zeros_;
+};
+
+Result<import::Format> ToFormat(ImportFormat f, import::Source& source) {
+  switch (f) {
+    case ImportFormat::kAuto: return import::DetectFormat(source);
+    case ImportFormat::kRaw: return import::Format::Raw;
+    case ImportFormat::kSparse: return import::Format::Sparse;
+    case ImportFormat::kQcow1: return import::Format::Qcow1;
+    case ImportFormat::kQcow2: return import::Format::Qcow2;
+  }
+  return MakeError(EINVAL, "unknown format");
+}
+
+}  // namespace
+
+Result<ImageInfo> ImageManager::Import(std::string_view name, const std::string& source_path,
+                                       const ImportOptions& options) {
+  IMAGED_TRY_CTX(ValidateImageName(name), "import");
+  auto& impl = *impl_;
+  auto run = [&]() -> Result<ImageInfo> {
+    auto source = IMAGED_TRY(import::FileSource::Open(source_path));
+    const import::Format format = IMAGED_TRY(ToFormat(options.format, *source));
+    auto reader = IMAGED_TRY_CTX(import::OpenReader(*source, format), "read {} \"{}\"",
+                                 import::FormatName(format), source_path);
+    const uint64_t virtual_size = reader->virtual_size();
+    if (virtual_size == 0) return MakeError(EINVAL, "\"{}\" holds an empty image", source_path);
+
+    auto locks = IMAGED_TRY(impl.LockImage(name));
+    const auto fs = IMAGED_TRY(fiemap::InspectFilesystem(impl.options.data_dir));
+    const uint32_t lbs = std::max<uint32_t>(fs.disk_logical_block_size, 512);
+
+    bool created = false;
+    if (options.into_existing) {
+      const auto md = IMAGED_TRY(impl.ReadLp());
+      const auto* p = md ? metadata::FindPartition(*md, name) : nullptr;
+      if (!p) return MakeError(ENOENT, "no such image");
+      if (auto device = IMAGED_TRY(impl.MappedDeviceLocked(name))) {
+        return MakeError(EBUSY, "the image is mapped at {}", *device);
+      }
+      const uint64_t size = metadata::PartitionSizeBytes(*md, *p);
+      if (size < virtual_size) {
+        return MakeError(EFBIG, "the source holds {} bytes, the image only {}", virtual_size,
+                         size);
+      }
+    } else {
+      CreateOptions create;
+      create.readonly = options.readonly;
+      if (options.progress) {
+        // Allocation is part of the import: it may be cancelled, and shows as 0 bytes copied.
+        create.progress = [&](uint64_t, uint64_t) { return options.progress(0, virtual_size); };
+      }
+      IMAGED_TRY(impl.CreateLocked(name, RoundUp(virtual_size, lbs), create));
+      created = true;
+    }
+
+    auto copy = [&]() -> Result<void> {
+      const auto md = IMAGED_TRY(impl.ReadLp());
+      import::CopyOptions copy_options;
+      copy_options.target_is_zeroed = created;
+      if (!IMAGED_TRY(impl.FileViewMatchesDevice(fs))) {
+        // dm-linear over a ciphertext disk: only the device shows what the image will read.
+        ImageManager::Impl::MapRequest request;
+        request.force_writable = true;
+        const std::string device = IMAGED_TRY(impl.MapLocked(name, request));
+        auto write = [&]() -> Result<void> {
+          import::FileSinkOptions so;
+          so.direct = true;
+          auto sink = IMAGED_TRY(import::FileSink::Open(device, so));
+          copy_options.target_is_zeroed = false;  // the zeros went in through the fs
+          IMAGED_TRY(import::Copy(*reader, *sink, options.progress, copy_options));
+          return sink->Sync();
+        };
+        auto written = write();
+        auto unmapped = impl.UnmapLocked(name);
+        IMAGED_TRY(std::move(written));
+        return unmapped;
+      }
+      std::optional<fiemap::SplitFiemap> split;
+      IMAGED_TRY(impl.CheckExtentsLocked(name, *md, &split));
+      IMAGED_TRY(split->OpenForIo(/*direct=*/true));
+      const auto* p = metadata::FindPartition(*md, name);
+      SplitSink sink(*split, metadata::PartitionSizeBytes(*md, *p), lbs);
+      IMAGED_TRY(import::Copy(*reader, sink, options.progress, copy_options));
+      return split->Sync();
+    };
+    auto copied = copy();
+    if (!copied) {
+      Error e = std::move(copied).error();
+      if (created) {
+        if (auto undo = impl.DeleteLocked(name); !undo) {
+          e.message += fmt::format(" (and removing the new image failed: {})",
+                                   undo.error().ToString());
+        }
+      } else {
+        e.message += " (the image was partly overwritten)";
+      }
+      return e;
+    }
+    const auto md = IMAGED_TRY(impl.ReadLp());
+    return impl.InfoLocked(name, *md);
+  };
+  return IMAGED_TRY_CTX(run(), "import \"{}\" from \"{}\"", name, source_path);
+}
+
+}  // namespace imaged
