@@ -77,8 +77,7 @@ Error TaskError(dm_task* task, std::string_view what, const std::string& name) {
 
 // Runs the task. Tasks that change device nodes take a udev cookie; dm_udev_wait then either
 // waits for udev or (without udev) performs the node operations itself.
-Result<void> Run(dm_task* task, std::string_view what, const std::string& name,
-                 bool with_cookie) {
+Result<void> Run(dm_task* task, std::string_view what, const std::string& name, bool with_cookie) {
   t_last_log.clear();
   uint32_t cookie = 0;
   if (with_cookie && !dm_task_set_cookie(task, &cookie, 0)) {
@@ -105,16 +104,22 @@ Result<void> AddTargets(dm_task* task, const Table& table, const std::string& na
   return Ok();
 }
 
+Result<std::optional<DeviceInfo>> InfoOfTask(dm_task* task, const std::string& name);
+
 Result<std::optional<DeviceInfo>> InfoLocked(const std::string& name) {
   Task task = IMAGED_TRY(NewTask(DM_DEVICE_INFO, name, "dm info"));
-  IMAGED_TRY(Run(task.get(), "dm info", name, false));
+  return InfoOfTask(task.get(), name);
+}
+
+Result<std::optional<DeviceInfo>> InfoOfTask(dm_task* task, const std::string& name) {
+  IMAGED_TRY(Run(task, "dm info", name, false));
   dm_info info{};
-  if (!dm_task_get_info(task.get(), &info)) return MakeError(EIO, "dm info \"{}\"", name);
+  if (!dm_task_get_info(task, &info)) return MakeError(EIO, "dm info \"{}\"", name);
   if (!info.exists) return std::optional<DeviceInfo>();
   DeviceInfo out;
-  const char* real_name = dm_task_get_name(task.get());
+  const char* real_name = dm_task_get_name(task);
   out.name = real_name ? real_name : name;
-  const char* uuid = dm_task_get_uuid(task.get());
+  const char* uuid = dm_task_get_uuid(task);
   out.uuid = uuid ? uuid : "";
   out.dev = makedev(info.major, info.minor);
   out.open_count = info.open_count;
@@ -180,7 +185,9 @@ Result<std::vector<TargetInfo>> TargetsLocked(int type, const std::string& name,
 
 }  // namespace
 
-DeviceMapper::DeviceMapper() { InitLibrary(); }
+DeviceMapper::DeviceMapper() {
+  InitLibrary();
+}
 
 Result<void> DeviceMapper::ValidateName(std::string_view name) {
   if (name.empty()) return MakeError(EINVAL, "dm name is empty");
@@ -212,7 +219,9 @@ Result<void> DeviceMapper::ValidateUuid(std::string_view uuid) {
   return Ok();
 }
 
-std::string DeviceMapper::DevicePath(const std::string& name) { return "/dev/mapper/" + name; }
+std::string DeviceMapper::DevicePath(const std::string& name) {
+  return "/dev/mapper/" + name;
+}
 
 std::string DeviceMapper::DeviceString(dev_t dev) {
   return fmt::format("{}:{}", major(dev), minor(dev));
@@ -252,7 +261,8 @@ Result<std::string> DeviceMapper::Create(const std::string& name, const Table& t
     return Ok();
   };
   if (auto done = finish(); !done) {
-    (void)RemoveLocked(name, RemoveOptions{.retries = 5, .deferred = false, .ignore_missing = true});
+    (void)RemoveLocked(name,
+                       RemoveOptions{.retries = 5, .deferred = false, .ignore_missing = true});
     return std::move(done).error().Wrap(fmt::format("create dm device \"{}\"", name));
   }
   return path;
@@ -294,6 +304,16 @@ Result<std::optional<DeviceInfo>> DeviceMapper::Info(const std::string& name) {
   IMAGED_TRY_CTX(ValidateName(name), "dm info");
   std::lock_guard lock(g_mutex);
   return InfoLocked(name);
+}
+
+Result<std::optional<DeviceInfo>> DeviceMapper::InfoByDev(dev_t dev) {
+  std::string what = DeviceString(dev);
+  std::lock_guard lock(g_mutex);
+  Task task = IMAGED_TRY(NewTask(DM_DEVICE_INFO, "", "dm info"));
+  if (!dm_task_set_major(task.get(), major(dev)) || !dm_task_set_minor(task.get(), minor(dev))) {
+    return MakeError(EINVAL, "dm info {}: set device number", what);
+  }
+  return InfoOfTask(task.get(), what);
 }
 
 Result<std::vector<DeviceInfo>> DeviceMapper::List() {

@@ -94,7 +94,9 @@ struct Configured {
   std::string path;
 };
 
-void ClearFd(int loop_fd) { ioctl(loop_fd, LOOP_CLR_FD, 0); }
+void ClearFd(int loop_fd) {
+  ioctl(loop_fd, LOOP_CLR_FD, 0);
+}
 
 // One attempt on one free loop. EBUSY means someone else took it; the caller retries.
 Result<Configured> ConfigureFreeLoop(int control_fd, int file_fd, const std::string& file,
@@ -153,11 +155,10 @@ Result<Configured> ConfigureFreeLoop(int control_fd, int file_fd, const std::str
 
 }  // namespace
 
-Result<LoopDevice> LoopDevice::Attach(const std::string& backing_file,
-                                      const LoopOptions& options) {
+Result<LoopDevice> LoopDevice::Attach(const std::string& backing_file, const LoopOptions& options) {
   auto ctx = [&] { return fmt::format("attach loop to \"{}\"", backing_file); };
-  UniqueFd file(open(backing_file.c_str(),
-                     (options.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOFOLLOW));
+  UniqueFd file(
+      open(backing_file.c_str(), (options.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOFOLLOW));
   if (!file) return ErrnoError("{}: open", ctx());
   struct stat st {};
   if (fstat(file.get(), &st) != 0) return ErrnoError("{}: fstat", ctx());
@@ -199,8 +200,8 @@ Result<LoopDevice> LoopDevice::Attach(const std::string& backing_file,
 
   std::optional<Configured> configured;
   for (int attempt = 0; !configured; ++attempt) {
-    auto r = ConfigureFreeLoop(control.get(), file.get(), backing_file, options, block_size,
-                               want_dio);
+    auto r =
+        ConfigureFreeLoop(control.get(), file.get(), backing_file, options, block_size, want_dio);
     if (r) {
       configured = std::move(*r);
       break;
@@ -240,8 +241,8 @@ Result<LoopDevice> LoopDevice::Attach(const std::string& backing_file,
       return ErrnoError("{}: BLKGETSIZE64 {}", ctx(), loop.path_);
     }
     if (bytes != options.size_limit) {
-      return MakeError(EINVAL, "{}: {} is {} bytes, wanted {} (file shorter than the size?)",
-                       ctx(), loop.path_, bytes, options.size_limit);
+      return MakeError(EINVAL, "{}: {} is {} bytes, wanted {} (file shorter than the size?)", ctx(),
+                       loop.path_, bytes, options.size_limit);
     }
   }
   return loop;
@@ -266,7 +267,9 @@ LoopDevice& LoopDevice::operator=(LoopDevice&& other) noexcept {
   return *this;
 }
 
-LoopDevice::~LoopDevice() { (void)Detach(); }
+LoopDevice::~LoopDevice() {
+  (void)Detach();
+}
 
 Result<void> LoopDevice::Detach() {
   if (!fd_) return Ok();

@@ -9,9 +9,13 @@ bool Target::operator==(const Target& other) const {
          params() == other.params();
 }
 
-std::string LinearTarget::params() const { return fmt::format("{} {}", device_, offset_); }
+std::string LinearTarget::params() const {
+  return fmt::format("{} {}", device_, offset_);
+}
 
-uint64_t Table::num_sectors() const { return targets_.empty() ? 0 : targets_.back()->end(); }
+uint64_t Table::num_sectors() const {
+  return targets_.empty() ? 0 : targets_.back()->end();
+}
 
 Result<void> Table::Validate() const {
   if (targets_.empty()) return MakeError(EINVAL, "dm table has no targets");
@@ -22,13 +26,12 @@ Result<void> Table::Validate() const {
       return MakeError(EINVAL, "dm table target {} (sector {}) has zero length", i, t.start());
     }
     if (t.start() > next) {
-      return MakeError(EINVAL, "dm table has a gap: target {} starts at sector {}, expected {}",
-                       i, t.start(), next);
+      return MakeError(EINVAL, "dm table has a gap: target {} starts at sector {}, expected {}", i,
+                       t.start(), next);
     }
     if (t.start() < next) {
-      return MakeError(EINVAL,
-                       "dm table targets overlap: target {} starts at sector {}, before {}", i,
-                       t.start(), next);
+      return MakeError(EINVAL, "dm table targets overlap: target {} starts at sector {}, before {}",
+                       i, t.start(), next);
     }
     if (t.end() < t.start()) {
       return MakeError(EINVAL, "dm table target {} overflows the sector range", i);

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -245,8 +246,10 @@ TEST_F(DeviceMapperTest, LinearTargetsReadTheirLoops) {
   auto live = dm_.GetTable(name);
   ASSERT_OK(live);
   ASSERT_EQ(live->size(), 2u);
-  EXPECT_EQ((*live)[0], (TargetInfo{0, 1, "linear", DeviceMapper::DeviceString(loop1.dev()) + " 0"}));
-  EXPECT_EQ((*live)[1], (TargetInfo{1, 1, "linear", DeviceMapper::DeviceString(loop2.dev()) + " 0"}));
+  EXPECT_EQ((*live)[0],
+            (TargetInfo{0, 1, "linear", DeviceMapper::DeviceString(loop1.dev()) + " 0"}));
+  EXPECT_EQ((*live)[1],
+            (TargetInfo{1, 1, "linear", DeviceMapper::DeviceString(loop2.dev()) + " 0"}));
 }
 
 // Data written through a dm-linear device over a loop lands at the offsets the table says.
@@ -479,8 +482,9 @@ TEST_F(DeviceMapperTest, TenThousandTargetTable) {
   auto path = dm_.Create(name, table);
   auto elapsed = std::chrono::steady_clock::now() - t0;
   ASSERT_OK(path);
-  RecordProperty("create_ms",
-                 static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count()));
+  std::printf("create with %llu targets: %lld ms\n", static_cast<unsigned long long>(kTargets),
+              static_cast<long long>(
+                  std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count()));
   EXPECT_LT(elapsed, std::chrono::seconds(5));
 
   auto live = dm_.GetTable(name);
@@ -488,7 +492,8 @@ TEST_F(DeviceMapperTest, TenThousandTargetTable) {
   ASSERT_EQ(live->size(), kTargets);
   std::string dev = DeviceMapper::DeviceString(loop.dev());
   for (uint64_t i : {uint64_t{0}, uint64_t{1}, kTargets / 2, kTargets - 1}) {
-    EXPECT_EQ((*live)[i], (TargetInfo{i, 1, "linear", dev + " " + std::to_string(kTargets - 1 - i)}));
+    EXPECT_EQ((*live)[i],
+              (TargetInfo{i, 1, "linear", dev + " " + std::to_string(kTargets - 1 - i)}));
   }
   auto info = dm_.Info(name);
   ASSERT_OK(info);
@@ -514,7 +519,8 @@ TEST_F(DeviceMapperTest, ListHasOurDevicesWithTheirInfo) {
   auto list = dm_.List();
   ASSERT_OK(list);
   auto find = [&](const std::string& n) {
-    return std::find_if(list->begin(), list->end(), [&](const DeviceInfo& d) { return d.name == n; });
+    return std::find_if(list->begin(), list->end(),
+                        [&](const DeviceInfo& d) { return d.name == n; });
   };
   ASSERT_NE(find(a), list->end());
   ASSERT_NE(find(b), list->end());
@@ -535,6 +541,29 @@ TEST_F(DeviceMapperTest, ListIsNotCappedAt256) {
     if (d.name.rfind("imaged-test-ListIsNotCappedAt256-", 0) == 0) ++ours;
   }
   EXPECT_EQ(ours, kDevices);
+}
+
+// AOSP GetNameAndUuid / GetDmDeviceNameByPath: from a device number back to name and uuid.
+TEST_F(DeviceMapperTest, InfoByDevFindsNameAndUuid) {
+  std::string name = Name();
+  auto path = dm_.Create(name, OneZeroTarget(), {.uuid = "IMAGED-by-dev"});
+  ASSERT_OK(path);
+  struct stat st {};
+  ASSERT_EQ(stat(path->c_str(), &st), 0);
+  auto info = dm_.InfoByDev(st.st_rdev);
+  ASSERT_OK(info);
+  ASSERT_TRUE(info->has_value());
+  EXPECT_EQ((*info)->name, name);
+  EXPECT_EQ((*info)->uuid, "IMAGED-by-dev");
+  EXPECT_EQ((*info)->dev, st.st_rdev);
+}
+
+// AOSP IsDmBlockDevice: a loop is not a dm device.
+TEST_F(DeviceMapperTest, InfoByDevOfANonDmDeviceIsEmpty) {
+  LoopDevice loop = MakeLoop(4096);
+  auto info = dm_.InfoByDev(loop.dev());
+  ASSERT_OK(info);
+  EXPECT_FALSE(info->has_value());
 }
 
 // AOSP GetParentBlockDeviceByPath: the dm device's parent is the loop.

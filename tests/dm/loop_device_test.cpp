@@ -116,8 +116,8 @@ TEST_F(LoopDeviceTest, BlockSizeDefaultsToTheDiskUnderTheFile) {
   std::string file = Tracked(MakeFile("img", 1 << 20));
   struct stat st {};
   ASSERT_EQ(stat(file.c_str(), &st), 0);
-  std::string sys = "/sys/dev/block/" + std::to_string(major(st.st_dev)) + ":" +
-                    std::to_string(minor(st.st_dev));
+  std::string sys =
+      "/sys/dev/block/" + std::to_string(major(st.st_dev)) + ":" + std::to_string(minor(st.st_dev));
   std::string want = ReadFile(sys + "/queue/logical_block_size");
   if (want.empty()) want = ReadFile(sys + "/../queue/logical_block_size");
   if (want.empty()) want = "512";

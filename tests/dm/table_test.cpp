@@ -173,7 +173,9 @@ TEST(DeviceName, OrdinaryNamesAreValid) {
   }
 }
 
-TEST(DeviceName, EmptyNameIsInvalid) { ASSERT_ERRNO(DeviceMapper::ValidateName(""), EINVAL); }
+TEST(DeviceName, EmptyNameIsInvalid) {
+  ASSERT_ERRNO(DeviceMapper::ValidateName(""), EINVAL);
+}
 
 TEST(DeviceName, At127BytesValidAt128Invalid) {
   EXPECT_OK(DeviceMapper::ValidateName(std::string(127, 'n')));

@@ -36,13 +36,13 @@ inline std::string DeviceMapperUnavailableReason() {
 
 }  // namespace imaged::test
 
-#define IMAGED_REQUIRE_DEVICE_MAPPER()                                                   \
-  do {                                                                                   \
+#define IMAGED_REQUIRE_DEVICE_MAPPER()                                                     \
+  do {                                                                                     \
     const std::string imaged_dm_reason_ = ::imaged::test::DeviceMapperUnavailableReason(); \
-    if (!imaged_dm_reason_.empty()) {                                                    \
-      if (::imaged::test::InVm()) {                                                      \
-        FAIL() << "inside the guest (IMAGED_IN_VM=1) but " << imaged_dm_reason_;         \
-      }                                                                                  \
+    if (!imaged_dm_reason_.empty()) {                                                      \
+      if (::imaged::test::InVm()) {                                                        \
+        FAIL() << "inside the guest (IMAGED_IN_VM=1) but " << imaged_dm_reason_;           \
+      }                                                                                    \
       GTEST_SKIP() << "needs device-mapper (run via tests/vm/run): " << imaged_dm_reason_; \
-    }                                                                                    \
+    }                                                                                      \
   } while (0)

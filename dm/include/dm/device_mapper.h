@@ -24,8 +24,8 @@ struct DeviceInfo {
   std::string uuid{};
   dev_t dev = 0;
   int open_count = 0;
-  int target_count = 0;     // targets of the live table
-  bool active = false;      // has a live table
+  int target_count = 0;  // targets of the live table
+  bool active = false;   // has a live table
   bool suspended = false;
   bool readonly = false;
   bool deferred_remove = false;  // removal is pending until the last close
@@ -41,7 +41,7 @@ struct TargetInfo {
 };
 
 struct CreateOptions {
-  std::string uuid{};  // optional; at most 128 bytes (DM_UUID_LEN - 1), printable, no spaces
+  std::string uuid{};     // optional; at most 128 bytes (DM_UUID_LEN - 1), printable, no spaces
   bool readonly = false;  // in addition to Table::readonly()
   // How long to wait for /dev/mapper/<name> to appear. 0 = do not wait for the node.
   std::chrono::milliseconds timeout{10000};
@@ -79,6 +79,9 @@ class DeviceMapper {
   Result<std::vector<DeviceInfo>> List();
   // nullopt when no device has that name.
   Result<std::optional<DeviceInfo>> Info(const std::string& name);
+  // The dm device with that device number (e.g. from stat of /dev/dm-N); nullopt when it is
+  // not a dm device or does not exist.
+  Result<std::optional<DeviceInfo>> InfoByDev(dev_t dev);
   // The live table, as the kernel reports it (devices become "major:minor").
   Result<std::vector<TargetInfo>> GetTable(const std::string& name);
   // The live table's per-target status text ("" for linear, zero, error).
