@@ -269,12 +269,12 @@ Result<FiemapWriter> FiemapWriter::Open(const std::string& path) {
     return MakeError(EINVAL, "\"{}\": size {} is not a multiple of the {}-byte fs block", path,
                      size, fs.block_size);
   }
+  auto extents = IMAGED_TRY_CTX(ReadExtents(fd.get(), fs.type, size), "open \"{}\"", path);
+  IMAGED_TRY_CTX(CheckExtentsOnDisk(extents, fs, path), "open");
   if (fs.type == FsType::F2fs) {
     bool pinned = IMAGED_TRY_CTX(F2fsIsPinned(fd.get(), path), "open");
     if (!pinned) return MakeError(EINVAL, "\"{}\" is not pinned; f2fs may move its blocks", path);
   }
-  auto extents = IMAGED_TRY_CTX(ReadExtents(fd.get(), fs.type, size), "open \"{}\"", path);
-  IMAGED_TRY_CTX(CheckExtentsOnDisk(extents, fs, path), "open");
   FiemapWriter writer;
   writer.path_ = path;
   writer.size_ = size;

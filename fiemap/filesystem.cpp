@@ -246,12 +246,12 @@ uint64_t Ext4MaxFileSize(uint32_t block_size, bool extents, bool huge_file) {
 }
 
 uint64_t F2fsMaxFileSize(uint32_t block_size) {
-  // 4 KiB blocks: 923 addresses in the inode, 1018 per node block (block minus the 24-byte
-  // node footer, 4 bytes each). Larger blocks grow both by the extra space.
+  // As the kernel's max_file_blocks(NULL) computes s_maxbytes: 2 direct node blocks, 2 indirect,
+  // 1 double-indirect, with (block - 24-byte node footer) / 4 addresses per node block (1018 for
+  // 4 KiB). The kernel leaves out the inode's own 923 addresses, so the reference's
+  // 4329690886144 is 923 blocks too large: a file of that size fails with EFBIG.
   const uint64_t per_node = (block_size - 24) / 4;
-  const uint64_t in_inode = 923 + (block_size - 4096) / 4;
-  uint64_t blocks = in_inode + 2 * per_node + 2 * per_node * per_node +
-                    per_node * per_node * per_node;
+  uint64_t blocks = 2 * per_node + 2 * per_node * per_node + per_node * per_node * per_node;
   return blocks * block_size;
 }
 

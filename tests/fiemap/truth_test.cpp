@@ -109,7 +109,13 @@ class FilefragTruth : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(FilefragTruth, ExtentsMatchFilefrag) {
   IMAGED_SKIP_UNLESS_FS(GetParam());
-  LoopFilesystem fs(GetParam(), GetParam() == "xfs" ? 320ull << 20 : 128ull << 20);
+  if (GetParam() == "vfat") {
+    // filefrag falls back to FIBMAP there and prints no extent table; vfat's truth is the
+    // raw-device pattern test (DataWrittenThroughTheFileIsAtThePhysicalOffsets).
+    GTEST_SKIP() << "filefrag has no extent table on vfat";
+  }
+  LoopFilesystem fs(GetParam(), GetParam() == "xfs" || GetParam() == "f2fs" ? 320ull << 20
+                                                                             : 128ull << 20);
   ASSERT_NO_FATAL_FAILURE(FragmentFreeSpace(fs));
   auto w = FiemapWriter::Create(fs.Path("image"), 24 << 20);
   ASSERT_TRUE(w) << w.error().ToString();

@@ -45,7 +45,7 @@ Result<FilesystemInfo> InspectFilesystem(const std::string& path);
 // Largest file size of an ext4 filesystem with these features, as the kernel computes
 // s_maxbytes (extent-mapped or indirect-block-mapped inodes, huge_file or not).
 uint64_t Ext4MaxFileSize(uint32_t block_size, bool extents, bool huge_file);
-// f2fs: block_size * (addrs per inode + 2 direct + 2 indirect + 1 double-indirect node trees).
+// f2fs: block_size * (2 direct + 2 indirect + 1 double-indirect node trees), as the kernel.
 uint64_t F2fsMaxFileSize(uint32_t block_size);
 // vfat: 4 GiB - 1 rounded down to the cluster size.
 uint64_t VfatMaxFileSize(uint32_t cluster_size);
