@@ -9,6 +9,7 @@
 
 #include <cstdarg>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -24,14 +25,16 @@ std::mutex g_mutex;
 
 // The last error libdevmapper logged on this thread, for errors that carry no errno.
 thread_local std::string t_last_log;
+thread_local int t_last_errno = 0;
 
 // Level constants from libdevmapper's internal log.h; the high bits are flags.
 constexpr int kLogLevelMask = 0x0f;
 constexpr int kLogErr = 3;
 
-void LogToBuffer(int level, const char* /*file*/, int /*line*/, int /*dm_errno*/,
-                 const char* format, ...) {
+void LogToBuffer(int level, const char* /*file*/, int /*line*/, int dm_errno, const char* format,
+                 ...) {
   if ((level & kLogLevelMask) > kLogErr) return;
+  t_last_errno = dm_errno;
   char buf[512];
   va_list ap;
   va_start(ap, format);
@@ -69,16 +72,34 @@ Result<Task> NewTask(int type, const std::string& name, std::string_view what) {
 }
 
 Error TaskError(dm_task* task, std::string_view what, const std::string& name) {
-  int code = dm_task_get_errno(task);
   std::string where = name.empty() ? std::string(what) : fmt::format("{} \"{}\"", what, name);
+  int code = dm_task_get_errno(task);
   if (code != 0) return Error{code, where};
-  return Error{EIO, t_last_log.empty() ? where : fmt::format("{}: {}", where, t_last_log)};
+  // Create-with-table runs inner tasks whose errno only reaches the log text, which ends with
+  // ": <strerror>" (the log callback's errno argument is just -1).
+  std::string log = t_last_log;
+  code = t_last_errno > 0 ? t_last_errno : 0;
+  for (int e = 1; code == 0 && e < 134; ++e) {
+    std::string suffix = fmt::format(": {}", std::strerror(e));
+    if (log.size() > suffix.size() &&
+        log.compare(log.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      code = e;
+    }
+  }
+  if (code == 0) code = EIO;
+  std::string suffix = fmt::format(": {}", std::strerror(code));
+  if (log.size() > suffix.size() &&
+      log.compare(log.size() - suffix.size(), suffix.size(), suffix) == 0) {
+    log.resize(log.size() - suffix.size());  // ToString() appends it again
+  }
+  return Error{code, log.empty() ? where : fmt::format("{}: {}", where, log)};
 }
 
 // Runs the task. Tasks that change device nodes take a udev cookie; dm_udev_wait then either
 // waits for udev or (without udev) performs the node operations itself.
 Result<void> Run(dm_task* task, std::string_view what, const std::string& name, bool with_cookie) {
   t_last_log.clear();
+  t_last_errno = 0;
   uint32_t cookie = 0;
   if (with_cookie && !dm_task_set_cookie(task, &cookie, 0)) {
     return MakeError(EIO, "{} \"{}\": dm_task_set_cookie", what, name);

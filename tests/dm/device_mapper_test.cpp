@@ -191,8 +191,7 @@ TEST_F(DeviceMapperTest, TargetBeyondTheEndOfItsDeviceFailsAndLeavesNoDevice) {
   std::string name = Name();
   Table table;
   table.Emplace<LinearTarget>(0, 256, loop.path(), 0);  // 128 KiB over a 64 KiB loop
-  auto r = dm_.Create(name, table);
-  ASSERT_FALSE(r.has_value());
+  ASSERT_ERRNO(dm_.Create(name, table), EINVAL);
   auto info = dm_.Info(name);
   ASSERT_OK(info);
   EXPECT_FALSE(info->has_value());
@@ -202,7 +201,7 @@ TEST_F(DeviceMapperTest, MissingUnderlyingDeviceFailsAndLeavesNoDevice) {
   std::string name = Name();
   Table table;
   table.Emplace<LinearTarget>(0, 8, "/dev/imaged-no-such-device", 0);
-  ASSERT_FALSE(dm_.Create(name, table).has_value());
+  ASSERT_ERRNO(dm_.Create(name, table), ENODEV);
   auto info = dm_.Info(name);
   ASSERT_OK(info);
   EXPECT_FALSE(info->has_value());
