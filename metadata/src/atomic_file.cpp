@@ -36,11 +36,16 @@ AtomicWriteAction Ask(const AtomicWriteHooks* hooks, AtomicWriteStep step) {
 
 const char* StepName(AtomicWriteStep step) {
   switch (step) {
-    case AtomicWriteStep::kCreateTemp: return "create temp file";
-    case AtomicWriteStep::kWrite: return "write";
-    case AtomicWriteStep::kFsyncFile: return "fsync";
-    case AtomicWriteStep::kRename: return "rename";
-    case AtomicWriteStep::kFsyncDir: return "fsync directory";
+    case AtomicWriteStep::kCreateTemp:
+      return "create temp file";
+    case AtomicWriteStep::kWrite:
+      return "write";
+    case AtomicWriteStep::kFsyncFile:
+      return "fsync";
+    case AtomicWriteStep::kRename:
+      return "rename";
+    case AtomicWriteStep::kFsyncDir:
+      return "fsync directory";
   }
   return "?";
 }

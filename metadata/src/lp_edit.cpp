@@ -59,9 +59,8 @@ LpMetadata NewImageMetadata(const BlockDevice& device, uint32_t logical_block_si
                             uint32_t metadata_max_size) {
   LpMetadata md;
   uint64_t max = metadata_max_size ? metadata_max_size : kDefaultMetadataMaxSize;
-  md.geometry.metadata_max_size =
-      static_cast<uint32_t>(std::min<uint64_t>(AlignUp(max, kMetadataSizeStep),
-                                               kMaxMetadataMaxSize));
+  md.geometry.metadata_max_size = static_cast<uint32_t>(
+      std::min<uint64_t>(AlignUp(max, kMetadataSizeStep), kMaxMetadataMaxSize));
   md.geometry.metadata_slot_count = 1;
   md.geometry.logical_block_size = logical_block_size;
   md.groups.push_back(Group{std::string(kDefaultGroupName), 0, 0});
@@ -89,8 +88,8 @@ Result<void> SetPartition(LpMetadata& md, std::string_view name, uint32_t attrib
     return MakeError(code, "set partition \"{}\": {}", name, msg);
   };
   if (!IsValidName(name)) {
-    return fail(EINVAL, fmt::format("invalid name (1..{} bytes of [A-Za-z0-9_.-])",
-                                    kMaxNameLength));
+    return fail(EINVAL,
+                fmt::format("invalid name (1..{} bytes of [A-Za-z0-9_.-])", kMaxNameLength));
   }
   if (attributes & ~(kPartitionAttributeMaskV0 | kPartitionAttributeMaskV1)) {
     return fail(EINVAL, fmt::format("unknown attribute bits 0x{:x}", attributes));
@@ -103,8 +102,8 @@ Result<void> SetPartition(LpMetadata& md, std::string_view name, uint32_t attrib
       return fail(EINVAL, fmt::format("extent {} has unknown target_type {}", i, e.target_type));
     }
     if (e.target_type == kTargetTypeLinear && e.target_source >= md.block_devices.size()) {
-      return fail(EINVAL, fmt::format("extent {} targets block device {} of {}", i,
-                                      e.target_source, md.block_devices.size()));
+      return fail(EINVAL, fmt::format("extent {} targets block device {} of {}", i, e.target_source,
+                                      md.block_devices.size()));
     }
   }
 
@@ -129,9 +128,9 @@ Result<void> SetPartition(LpMetadata& md, std::string_view name, uint32_t attrib
 
   const uint64_t needed = SerializedMetadataSize(next);
   if (needed > next.geometry.metadata_max_size) {
-    uint64_t grown = std::max<uint64_t>(
-        MetadataSizeFor(next.partitions.size(), next.extents.size()),
-        AlignUp(needed, kMetadataSizeStep));
+    uint64_t grown =
+        std::max<uint64_t>(MetadataSizeFor(next.partitions.size(), next.extents.size()),
+                           AlignUp(needed, kMetadataSizeStep));
     if (grown > kMaxMetadataMaxSize) {
       return fail(EFBIG, fmt::format("metadata would need {} bytes, the limit is {}", needed,
                                      kMaxMetadataMaxSize));

@@ -54,8 +54,7 @@ uint32_t AllowedAttributes(uint16_t minor) {
 Result<std::string> GetName(const uint8_t* p, std::string_view what) {
   const void* nul = std::memchr(p, 0, kNameFieldSize);
   if (nul == nullptr) return MakeError(EINVAL, "{}: name is not NUL-terminated", what);
-  return std::string(reinterpret_cast<const char*>(p),
-                     static_cast<const uint8_t*>(nul) - p);
+  return std::string(reinterpret_cast<const char*>(p), static_cast<const uint8_t*>(nul) - p);
 }
 
 Result<void> CheckName(std::string_view name, std::string_view what) {
@@ -65,8 +64,7 @@ Result<void> CheckName(std::string_view name, std::string_view what) {
       return MakeError(EINVAL, "{}: name \"{}\" is {} bytes, the limit is {}", what, name,
                        name.size(), kMaxNameLength);
     }
-    return MakeError(EINVAL, "{}: name \"{}\" has characters outside [A-Za-z0-9_.-]", what,
-                     name);
+    return MakeError(EINVAL, "{}: name \"{}\" has characters outside [A-Za-z0-9_.-]", what, name);
   }
   return {};
 }
@@ -76,16 +74,14 @@ Result<void> CheckName(std::string_view name, std::string_view what) {
 Result<void> ValidateModel(const LpMetadata& md, uint16_t minor) {
   const Geometry& g = md.geometry;
   if (md.major_version != kMajorVersion) {
-    return MakeError(EINVAL, "header: major_version {} is not {}", md.major_version,
-                     kMajorVersion);
+    return MakeError(EINVAL, "header: major_version {} is not {}", md.major_version, kMajorVersion);
   }
   if (minor > kMinorVersionMax) {
-    return MakeError(EINVAL, "header: minor_version {} is newer than {}", minor,
-                     kMinorVersionMax);
+    return MakeError(EINVAL, "header: minor_version {} is newer than {}", minor, kMinorVersionMax);
   }
   if (md.header_flags != 0 && minor < kVersionForExpandedHeader) {
-    return MakeError(EINVAL, "header: flags 0x{:x} need minor version 2, have {}",
-                     md.header_flags, minor);
+    return MakeError(EINVAL, "header: flags 0x{:x} need minor version 2, have {}", md.header_flags,
+                     minor);
   }
   if (g.metadata_slot_count == 0) return MakeError(EINVAL, "geometry: metadata_slot_count is 0");
   if (g.metadata_max_size % kSectorSize != 0) {
@@ -120,8 +116,8 @@ Result<void> ValidateModel(const LpMetadata& md, uint16_t minor) {
                        p.first_extent_index, p.num_extents, md.extents.size());
     }
     if (p.group_index >= md.groups.size()) {
-      return MakeError(EINVAL, "{}: group_index {} out of range of {} groups", what,
-                       p.group_index, md.groups.size());
+      return MakeError(EINVAL, "{}: group_index {} out of range of {} groups", what, p.group_index,
+                       md.groups.size());
     }
   }
   for (size_t i = 0; i < md.extents.size(); ++i) {
@@ -189,8 +185,7 @@ Result<std::vector<uint8_t>> EncodeMetadata(const LpMetadata& md) {
     return MakeError(EFBIG,
                      "metadata needs {} bytes ({} partitions, {} extents) but metadata_max_size "
                      "is {}",
-                     total, md.partitions.size(), md.extents.size(),
-                     md.geometry.metadata_max_size);
+                     total, md.partitions.size(), md.extents.size(), md.geometry.metadata_max_size);
   }
   std::vector<uint8_t> out(total, 0);
   uint8_t* hdr = out.data();
@@ -509,8 +504,7 @@ std::span<const uint8_t> SlotSpan(std::span<const uint8_t> data, uint64_t offset
 Result<LpMetadata> ParseSuper(std::span<const uint8_t> data, uint32_t slot) {
   auto geo_at = [&](uint64_t offset) -> Result<Geometry> {
     if (data.size() < offset + kGeometrySize) {
-      return MakeError(EINVAL, "geometry at {}: truncated input of {} bytes", offset,
-                       data.size());
+      return MakeError(EINVAL, "geometry at {}: truncated input of {} bytes", offset, data.size());
     }
     return DecodeGeometry(data.subspan(offset, kGeometrySize));
   };
@@ -518,8 +512,8 @@ Result<LpMetadata> ParseSuper(std::span<const uint8_t> data, uint32_t slot) {
   if (!geo) {
     Result<Geometry> backup = geo_at(kSuperBackupGeometryOffset);
     if (!backup) {
-      return MakeError(geo.error().code, "parse super: primary {}; backup {}",
-                       geo.error().message, backup.error().message);
+      return MakeError(geo.error().code, "parse super: primary {}; backup {}", geo.error().message,
+                       backup.error().message);
     }
     geo = std::move(backup);
   }
@@ -575,8 +569,8 @@ Result<void> WriteImageFile(const std::string& path, const LpMetadata& md) {
 bool IsValidName(std::string_view name) {
   if (name.empty() || name.size() > kMaxNameLength) return false;
   return std::all_of(name.begin(), name.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '_' || c == '.' || c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '.' || c == '-';
   });
 }
 

@@ -19,7 +19,8 @@ std::string_view KindName(StatusEntry::Kind kind) {
 
 Result<void> CheckValue(std::string_view value) {
   if (value.empty()) return MakeError(EINVAL, "empty value");
-  if (value.find('\n') != std::string_view::npos) return MakeError(EINVAL, "value contains a newline");
+  if (value.find('\n') != std::string_view::npos)
+    return MakeError(EINVAL, "value contains a newline");
   if (value.find('\0') != std::string_view::npos) return MakeError(EINVAL, "value contains NUL");
   return {};
 }
@@ -112,8 +113,10 @@ Result<void> AppendStatusEntry(const std::string& path, const StatusEntry& entry
 }
 
 Result<void> RemoveStatusFile(const std::string& path) {
-  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-    return ErrnoError("remove status file \"{}\"", path);
+  if (::unlink(path.c_str()) != 0) {
+    if (errno != ENOENT) return ErrnoError("remove status file \"{}\"", path);
+    // Already gone (perhaps with its directory): nothing of ours to make durable.
+    return {};
   }
   IMAGED_TRY_CTX(FsyncDirectory(DirOf(path)), "remove status file \"{}\"", path);
   return {};

@@ -40,7 +40,9 @@ std::string HeaderFlags(uint32_t f) {
   return Flags(f, {{md::kHeaderFlagVirtualAbDevice, "virtual_ab_device"},
                    {md::kHeaderFlagOverlaysActive, "overlays_active"}});
 }
-std::string SlotFlags(uint32_t f) { return Flags(f, {{1, "slot-suffixed"}}); }
+std::string SlotFlags(uint32_t f) {
+  return Flags(f, {{1, "slot-suffixed"}});
+}
 
 std::string TargetType(uint32_t t) {
   if (t == md::kTargetTypeLinear) return "linear";
@@ -49,7 +51,8 @@ std::string TargetType(uint32_t t) {
 }
 
 std::string SourceName(const md::LpMetadata& m, const md::Extent& e) {
-  if (e.target_source < m.block_devices.size()) return m.block_devices[e.target_source].partition_name;
+  if (e.target_source < m.block_devices.size())
+    return m.block_devices[e.target_source].partition_name;
   return fmt::format("#{}", e.target_source);
 }
 
@@ -86,8 +89,7 @@ nlohmann::json ToJson(const md::LpMetadata& m, const char* layout) {
   }
   j["groups"] = json::array();
   for (const md::Group& g : m.groups) {
-    j["groups"].push_back(
-        {{"name", g.name}, {"flags", g.flags}, {"maximum_size", g.maximum_size}});
+    j["groups"].push_back({{"name", g.name}, {"flags", g.flags}, {"maximum_size", g.maximum_size}});
   }
   j["block_devices"] = json::array();
   for (const md::BlockDevice& b : m.block_devices) {

@@ -15,7 +15,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::vector<uint8_t> Bytes(std::string_view s) { return {s.begin(), s.end()}; }
+std::vector<uint8_t> Bytes(std::string_view s) {
+  return {s.begin(), s.end()};
+}
 
 std::string Slurp(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -36,9 +38,8 @@ constexpr AtomicWriteStep kSteps[] = {AtomicWriteStep::kCreateTemp, AtomicWriteS
                                       AtomicWriteStep::kFsyncDir};
 
 AtomicWriteHooks At(AtomicWriteStep target, AtomicWriteAction action) {
-  return AtomicWriteHooks{[=](AtomicWriteStep s) {
-    return s == target ? action : AtomicWriteAction::kContinue;
-  }};
+  return AtomicWriteHooks{
+      [=](AtomicWriteStep s) { return s == target ? action : AtomicWriteAction::kContinue; }};
 }
 
 TEST(AtomicWrite, CreatesFileWithModeAndContent) {

@@ -36,15 +36,13 @@ void CheckSeeds(const std::string& target, Parse parse) {
 }
 
 TEST(FuzzCorpus, ImageSeeds) {
-  CheckSeeds("metadata_image_fuzz", [](const std::vector<uint8_t>& d) {
-    return ParseImageFile(d).has_value();
-  });
+  CheckSeeds("metadata_image_fuzz",
+             [](const std::vector<uint8_t>& d) { return ParseImageFile(d).has_value(); });
 }
 
 TEST(FuzzCorpus, SuperSeeds) {
-  CheckSeeds("metadata_super_fuzz", [](const std::vector<uint8_t>& d) {
-    return ParseSuper(d).has_value();
-  });
+  CheckSeeds("metadata_super_fuzz",
+             [](const std::vector<uint8_t>& d) { return ParseSuper(d).has_value(); });
 }
 
 TEST(FuzzCorpus, StatusSeeds) {

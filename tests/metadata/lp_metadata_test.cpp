@@ -37,7 +37,9 @@ void ExpectParseError(const std::vector<uint8_t>& bytes, int code, const std::st
   EXPECT_NE(r.error().message.find(needle), std::string::npos) << r.error().ToString();
 }
 
-size_t TablesOffset(const std::vector<uint8_t>& b) { return kHdr + PeekU32(b, kHdr + 8); }
+size_t TablesOffset(const std::vector<uint8_t>& b) {
+  return kHdr + PeekU32(b, kHdr + 8);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Golden bytes against the independent encoder in lp_test_util.h.
@@ -499,8 +501,8 @@ TEST(LpWriter, AcceptsNameOf35Bytes) {
 }
 
 TEST(LpWriter, RefusesNameWithBadCharacters) {
-  for (const std::string& bad : std::vector<std::string>{"a/b", "a b", std::string("a\0b", 3),
-                                                        "a:b", "\xc3\xa9"}) {
+  for (const std::string& bad :
+       std::vector<std::string>{"a/b", "a b", std::string("a\0b", 3), "a:b", "\xc3\xa9"}) {
     LpMetadata md = SampleMetadata();
     md.partitions[0].name = bad;
     ExpectWriteError(md, EINVAL, "characters outside");
@@ -602,8 +604,8 @@ TEST(LpSuper, LayoutHasReservedZerosTwoGeometriesAndEveryCopy) {
   EXPECT_TRUE(std::equal(image.begin(), image.begin() + 4096, b.begin() + 4096));
   EXPECT_TRUE(std::equal(image.begin(), image.begin() + 4096, b.begin() + 8192));
   for (uint32_t slot = 0; slot < 2; ++slot) {
-    for (uint64_t off : {PrimaryMetadataOffset(md.geometry, slot),
-                         BackupMetadataOffset(md.geometry, slot)}) {
+    for (uint64_t off :
+         {PrimaryMetadataOffset(md.geometry, slot), BackupMetadataOffset(md.geometry, slot)}) {
       EXPECT_TRUE(std::equal(image.begin() + 4096, image.end(), b.begin() + off)) << off;
     }
   }
@@ -706,7 +708,9 @@ TEST(LpSuper, DetectLayoutAndParseAny) {
 // ---------------------------------------------------------------------------------------------
 // Editing helpers.
 
-BlockDevice DataDisk() { return BlockDevice{0, 4096, 0, 100ull << 30, "nvme0n1p2", 0}; }
+BlockDevice DataDisk() {
+  return BlockDevice{0, 4096, 0, 100ull << 30, "nvme0n1p2", 0};
+}
 
 TEST(LpEdit, NewImageMetadataMatchesLibfiemapDefaults) {
   LpMetadata md = NewImageMetadata(DataDisk(), 4096, 0);
@@ -731,9 +735,9 @@ TEST(LpEdit, NewImageMetadataAlignsFirstSectorToDeviceAlignment) {
 TEST(LpEdit, SetPartitionAddsAndReplaces) {
   LpMetadata md = NewImageMetadata(DataDisk(), 4096, 0);
   ASSERT_TRUE(SetPartition(md, "a", 0, {Extent{8, kTargetTypeLinear, 100, 0}}));
-  ASSERT_TRUE(SetPartition(md, "b", kPartitionAttrReadonly,
-                           {Extent{16, kTargetTypeLinear, 200, 0},
-                            Extent{16, kTargetTypeLinear, 300, 0}}));
+  ASSERT_TRUE(
+      SetPartition(md, "b", kPartitionAttrReadonly,
+                   {Extent{16, kTargetTypeLinear, 200, 0}, Extent{16, kTargetTypeLinear, 300, 0}}));
   ASSERT_TRUE(SetPartition(md, "a", 0,
                            {Extent{1, kTargetTypeLinear, 1, 0}, Extent{2, kTargetTypeLinear, 5, 0},
                             Extent{3, kTargetTypeLinear, 9, 0}}));

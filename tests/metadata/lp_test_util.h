@@ -121,10 +121,9 @@ inline std::vector<uint8_t> ReferenceMetadata(const LpMetadata& md, uint16_t min
   auto tsum = TestSha256(tables.data(), tables.size());
   for (uint8_t c : tsum) h.U8(c);
   uint32_t off = 0;
-  const uint32_t counts[4] = {static_cast<uint32_t>(md.partitions.size()),
-                              static_cast<uint32_t>(md.extents.size()),
-                              static_cast<uint32_t>(md.groups.size()),
-                              static_cast<uint32_t>(md.block_devices.size())};
+  const uint32_t counts[4] = {
+      static_cast<uint32_t>(md.partitions.size()), static_cast<uint32_t>(md.extents.size()),
+      static_cast<uint32_t>(md.groups.size()), static_cast<uint32_t>(md.block_devices.size())};
   const uint32_t sizes[4] = {52, 24, 48, 64};
   for (int i = 0; i < 4; ++i) {
     h.U32(off);
@@ -144,9 +143,9 @@ inline std::vector<uint8_t> ReferenceMetadata(const LpMetadata& md, uint16_t min
 }
 
 inline std::vector<uint8_t> ReferenceImageFile(const LpMetadata& md, uint16_t minor) {
-  std::vector<uint8_t> out = ReferenceGeometry(md.geometry.metadata_max_size,
-                                               md.geometry.metadata_slot_count,
-                                               md.geometry.logical_block_size);
+  std::vector<uint8_t> out =
+      ReferenceGeometry(md.geometry.metadata_max_size, md.geometry.metadata_slot_count,
+                        md.geometry.logical_block_size);
   std::vector<uint8_t> blob = ReferenceMetadata(md, minor);
   out.insert(out.end(), blob.begin(), blob.end());
   return out;
@@ -183,8 +182,7 @@ inline LpMetadata SampleMetadata() {
   md.partitions = {Partition{"system", kPartitionAttrReadonly, 0, 2, 0},
                    Partition{"vendor_b", 0, 2, 1, 0}};
   md.extents = {Extent{2048, kTargetTypeLinear, 4096, 0},
-                Extent{1024, kTargetTypeLinear, 100000, 0},
-                Extent{8, kTargetTypeZero, 0, 0}};
+                Extent{1024, kTargetTypeLinear, 100000, 0}, Extent{8, kTargetTypeZero, 0, 0}};
   md.groups = {Group{"default", 0, 0}};
   md.block_devices = {BlockDevice{2048, 4096, 0, 64ull << 30, "sda1", 0}};
   return md;

@@ -34,7 +34,7 @@ Result<std::vector<StatusEntry>> ReadStatusFile(const std::string& path);
 Result<void> WriteStatusFile(const std::string& path, const std::vector<StatusEntry>& entries);
 // Read (missing file = empty), append, atomic write.
 Result<void> AppendStatusEntry(const std::string& path, const StatusEntry& entry);
-// unlink + fsync of the directory; a missing file is success.
+// unlink + fsync of the directory; a missing file (or directory) is success.
 Result<void> RemoveStatusFile(const std::string& path);
 
 }  // namespace imaged::metadata
