@@ -160,6 +160,10 @@ struct ImageManager::Impl {
   // backing file is one of `pieces`. Entries that are not ours are skipped, never touched.
   Result<void> TearDown(std::string_view name, const std::vector<metadata::StatusEntry>& entries,
                         const std::vector<std::string>& pieces);
+  // A loop over a file turns discards and write-zeroes into hole punches (and zero-range into
+  // unwritten extents) in our pieces. After a loop mapping is gone, re-allocate and write any
+  // such range and record the pieces' extents again. Returns whether anything was restored.
+  Result<bool> RestoreAllocationLocked(std::string_view name);
   // Loops backed by any of the pieces.
   Result<std::vector<std::string>> LoopsBacking(const std::vector<std::string>& pieces);
 

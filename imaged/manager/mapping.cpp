@@ -44,6 +44,37 @@ Result<void> WriteZeros(uint64_t bytes, const Progress& progress,
   return Ok();
 }
 
+// Best effort: a discard through the loop would punch a hole in our piece, freeing blocks that
+// lp_metadata (and so imaged-init at the next boot) still maps. Write-zeroes cannot be turned off
+// this way on current kernels; RestoreAllocationLocked repairs after those.
+void DisableLoopDiscard(const std::string& loop_path) {
+  const std::string attr = "/sys/block/" + manager::Basename(loop_path) + "/queue/discard_max_bytes";
+  UniqueFd fd(open(attr.c_str(), O_WRONLY | O_CLOEXEC));
+  if (fd) (void)!write(fd.get(), "0", 1);
+}
+
+// Ranges of `fd` that read as zeros without owning written blocks: holes and (on ext4, xfs)
+// unwritten extents, as SEEK_HOLE reports them.
+Result<std::vector<std::pair<uint64_t, uint64_t>>> HoleRanges(int fd, uint64_t size,
+                                                              const std::string& path) {
+  std::vector<std::pair<uint64_t, uint64_t>> holes;
+  off_t pos = 0;
+  while (static_cast<uint64_t>(pos) < size) {
+    off_t hole = lseek(fd, pos, SEEK_HOLE);
+    if (hole < 0) {
+      if (errno == ENXIO) break;
+      return ErrnoError("seek hole in \"{}\"", path);
+    }
+    if (static_cast<uint64_t>(hole) >= size) break;
+    off_t data = lseek(fd, hole, SEEK_DATA);
+    uint64_t end = data < 0 ? size : std::min<uint64_t>(static_cast<uint64_t>(data), size);
+    if (data < 0 && errno != ENXIO) return ErrnoError("seek data in \"{}\"", path);
+    holes.emplace_back(static_cast<uint64_t>(hole), end - static_cast<uint64_t>(hole));
+    pos = static_cast<off_t>(end);
+  }
+  return holes;
+}
+
 bool IsUnder(const std::string& path, const std::string& dir) {
   return path.size() > dir.size() + 1 && path.compare(0, dir.size(), dir) == 0 &&
          path[dir.size()] == '/';
@@ -234,6 +265,7 @@ Result<std::string> ImageManager::Impl::MapLocked(std::string_view name,
     auto loop = IMAGED_TRY_CTX(dm::LoopDevice::Attach(piece.path(), lo), "loop over \"{}\"",
                                piece.path());
     cleanup.loops.push_back(std::move(loop));
+    DisableLoopDiscard(cleanup.loops.back().path());
     IMAGED_TRY(metadata::AppendStatusEntry(
         status, {StatusEntry::Kind::Loop, cleanup.loops.back().path()}));
   }
@@ -334,7 +366,59 @@ Result<void> ImageManager::Impl::UnmapLocked(std::string_view name) {
   if (auto listed = fiemap::SplitFiemap::ListPieces(list_path(name))) pieces = std::move(*listed);
   IMAGED_TRY(TearDown(name, entries, pieces));
   IMAGED_TRY(metadata::RemoveStatusFile(status));
+  const bool had_loops = std::any_of(entries.begin(), entries.end(), [](const StatusEntry& e) {
+    return e.kind == StatusEntry::Kind::Loop;
+  });
+  if (had_loops || entries.empty()) {
+    IMAGED_TRY_CTX(RestoreAllocationLocked(name),
+                   "unmapped, but restoring the pieces' allocation failed");
+  }
   return Ok();
+}
+
+Result<bool> ImageManager::Impl::RestoreAllocationLocked(std::string_view name) {
+  const auto md = IMAGED_TRY(ReadLp());
+  const auto* p = md ? metadata::FindPartition(*md, name) : nullptr;
+  if (!p) return false;
+  const auto pieces = IMAGED_TRY(fiemap::SplitFiemap::ListPieces(list_path(name)));
+  bool restored = false;
+  for (const auto& piece : pieces) {
+    UniqueFd fd(open(piece.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
+    if (!fd) return ErrnoError("open \"{}\"", piece);
+    struct stat st;
+    if (fstat(fd.get(), &st) != 0) return ErrnoError("stat \"{}\"", piece);
+    const uint64_t size = static_cast<uint64_t>(st.st_size);
+    const auto holes = IMAGED_TRY(HoleRanges(fd.get(), size, piece));
+    if (holes.empty()) continue;
+    restored = true;
+    if (fallocate(fd.get(), 0, 0, static_cast<off_t>(size)) != 0) {
+      return ErrnoError("fallocate \"{}\"", piece);
+    }
+    // The ranges read as zeros already; writing zeros makes their blocks written for FIEMAP.
+    for (const auto& [off, len] : holes) {
+      IMAGED_TRY(WriteZeros(len, {}, [&](const void* b, size_t n, uint64_t at) -> Result<void> {
+        ssize_t w = pwrite(fd.get(), b, n, static_cast<off_t>(off + at));
+        if (w != static_cast<ssize_t>(n)) return ErrnoError("write zeros to \"{}\"", piece);
+        return Ok();
+      }));
+    }
+    if (fsync(fd.get()) != 0) return ErrnoError("fsync \"{}\"", piece);
+  }
+  if (!restored) return false;
+  const uint32_t attributes = p->attributes;
+  const uint64_t size = metadata::PartitionSizeBytes(*md, *p);
+  auto split = IMAGED_TRY(fiemap::SplitFiemap::Open(list_path(name)));
+  const auto fs = IMAGED_TRY(fiemap::InspectFilesystem(options.data_dir));
+  const auto extents = IMAGED_TRY(manager::ComputeLpExtents(split, manager::DiskFactsOf(fs), size));
+  auto record = [&](std::optional<metadata::LpMetadata> current) -> Result<metadata::LpMetadata> {
+    if (!current || !metadata::FindPartition(*current, name)) {
+      return MakeError(ENOENT, "no such image");
+    }
+    IMAGED_TRY(metadata::SetPartition(*current, name, attributes, extents));
+    return std::move(*current);
+  };
+  IMAGED_TRY(EditLp(record));
+  return true;
 }
 
 // ---------------------------------------------------------------------------------------------
