@@ -1,0 +1,148 @@
+// ImageManager::Import: raw, Android sparse (img2simg) and qcow2 (qemu-img) sources land bit-exact
+// in a new image; into_existing overwrites and zeroes the rest; failures leave no new image.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+#include "fiemap/split_file.h"
+#include "image_set.h"
+
+namespace imaged::test {
+namespace {
+
+constexpr uint64_t kMiB = 1 << 20;
+
+class ImportTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    IMAGED_SKIP_UNLESS_FS("ext4");
+    ManagerOptions o;
+    o.strategy = MapStrategy::kLoop;
+    set_ = std::make_unique<ImageSet>("ext4", 96 * kMiB, o);
+  }
+  ImageManager& mgr() { return set_->mgr(); }
+
+  // Data with holes: zeros, random blocks, a run of one byte value, zeros at the end.
+  std::vector<uint8_t> SourceBytes(size_t size) {
+    std::vector<uint8_t> v(size, 0);
+    auto random = Pattern(size / 3, 11);
+    std::copy(random.begin(), random.end(), v.begin() + size / 4);
+    std::fill(v.begin() + size / 4 * 3, v.begin() + size / 4 * 3 + 8192, 0xAB);
+    return v;
+  }
+  std::string WriteSource(const std::vector<uint8_t>& bytes) {
+    const std::string path = (src_.path() / "source.raw").string();
+    std::ofstream(path, std::ios::binary)
+        .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    return path;
+  }
+  std::vector<uint8_t> ImageBytes(const std::string& name, size_t n) {
+    auto split = fiemap::SplitFiemap::Open(set_->data(name + ".img"));
+    if (!split) return {};
+    std::vector<uint8_t> out(n);
+    if (!split->PRead(out.data(), n, 0)) return {};
+    return out;
+  }
+
+  TempDir src_;
+  std::unique_ptr<ImageSet> set_;
+};
+
+TEST_F(ImportTest, RawImportsBitExactAndRoundsTheSizeUpTo512) {
+  const auto bytes = SourceBytes(3 * kMiB + 1000);
+  auto info = mgr().Import("raw", WriteSource(bytes), {});
+  ASSERT_OK(info);
+  EXPECT_EQ(info->size_bytes, 3 * kMiB + 1024);
+  auto back = ImageBytes("raw", 3 * kMiB + 1024);
+  ASSERT_EQ(back.size(), 3 * kMiB + 1024);
+  EXPECT_TRUE(std::equal(bytes.begin(), bytes.end(), back.begin()));
+  EXPECT_EQ(std::vector<uint8_t>(back.begin() + bytes.size(), back.end()),
+            std::vector<uint8_t>(24, 0));
+}
+
+TEST_F(ImportTest, SparseFromImg2simgImportsBitExact) {
+  const auto bytes = SourceBytes(4 * kMiB);
+  const std::string raw = WriteSource(bytes);
+  const std::string sparse = (src_.path() / "source.simg").string();
+  auto r = RunCommand({"img2simg", raw, sparse});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto info = mgr().Import("sparse", sparse, {});
+  ASSERT_OK(info);
+  EXPECT_EQ(info->size_bytes, 4 * kMiB);
+  EXPECT_EQ(ImageBytes("sparse", bytes.size()), bytes);
+}
+
+TEST_F(ImportTest, Qcow2FromQemuImgImportsBitExactThroughTheMappedDevice) {
+  const auto bytes = SourceBytes(4 * kMiB);
+  const std::string raw = WriteSource(bytes);
+  const std::string qcow = (src_.path() / "source.qcow2").string();
+  auto r = RunCommand({"qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ImportOptions o;
+  uint64_t last_done = 0, last_total = 0;
+  o.progress = [&](uint64_t done, uint64_t total) {
+    last_done = done;
+    last_total = total;
+    return true;
+  };
+  auto info = mgr().Import("qcow", qcow, o);
+  ASSERT_OK(info);
+  EXPECT_EQ(last_done, last_total);
+  auto path = mgr().Map("qcow");
+  ASSERT_OK(path);
+  EXPECT_EQ(DirectRead(*path, bytes.size(), 0), bytes);
+  ASSERT_OK(mgr().Unmap("qcow"));
+}
+
+TEST_F(ImportTest, IntoExistingOverwritesAndZeroesTheRest) {
+  ASSERT_OK(mgr().Create("target", 8 * kMiB, {}));
+  auto split = fiemap::SplitFiemap::Open(set_->data("target.img"));
+  ASSERT_OK(split);
+  const auto old = Pattern(8 * kMiB, 12);
+  ASSERT_OK(split->PWrite(old.data(), old.size(), 0));
+  ASSERT_OK(split->Sync());
+  const auto bytes = SourceBytes(4 * kMiB);
+  ImportOptions o;
+  o.into_existing = true;
+  o.format = ImportFormat::kRaw;
+  auto info = mgr().Import("target", WriteSource(bytes), o);
+  ASSERT_OK(info);
+  EXPECT_EQ(info->size_bytes, 8 * kMiB);
+  auto back = ImageBytes("target", 8 * kMiB);
+  EXPECT_TRUE(std::equal(bytes.begin(), bytes.end(), back.begin()));
+  EXPECT_EQ(std::vector<uint8_t>(back.begin() + 4 * kMiB, back.end()),
+            std::vector<uint8_t>(4 * kMiB, 0));
+}
+
+TEST_F(ImportTest, IntoExistingRefusesASmallerImage) {
+  ASSERT_OK(mgr().Create("small", kMiB, {}));
+  ImportOptions o;
+  o.into_existing = true;
+  EXPECT_ERRNO(mgr().Import("small", WriteSource(SourceBytes(2 * kMiB)), o), EFBIG);
+}
+
+TEST_F(ImportTest, ABrokenSourceLeavesNoImage) {
+  const auto bytes = SourceBytes(4 * kMiB);
+  const std::string raw = WriteSource(bytes);
+  const std::string qcow = (src_.path() / "source.qcow2").string();
+  ASSERT_EQ(RunCommand({"qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow}).exit_code, 0);
+  std::filesystem::resize_file(qcow, std::filesystem::file_size(qcow) / 2);
+  auto info = mgr().Import("broken", qcow, {});
+  EXPECT_FALSE(info.has_value());
+  EXPECT_FALSE(*mgr().Exists("broken"));
+  EXPECT_TRUE(std::filesystem::is_empty(set_->options().data_dir));
+}
+
+TEST_F(ImportTest, CancelledImportLeavesNoImage) {
+  ImportOptions o;
+  o.progress = [](uint64_t done, uint64_t) { return done == 0; };
+  EXPECT_ERRNO(mgr().Import("cancel", WriteSource(SourceBytes(8 * kMiB)), o), ECANCELED);
+  EXPECT_FALSE(*mgr().Exists("cancel"));
+  EXPECT_TRUE(std::filesystem::is_empty(set_->options().data_dir));
+}
+
+}  // namespace
+}  // namespace imaged::test
