@@ -74,6 +74,18 @@ Result<bool> SameTable(dm::DeviceMapper& dm, const std::string& name, const dm::
   return info && info->readonly == table.readonly();
 }
 
+// Creates `name` with `table`; an existing device with the same table is fine (returns "").
+Result<std::string> MapOne(dm::DeviceMapper& dm, const std::string& name, const dm::Table& table,
+                           const std::set<std::string>& existing) {
+  if (existing.count(name)) {
+    if (!IMAGED_TRY(SameTable(dm, name, table))) {
+      return MakeError(EEXIST, "dm device \"{}\" already exists with a different table", name);
+    }
+    return std::string();
+  }
+  return dm.Create(name, table);
+}
+
 }  // namespace
 
 std::string DmName(const std::string& prefix, const std::string& image) { return prefix + image; }
@@ -151,6 +163,21 @@ int RunMap(const Options& options, std::ostream& out, std::ostream& err,
   }
   std::set<std::string> existing;
   for (const auto& info : *listed) existing.insert(info.name);
+
+  if (!options.passthrough.empty()) {
+    // First, so that the data filesystem can be mounted even when some image fails.
+    dm::Table whole;
+    whole.Emplace<dm::LinearTarget>(0, disk->size / metadata::kSectorSize, disk->table_device, 0);
+    auto done = MapOne(dm, options.passthrough, whole, existing);
+    if (!done) {
+      err << kTool << ": map passthrough \"" << options.passthrough
+          << "\": " << done.error().ToString() << "\n";
+      ++failed;
+    } else {
+      out << "data disk: " << (done->empty() ? "already mapped at " : "mapped at ")
+          << dm::DeviceMapper::DevicePath(options.passthrough) << "\n";
+    }
+  }
 
   for (const Partition* p : sel.partitions) {
     const std::string& name = p->name;
@@ -234,6 +261,16 @@ int RunUnmap(const Options& options, std::ostream& out, std::ostream& err) {
   Selection sel = Select(*md, options, err, "unmap");
   int failed = sel.unknown;
   dm::DeviceMapper dm;
+  if (!options.passthrough.empty()) {
+    auto info = dm.Info(options.passthrough);
+    auto removed = !info ? Result<void>(info.error())
+                         : *info ? dm.Remove(options.passthrough) : Ok();
+    if (!removed) {
+      err << kTool << ": unmap passthrough \"" << options.passthrough
+          << "\": " << removed.error().ToString() << "\n";
+      ++failed;
+    }
+  }
   for (const Partition* p : sel.partitions) {
     const std::string& name = p->name;
     const std::string dm_name = DmName(options.prefix, name);

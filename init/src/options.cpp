@@ -21,6 +21,8 @@ ParsedArgs ParseArgs(const std::vector<std::string>& args) {
     sub->add_option("--metadata-dir", o.metadata_dir, "directory holding lp_metadata")
         ->required();
     sub->add_option("--prefix", o.prefix, "device-mapper name prefix")->capture_default_str();
+    sub->add_option("--passthrough", o.passthrough,
+                    "dm name of a whole-disk linear device to mount the data filesystem from");
     sub->add_option("names", o.names, "images (default: all in lp_metadata)");
   };
 
@@ -82,6 +84,9 @@ ParsedArgs ParseArgs(const std::vector<std::string>& args) {
     if (!bytes) return usage_error("--fs-offset: not a size: " + fs_offset_text);
     if (*bytes % 512 != 0) return usage_error("--fs-offset must be a multiple of 512 bytes");
     o.fs_offset = *bytes;
+  }
+  if (!o.passthrough.empty() && o.passthrough.find('/') != std::string::npos) {
+    return usage_error("--passthrough must not contain '/'");
   }
   if (o.prefix.find('/') != std::string::npos) {
     return usage_error("--prefix must not contain '/'");

@@ -9,11 +9,14 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <optional>
@@ -100,19 +103,21 @@ class InitVmTest : public ::testing::Test {
   }
 
   void TearDown() override {
+    // The filesystem may sit on one of our dm devices (passthrough): unmount first.
+    if (mounted_) ::umount2(mnt_.c_str(), 0);
     dm::DeviceMapper dm;
     if (auto list = dm.List()) {
       for (const auto& info : *list) {
         if (info.name.rfind(prefix_, 0) == 0) (void)dm.Remove(info.name);
       }
     }
-    if (mounted_) ::umount2(mnt_.c_str(), 0);
     loop_.reset();
   }
 
-  void Mount() {
-    ASSERT_EQ(::mount(loop_->path().c_str(), mnt_.c_str(), "ext4", 0, nullptr), 0)
-        << std::strerror(errno);
+  void Mount(const std::string& device = "") {
+    const std::string dev = device.empty() ? loop_->path() : device;
+    ASSERT_EQ(::mount(dev.c_str(), mnt_.c_str(), "ext4", 0, nullptr), 0)
+        << dev << ": " << std::strerror(errno);
     mounted_ = true;
   }
   void Unmount() {
@@ -184,6 +189,11 @@ class InitVmTest : public ::testing::Test {
     std::string got(size, '\0');
     ASSERT_EQ(::pread(fd.get(), got.data(), size, 0), static_cast<ssize_t>(size));
     EXPECT_TRUE(got == want.substr(0, size)) << name << ": data differs";
+  }
+
+  std::string ReadWhole(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
   }
 
   // errno of a one-sector write through the device, 0 when it succeeded.
@@ -372,6 +382,25 @@ TEST_F(InitVmTest, RefusesADiskOfTheWrongSize) {
   EXPECT_FALSE(Exists("alpha"));
 }
 
+TEST_F(InitVmTest, PassthroughLetsTheFilesystemMountBesideTheImages) {
+  CreateImage("alpha", 256 << 10, 1);
+  Unmount();
+  auto r = Init({"map", "--passthrough", prefix_ + "data"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("data disk: mapped at /dev/mapper/" + prefix_ + "data"), std::string::npos)
+      << r.out;
+  // The raw disk is held by device-mapper; the passthrough device shares it.
+  EXPECT_NE(::mount(loop_->path().c_str(), mnt_.c_str(), "ext4", 0, nullptr), 0);
+  Mount("/dev/mapper/" + prefix_ + "data");
+  EXPECT_EQ(ReadWhole(mnt_ + "/images/alpha.img.0000"), contents_["alpha"]);
+  ExpectContent("alpha");
+  Unmount();
+  auto un = Init({"unmap", "--passthrough", prefix_ + "data"});
+  EXPECT_EQ(un.exit_code, 0) << un.err;
+  EXPECT_FALSE(Exists("data"));
+  EXPECT_FALSE(Exists("alpha"));
+}
+
 TEST_F(InitVmTest, ListShowsMappedImages) {
   CreateImage("alpha", 256 << 10, 1);
   CreateImage("beta", 256 << 10, 1);
@@ -410,6 +439,74 @@ TEST_F(InitVmTest, MapsAHundredImagesOfAHundredExtents) {
   EXPECT_EQ(un.exit_code, 0) << un.err;
   EXPECT_FALSE(Exists("img000"));
 }
+
+
+#if defined(IMAGED_BIN) && defined(IMAGECTL_BIN)
+// The whole boot story with the real daemon: images created and written through imaged, the
+// daemon stopped and the filesystem unmounted (as at shutdown), imaged-init maps them from
+// lp_metadata alone (as in the initramfs), then the filesystem is mounted and the daemon started
+// again: it adopts the devices imaged-init made, so `imagectl unmap` removes them.
+class InitDaemonVmTest : public InitVmTest {
+ protected:
+  std::unique_ptr<imaged::test::DaemonProcess> StartDaemon() {
+    socket_ = (tmp_.path() / "imaged.sock").string();
+    std::vector<std::string> argv = {IMAGED_BIN,     "--socket",       socket_,
+                                     "--data-dir",   mnt_ + "/images", "--metadata-dir",
+                                     meta_,          "--dm-prefix",    prefix_};
+    auto daemon = std::make_unique<imaged::test::DaemonProcess>(argv, tmp_.path());
+    EXPECT_TRUE(daemon->ready()) << "imaged did not become ready";
+    return daemon;
+  }
+  imaged::test::CommandResult Ctl(std::vector<std::string> args) {
+    args.insert(args.begin(), {IMAGECTL_BIN, "--socket", socket_});
+    return RunCommand(args);
+  }
+  // Writes the image's pattern through the daemon's mapping of it.
+  void FillThroughDaemon(const std::string& name, uint64_t size) {
+    auto map = Ctl({"map", name});
+    ASSERT_EQ(map.exit_code, 0) << map.err;
+    std::string device = map.out.substr(0, map.out.find_last_not_of(" \n") + 1);
+    contents_[name] = Pattern(size, static_cast<uint8_t>(name[0]));
+    UniqueFd fd(::open(device.c_str(), O_WRONLY | O_CLOEXEC));
+    ASSERT_TRUE(fd.valid()) << device << ": " << std::strerror(errno);
+    ASSERT_EQ(::pwrite(fd.get(), contents_[name].data(), size, 0), static_cast<ssize_t>(size));
+    ASSERT_EQ(::fsync(fd.get()), 0);
+    fd.reset();
+    auto unmap = Ctl({"unmap", name});
+    ASSERT_EQ(unmap.exit_code, 0) << unmap.err;
+  }
+  std::string socket_;
+};
+
+TEST_F(InitDaemonVmTest, ImagesFromTheDaemonMapAtBootAndAreAdoptedLater) {
+  {
+    auto daemon = StartDaemon();
+    ASSERT_TRUE(daemon->ready());
+    ASSERT_EQ(Ctl({"create", "alpha", "3M"}).exit_code, 0);
+    ASSERT_EQ(Ctl({"create", "beta", "1M"}).exit_code, 0);
+    FillThroughDaemon("alpha", 3 << 20);
+    FillThroughDaemon("beta", 1 << 20);
+    EXPECT_EQ(WIFEXITED(daemon->Stop()) ? 0 : 1, 0);
+  }
+  Unmount();
+
+  // The images hold the disk now, so the filesystem is mounted through the passthrough device.
+  auto map = Init({"map", "--verify", "--passthrough", prefix_ + "data"});
+  ASSERT_EQ(map.exit_code, 0) << map.out << map.err;
+  ExpectContent("alpha");
+  ExpectContent("beta");
+
+  Mount("/dev/mapper/" + prefix_ + "data");
+  auto daemon = StartDaemon();
+  ASSERT_TRUE(daemon->ready());
+  auto unmap = Ctl({"unmap", "alpha"});
+  EXPECT_EQ(unmap.exit_code, 0) << unmap.out << unmap.err;
+  EXPECT_FALSE(Exists("alpha"));
+  auto unmap_beta = Ctl({"unmap", "beta"});
+  EXPECT_EQ(unmap_beta.exit_code, 0) << unmap_beta.out << unmap_beta.err;
+  EXPECT_FALSE(Exists("beta"));
+}
+#endif
 
 }  // namespace
 }  // namespace imaged::init

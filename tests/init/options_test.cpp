@@ -28,7 +28,8 @@ TEST(OptionsTest, MapDefaultsVerifyToAuto) {
 TEST(OptionsTest, MapTakesEveryOptionAndNames) {
   auto p = Parse({"map", "--metadata-dir", "/m", "--data-device", "/dev/vdb", "--verify",
                   "--readonly", "--prefix", "boot-", "--write-status", "--data-path-in-fs",
-                  "/images", "--search-depth", "5", "--fs-offset", "1M", "a", "b"});
+                  "/images", "--search-depth", "5", "--fs-offset", "1M", "--passthrough", "imaged-data", "a",
+                  "b"});
   ASSERT_TRUE(p.run) << p.text;
   EXPECT_EQ(p.options.data_device, "/dev/vdb");
   EXPECT_EQ(p.options.verify, VerifyMode::kOn);
@@ -38,6 +39,7 @@ TEST(OptionsTest, MapTakesEveryOptionAndNames) {
   EXPECT_EQ(p.options.data_path_in_fs, "/images");
   EXPECT_EQ(p.options.search_depth, 5);
   EXPECT_EQ(p.options.fs_offset, 1u << 20);
+  EXPECT_EQ(p.options.passthrough, "imaged-data");
   EXPECT_EQ(p.options.names, (std::vector<std::string>{"a", "b"}));
 }
 

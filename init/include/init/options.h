@@ -28,6 +28,10 @@ struct Options {
   std::string data_path_in_fs;
   int search_depth = 3;
   uint64_t fs_offset = 0;  // bytes from the start of the disk to the filesystem
+  // Also map the whole data disk as dm-linear device <passthrough>, so the data filesystem can
+  // still be mounted (from /dev/mapper/<passthrough>) once images hold the disk: the kernel lets
+  // dm devices share a disk but refuses a mount of a disk that dm holds (EBUSY).
+  std::string passthrough;
   bool json = false;
   std::vector<std::string> names;  // empty: every image in lp_metadata
 };
