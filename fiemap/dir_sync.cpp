@@ -27,6 +27,8 @@ Result<void> FsyncDir(const std::string& dir) {
   return Ok();
 }
 
-Result<void> FsyncParentDir(const std::string& path) { return FsyncDir(Dirname(path)); }
+Result<void> FsyncParentDir(const std::string& path) {
+  return FsyncDir(Dirname(path));
+}
 
 }  // namespace imaged::fiemap::internal

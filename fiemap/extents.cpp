@@ -69,8 +69,8 @@ class Coverage {
       return MakeError(EINVAL, "extent at offset {} overflows", logical);
     }
     if (end_ >= file_size_) return Ok();  // past EOF (e.g. preallocated tail): not ours
-    if (logical > end_) return MakeError(EINVAL, "hole at offset {} (next extent at {})", end_,
-                                         logical);
+    if (logical > end_)
+      return MakeError(EINVAL, "hole at offset {} (next extent at {})", end_, logical);
     if (logical < end_) {
       return MakeError(EINVAL, "extent at offset {} overlaps the previous one ending at {}",
                        logical, end_);
@@ -110,8 +110,7 @@ Result<std::vector<Extent>> ValidateAndMerge(const std::vector<struct fiemap_ext
                        FlagNames(bad));
     }
     if ((e.fe_flags & FIEMAP_EXTENT_LAST) && !last) {
-      return MakeError(EINVAL, "extent at offset {} is flagged LAST but more follow",
-                       e.fe_logical);
+      return MakeError(EINVAL, "extent at offset {} is flagged LAST but more follow", e.fe_logical);
     }
     if (last && !(e.fe_flags & FIEMAP_EXTENT_LAST)) {
       return MakeError(EINVAL, "extent list ends at offset {} without the LAST flag",
@@ -132,8 +131,8 @@ Result<std::vector<Extent>> ReadExtentsFiemap(int fd, uint64_t file_size) {
   // Pages of 512 extents (28 KiB); a file of any fragmentation is read in as many pages as it
   // takes, each page starting where the previous one's last extent ended.
   constexpr uint32_t kPage = 512;
-  std::vector<uint64_t> storage(
-      (sizeof(struct fiemap) + kPage * sizeof(struct fiemap_extent) + 7) / 8);
+  std::vector<uint64_t> storage((sizeof(struct fiemap) + kPage * sizeof(struct fiemap_extent) + 7) /
+                                8);
   auto* fm = reinterpret_cast<struct fiemap*>(storage.data());
   std::vector<struct fiemap_extent> raw;
   uint64_t start = 0;

@@ -193,8 +193,8 @@ Result<void> CheckExtentsOnDisk(const std::vector<Extent>& extents, const Filesy
 Result<FiemapWriter> FiemapWriter::Create(const std::string& path, uint64_t size,
                                           const ProgressFn& progress) {
   if (size == 0) return MakeError(EINVAL, "create \"{}\": size is 0", path);
-  FilesystemInfo fs = IMAGED_TRY_CTX(InspectFilesystem(internal::Dirname(path)),
-                                     "create \"{}\"", path);
+  FilesystemInfo fs =
+      IMAGED_TRY_CTX(InspectFilesystem(internal::Dirname(path)), "create \"{}\"", path);
   const uint64_t bs = fs.block_size;
   if (size > UINT64_MAX - bs) return MakeError(EFBIG, "create \"{}\": size overflows", path);
   const uint64_t total = (size + bs - 1) / bs * bs;

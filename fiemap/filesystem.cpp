@@ -31,30 +31,54 @@ constexpr uint32_t kXfsMagic = 0x58465342;
 // Names for the refusal message, so the user reads "btrfs", not a number.
 std::string_view MagicName(uint32_t magic) {
   switch (magic) {
-    case 0x9123683E: return "btrfs";
-    case 0x01021994: return "tmpfs";
-    case 0x858458f6: return "ramfs";
-    case 0x794c7630: return "overlayfs";
-    case 0x6969: return "nfs";
-    case 0xFF534D42: return "cifs";
-    case 0xFE534D42: return "smb2";
-    case 0x65735546: return "fuse";
-    case 0x2fc12fc1: return "zfs";
-    case 0x73717368: return "squashfs";
-    case 0xE0F5E1E2: return "erofs";
-    case 0x2011BAB0: return "exfat";
-    case 0x5346544e: return "ntfs";
-    case 0x01021997: return "9p";
-    case 0x9fa0: return "proc";
-    case 0x62656572: return "sysfs";
-    case 0x1373: return "devfs";
-    case 0x4244: return "hfs";
-    case 0x3153464a: return "jfs";
-    case 0x52654973: return "reiserfs";
-    case 0x9660: return "iso9660";
-    case 0x15013346: return "udf";
-    case 0xCAFE4A11: return "bpf";
-    default: return "unknown";
+    case 0x9123683E:
+      return "btrfs";
+    case 0x01021994:
+      return "tmpfs";
+    case 0x858458f6:
+      return "ramfs";
+    case 0x794c7630:
+      return "overlayfs";
+    case 0x6969:
+      return "nfs";
+    case 0xFF534D42:
+      return "cifs";
+    case 0xFE534D42:
+      return "smb2";
+    case 0x65735546:
+      return "fuse";
+    case 0x2fc12fc1:
+      return "zfs";
+    case 0x73717368:
+      return "squashfs";
+    case 0xE0F5E1E2:
+      return "erofs";
+    case 0x2011BAB0:
+      return "exfat";
+    case 0x5346544e:
+      return "ntfs";
+    case 0x01021997:
+      return "9p";
+    case 0x9fa0:
+      return "proc";
+    case 0x62656572:
+      return "sysfs";
+    case 0x1373:
+      return "devfs";
+    case 0x4244:
+      return "hfs";
+    case 0x3153464a:
+      return "jfs";
+    case 0x52654973:
+      return "reiserfs";
+    case 0x9660:
+      return "iso9660";
+    case 0x15013346:
+      return "udf";
+    case 0xCAFE4A11:
+      return "bpf";
+    default:
+      return "unknown";
   }
 }
 
@@ -199,10 +223,14 @@ Result<uint64_t> Ext4MaxFromSuperblock(const std::string& device) {
 
 std::string_view FsTypeName(FsType type) {
   switch (type) {
-    case FsType::Ext4: return "ext4";
-    case FsType::F2fs: return "f2fs";
-    case FsType::Vfat: return "vfat";
-    case FsType::Xfs: return "xfs";
+    case FsType::Ext4:
+      return "ext4";
+    case FsType::F2fs:
+      return "f2fs";
+    case FsType::Vfat:
+      return "vfat";
+    case FsType::Xfs:
+      return "xfs";
   }
   return "?";
 }
@@ -308,9 +336,12 @@ Result<uint64_t> MaxFileSizeFor(FsType type, uint32_t block_size, const std::str
       // extents and huge_file.
       return Ext4MaxFileSize(block_size, true, true);
     }
-    case FsType::F2fs: return F2fsMaxFileSize(block_size);
-    case FsType::Vfat: return VfatMaxFileSize(block_size);
-    case FsType::Xfs: return static_cast<uint64_t>(LLONG_MAX) / block_size * block_size;
+    case FsType::F2fs:
+      return F2fsMaxFileSize(block_size);
+    case FsType::Vfat:
+      return VfatMaxFileSize(block_size);
+    case FsType::Xfs:
+      return static_cast<uint64_t>(LLONG_MAX) / block_size * block_size;
   }
   return MakeError(EINVAL, "unknown fs type");
 }
@@ -323,10 +354,18 @@ Result<FilesystemInfo> InspectFilesystem(const std::string& path) {
   FilesystemInfo info;
   const auto magic = static_cast<uint32_t>(sfs.f_type);
   switch (magic) {
-    case kExt4Magic: info.type = FsType::Ext4; break;
-    case kF2fsMagic: info.type = FsType::F2fs; break;
-    case kVfatMagic: info.type = FsType::Vfat; break;
-    case kXfsMagic: info.type = FsType::Xfs; break;
+    case kExt4Magic:
+      info.type = FsType::Ext4;
+      break;
+    case kF2fsMagic:
+      info.type = FsType::F2fs;
+      break;
+    case kVfatMagic:
+      info.type = FsType::Vfat;
+      break;
+    case kXfsMagic:
+      info.type = FsType::Xfs;
+      break;
     default:
       return MakeError(EOPNOTSUPP,
                        "\"{}\" is on {} (magic {:#x}); only ext4, f2fs, vfat and xfs are supported",
@@ -344,8 +383,8 @@ Result<FilesystemInfo> InspectFilesystem(const std::string& path) {
   info.fs_dev = st.st_dev;
   std::string name = IMAGED_TRY_CTX(BlockDeviceName(st.st_dev), "\"{}\"", path);
   info.fs_device = "/dev/" + name;
-  info.max_file_size = IMAGED_TRY(internal::MaxFileSizeFor(info.type, info.block_size,
-                                                           info.fs_device));
+  info.max_file_size =
+      IMAGED_TRY(internal::MaxFileSizeFor(info.type, info.block_size, info.fs_device));
 
   // Pop device-mapper layers that map the whole device 1:1 onto a single slave.
   dev_t dev = st.st_dev;

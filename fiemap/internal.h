@@ -4,8 +4,8 @@
 #include <cstdint>
 #include <string>
 
-#include <imaged/common/result.h>
 #include <fiemap/filesystem.h>
+#include <imaged/common/result.h>
 
 namespace imaged::fiemap::internal {
 

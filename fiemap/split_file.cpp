@@ -323,8 +323,8 @@ Result<void> ForEachPiece(const std::vector<uint64_t>& offsets,
   size_t done = 0;
   while (done < length) {
     uint64_t in_piece = offset + done - offsets[i];
-    size_t len = static_cast<size_t>(std::min<uint64_t>(length - done,
-                                                        pieces[i].size() - in_piece));
+    size_t len =
+        static_cast<size_t>(std::min<uint64_t>(length - done, pieces[i].size() - in_piece));
     IMAGED_TRY_CTX(fn(fds[i].get(), in_piece, done, len), "{} \"{}\"", what, pieces[i].path());
     done += len;
     ++i;

@@ -18,9 +18,8 @@ fiemap_extent Raw(uint64_t logical, uint64_t physical, uint64_t length, uint32_t
 constexpr uint32_t kLast = FIEMAP_EXTENT_LAST;
 
 TEST(ValidateAndMerge, MergesLogicallyAndPhysicallyContiguousExtents) {
-  auto r = ValidateAndMerge({Raw(0, 8192, 4096), Raw(4096, 12288, 4096),
-                             Raw(8192, 16384, 4096, kLast)},
-                            12288);
+  auto r = ValidateAndMerge(
+      {Raw(0, 8192, 4096), Raw(4096, 12288, 4096), Raw(8192, 16384, 4096, kLast)}, 12288);
   ASSERT_TRUE(r) << r.error().ToString();
   EXPECT_EQ(*r, (std::vector<Extent>{{0, 8192, 12288}}));
 }
@@ -38,14 +37,10 @@ TEST(ValidateAndMerge, AcceptsMergedFlag) {
 
 TEST(ValidateAndMerge, RejectsEachUnsupportedFlagNamingItAndTheOffset) {
   const std::pair<uint32_t, const char*> flags[] = {
-      {FIEMAP_EXTENT_UNKNOWN, "UNKNOWN"},
-      {FIEMAP_EXTENT_DELALLOC, "DELALLOC"},
-      {FIEMAP_EXTENT_ENCODED, "ENCODED"},
-      {FIEMAP_EXTENT_DATA_ENCRYPTED, "DATA_ENCRYPTED"},
-      {FIEMAP_EXTENT_NOT_ALIGNED, "NOT_ALIGNED"},
-      {FIEMAP_EXTENT_DATA_INLINE, "DATA_INLINE"},
-      {FIEMAP_EXTENT_DATA_TAIL, "DATA_TAIL"},
-      {FIEMAP_EXTENT_UNWRITTEN, "UNWRITTEN"},
+      {FIEMAP_EXTENT_UNKNOWN, "UNKNOWN"},         {FIEMAP_EXTENT_DELALLOC, "DELALLOC"},
+      {FIEMAP_EXTENT_ENCODED, "ENCODED"},         {FIEMAP_EXTENT_DATA_ENCRYPTED, "DATA_ENCRYPTED"},
+      {FIEMAP_EXTENT_NOT_ALIGNED, "NOT_ALIGNED"}, {FIEMAP_EXTENT_DATA_INLINE, "DATA_INLINE"},
+      {FIEMAP_EXTENT_DATA_TAIL, "DATA_TAIL"},     {FIEMAP_EXTENT_UNWRITTEN, "UNWRITTEN"},
       {FIEMAP_EXTENT_SHARED, "SHARED"},
   };
   for (auto [flag, name] : flags) {
@@ -93,7 +88,9 @@ TEST(ValidateAndMerge, RejectsLastFlagBeforeTheEnd) {
   ASSERT_FALSE(r);
 }
 
-TEST(ValidateAndMerge, RejectsEmptyInput) { EXPECT_FALSE(ValidateAndMerge({}, 4096)); }
+TEST(ValidateAndMerge, RejectsEmptyInput) {
+  EXPECT_FALSE(ValidateAndMerge({}, 4096));
+}
 
 TEST(ValidateAndMerge, RejectsZeroLengthExtent) {
   EXPECT_FALSE(ValidateAndMerge({Raw(0, 4096, 0), Raw(0, 4096, 4096, kLast)}, 4096));
@@ -123,8 +120,7 @@ TEST(ValidateAndMerge, HandlesManyExtentsFromSeveralPages) {
 }
 
 TEST(MergeExtents, MergesByteBasedFibmapExtents) {
-  auto r = MergeExtents({{0, 1 << 20, 512}, {512, (1 << 20) + 512, 512}, {1024, 4096, 512}},
-                        1536);
+  auto r = MergeExtents({{0, 1 << 20, 512}, {512, (1 << 20) + 512, 512}, {1024, 4096, 512}}, 1536);
   ASSERT_TRUE(r);
   EXPECT_EQ(*r, (std::vector<Extent>{{0, 1 << 20, 1024}, {1024, 4096, 512}}));
 }

@@ -397,9 +397,8 @@ TEST_P(LowSpaceTest, TooLargeForFreeSpaceIsENOSPCAndLeavesNoFile) {
   ASSERT_EQ(statfs(fs.mount_point().c_str(), &sfs), 0);
   // AOSP's "nearly the whole fs", or just over the free space where that fits (vfat counts
   // only data clusters in f_blocks, all of them free).
-  const uint64_t limit =
-      std::max<uint64_t>(static_cast<uint64_t>(sfs.f_blocks) * (sfs.f_bsize - 1),
-                         static_cast<uint64_t>(sfs.f_bavail + 1) * sfs.f_bsize);
+  const uint64_t limit = std::max<uint64_t>(static_cast<uint64_t>(sfs.f_blocks) * (sfs.f_bsize - 1),
+                                            static_cast<uint64_t>(sfs.f_bavail + 1) * sfs.f_bsize);
   const std::string path = fs.Path("big");
   auto w = FiemapWriter::Create(path, limit);
   ASSERT_FALSE(w);

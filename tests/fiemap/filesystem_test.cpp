@@ -3,8 +3,8 @@
 
 #include <gtest/gtest.h>
 
-#include <fiemap/filesystem.h>
 #include <fiemap/fiemap_writer.h>
+#include <fiemap/filesystem.h>
 
 #include "process.h"
 

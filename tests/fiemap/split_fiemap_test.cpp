@@ -35,10 +35,9 @@ class SplitFiemapTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     IMAGED_SKIP_UNLESS_FS(GetParam());
-    fs_ = std::make_unique<LoopFilesystem>(GetParam(),
-                                           GetParam() == "xfs"    ? 320ull << 20
-                                           : GetParam() == "f2fs" ? 256ull << 20
-                                                                  : 128ull << 20);
+    fs_ = std::make_unique<LoopFilesystem>(GetParam(), GetParam() == "xfs"    ? 320ull << 20
+                                                       : GetParam() == "f2fs" ? 256ull << 20
+                                                                              : 128ull << 20);
     list_ = fs_->Path("image.img");
   }
   void TearDown() override {

@@ -114,8 +114,8 @@ TEST_P(FilefragTruth, ExtentsMatchFilefrag) {
     // raw-device pattern test (DataWrittenThroughTheFileIsAtThePhysicalOffsets).
     GTEST_SKIP() << "filefrag has no extent table on vfat";
   }
-  LoopFilesystem fs(GetParam(), GetParam() == "xfs" || GetParam() == "f2fs" ? 320ull << 20
-                                                                             : 128ull << 20);
+  LoopFilesystem fs(GetParam(),
+                    GetParam() == "xfs" || GetParam() == "f2fs" ? 320ull << 20 : 128ull << 20);
   ASSERT_NO_FATAL_FAILURE(FragmentFreeSpace(fs));
   auto w = FiemapWriter::Create(fs.Path("image"), 24 << 20);
   ASSERT_TRUE(w) << w.error().ToString();

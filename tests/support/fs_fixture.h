@@ -29,7 +29,9 @@
 
 namespace imaged::test {
 
-inline bool IsRoot() { return geteuid() == 0; }
+inline bool IsRoot() {
+  return geteuid() == 0;
+}
 
 inline bool ProcFilesystemsLists(const std::string& fs) {
   std::ifstream in("/proc/filesystems");
@@ -55,7 +57,9 @@ inline bool HaveProgram(const std::string& name) {
   return RunCommand({"sh", "-c", "command -v " + name}).exit_code == 0;
 }
 
-inline std::string MkfsProgram(const std::string& fs) { return "mkfs." + fs; }
+inline std::string MkfsProgram(const std::string& fs) {
+  return "mkfs." + fs;
+}
 
 // Why a LoopFilesystem of type `fs` cannot be built here, or nullopt if it can.
 inline std::optional<std::string> LoopFilesystemUnavailable(const std::string& fs) {
@@ -66,16 +70,16 @@ inline std::optional<std::string> LoopFilesystemUnavailable(const std::string& f
   return std::nullopt;
 }
 
-#define IMAGED_SKIP_UNLESS_ROOT()                                     \
-  do {                                                                \
-    if (!::imaged::test::IsRoot()) GTEST_SKIP() << "needs root";      \
+#define IMAGED_SKIP_UNLESS_ROOT()                                \
+  do {                                                           \
+    if (!::imaged::test::IsRoot()) GTEST_SKIP() << "needs root"; \
   } while (0)
 
-#define IMAGED_SKIP_UNLESS_FS(fs)                                                  \
-  do {                                                                             \
+#define IMAGED_SKIP_UNLESS_FS(fs)                                                   \
+  do {                                                                              \
     if (auto imaged_skip_reason_ = ::imaged::test::LoopFilesystemUnavailable(fs)) { \
       GTEST_SKIP() << (fs) << ": " << *imaged_skip_reason_;                         \
-    }                                                                              \
+    }                                                                               \
   } while (0)
 
 class LoopFilesystem {

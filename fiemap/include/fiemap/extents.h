@@ -7,8 +7,8 @@
 #include <cstdint>
 #include <vector>
 
-#include <imaged/common/result.h>
 #include <fiemap/filesystem.h>
+#include <imaged/common/result.h>
 
 namespace imaged::fiemap {
 

@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
-#include <imaged/common/result.h>
 #include <fiemap/extents.h>
 #include <fiemap/filesystem.h>
+#include <imaged/common/result.h>
 
 namespace imaged::fiemap {
 

@@ -21,13 +21,13 @@ std::string_view FsTypeName(FsType type);
 
 struct FilesystemInfo {
   FsType type = FsType::Ext4;
-  uint32_t block_size = 0;      // statfs f_bsize: fs block (cluster on vfat)
-  uint64_t max_file_size = 0;   // largest file this fs accepts, a multiple of block_size
-  uint64_t free_bytes = 0;      // f_bavail * f_bsize
-  uint64_t total_bytes = 0;     // f_blocks * f_bsize
-  dev_t fs_dev = 0;             // st_dev of the path
-  std::string fs_device;        // /dev node the fs is mounted from, e.g. /dev/dm-0, /dev/loop3
-  std::string disk;             // bottom device after popping device-mapper layers
+  uint32_t block_size = 0;     // statfs f_bsize: fs block (cluster on vfat)
+  uint64_t max_file_size = 0;  // largest file this fs accepts, a multiple of block_size
+  uint64_t free_bytes = 0;     // f_bavail * f_bsize
+  uint64_t total_bytes = 0;    // f_blocks * f_bsize
+  dev_t fs_dev = 0;            // st_dev of the path
+  std::string fs_device;       // /dev node the fs is mounted from, e.g. /dev/dm-0, /dev/loop3
+  std::string disk;            // bottom device after popping device-mapper layers
   dev_t disk_dev = 0;
   uint64_t disk_offset_bytes = 0;  // add to a FIEMAP physical offset to get an offset on `disk`
                                    // (dm-linear and dm-crypt offsets accumulate)
@@ -52,9 +52,9 @@ uint64_t VfatMaxFileSize(uint32_t cluster_size);
 
 // One step down a device-mapper stack, decided from the device's table alone.
 struct DmNextHop {
-  std::string device;           // the target's device argument as in the table ("7:0")
-  uint64_t offset_bytes = 0;    // where this device's sector 0 lies on `device`
-  bool ciphertext = false;      // dm-crypt: the data below is encrypted
+  std::string device;         // the target's device argument as in the table ("7:0")
+  uint64_t offset_bytes = 0;  // where this device's sector 0 lies on `device`
+  bool ciphertext = false;    // dm-crypt: the data below is encrypted
 };
 
 // Given a dm table in `dmsetup table` text form ("<start> <len> <type> <params>\n" per target)

@@ -8,10 +8,10 @@
 #include <string>
 #include <vector>
 
-#include <imaged/common/result.h>
-#include <imaged/common/unique_fd.h>
 #include <fiemap/extents.h>
 #include <fiemap/fiemap_writer.h>
+#include <imaged/common/result.h>
+#include <imaged/common/unique_fd.h>
 
 namespace imaged::fiemap {
 
