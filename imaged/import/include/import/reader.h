@@ -65,6 +65,8 @@ struct ReaderOptions {
 Result<std::unique_ptr<ImageReader>> OpenReader(Source& source, Format format,
                                                 const ReaderOptions& options = {});
 
+// Android sparse: blk_sz must be a positive multiple of 4 (not necessarily of 512; Copy()
+// aligns writes itself). CRC32 chunks and a non-zero image_checksum are verified.
 // Android sparse from a sequential stream (no prevalidation possible: structural errors then
 // surface from Next()). The stream must outlive the reader.
 Result<std::unique_ptr<ImageReader>> OpenSparseReader(Stream& stream,
