@@ -57,8 +57,6 @@ struct Context {
     if (seconds) {
       call.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
     }
-    // Quick calls wait for a starting daemon instead of failing at once.
-    call.set_wait_for_ready(!long_operation);
   }
 };
 

@@ -1,9 +1,12 @@
 // imaged: manages block-device images stored as files and maps them as block devices.
+#include <fcntl.h>
 #include <grp.h>
+#include <sys/file.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <optional>
 #include <thread>
 
@@ -14,6 +17,7 @@
 #include "daemon/server.h"
 #include "daemon/service.h"
 #include "imaged/common/size.h"
+#include "imaged/common/unique_fd.h"
 #include "imaged/version.h"
 #include "manager/image_manager.h"
 
@@ -36,6 +40,23 @@ imaged::Result<imaged::MapStrategy> ParseStrategy(const std::string& s) {
   if (s == "dm-linear") return imaged::MapStrategy::kDmLinear;
   if (s == "loop") return imaged::MapStrategy::kLoop;
   return imaged::MakeError(EINVAL, "unknown strategy \"{}\"", s);
+}
+
+imaged::Result<imaged::UniqueFd> LockImageSet(const std::string& metadata_dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(metadata_dir, ec);
+  if (ec) return imaged::MakeError(ec.value(), "create metadata dir \"{}\"", metadata_dir);
+  std::string path = metadata_dir + "/imaged.lock";
+  imaged::UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!fd) return imaged::ErrnoError("open \"{}\"", path);
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) {
+      return imaged::MakeError(EBUSY, "another imaged manages the image set in \"{}\"",
+                               metadata_dir);
+    }
+    return imaged::ErrnoError("lock \"{}\"", path);
+  }
+  return fd;
 }
 
 int Fail(const imaged::Error& error) {
@@ -92,6 +113,11 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+
+  // One daemon per image set: startup recovery tears down mappings it does not know, which
+  // would be wrong while another daemon serves the same set. The lock lives as long as we do.
+  auto daemon_lock = LockImageSet(config.metadata_dir);
+  if (!daemon_lock) return Fail(daemon_lock.error());
 
   imaged::ManagerOptions manager_options;
   manager_options.data_dir = config.data_dir;

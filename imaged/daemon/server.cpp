@@ -119,7 +119,9 @@ Server::~Server() {
   Shutdown();
   if (acceptor_.joinable()) acceptor_.join();
   server_.reset();
-  ::unlink(options_.socket_path.c_str());
+  // Only a server that bound the socket removes it: a refused start must never delete the
+  // socket of the daemon that is serving on it.
+  if (listen_fd_) ::unlink(options_.socket_path.c_str());
 }
 
 void Server::Wait() {

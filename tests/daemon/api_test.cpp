@@ -18,6 +18,10 @@ namespace {
 
 using nlohmann::json;
 
+// Debian's interpreter, which python3-grpcio installs into (a python3 earlier in PATH, e.g.
+// pyenv's, may lack it).
+constexpr const char* kPython = "/usr/bin/python3";
+
 class ApiTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -163,7 +167,7 @@ TEST_F(ApiTest, UnknownImageGivesExitCode5) {
 }
 
 TEST_F(ApiTest, BadNamesAndSizesAreRefusedAndChangeNothing) {
-  for (std::string name : {"../x", "a/b", ".hidden", std::string(300, 'n')}) {
+  for (const std::string& name : std::vector<std::string>{"../x", "a/b", ".hidden", std::string(300, 'n')}) {
     auto r = Ctl({"create", name, "1M"});
     EXPECT_EQ(r.exit_code, 1) << name;
   }
@@ -191,6 +195,7 @@ TEST_F(ApiTest, DeleteOfMappedImageIsRefused) {
 TEST_F(ApiTest, UnprivilegedPeerMayReadButNotChange) {
   ASSERT_EQ(Ctl({"create", "guarded", "1M"}).exit_code, 0);
   // Deployment choice under test: the socket opened to everyone; the daemon still decides.
+  ASSERT_EQ(chmod(dir_.path().c_str(), 0711), 0);
   ASSERT_EQ(chmod(socket_.c_str(), 0666), 0);
   auto list = CtlAsNobody({"--json", "list"});
   EXPECT_EQ(list.exit_code, 0) << list.err;
@@ -206,6 +211,7 @@ TEST_F(ApiTest, SocketClosedToOthersByDefault) {
   struct stat st {};
   ASSERT_EQ(stat(socket_.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0660u);
+  ASSERT_EQ(chmod(dir_.path().c_str(), 0711), 0);  // only the socket's own mode stops nobody
   auto r = CtlAsNobody({"--timeout", "2", "list"});
   EXPECT_EQ(r.exit_code, 3) << r.err;
 }
@@ -300,13 +306,13 @@ TEST_F(ApiTest, ValidateReportsEveryImage) {
 }
 
 TEST_F(ApiTest, PythonClientFromTheSameProto) {
-  if (RunCommand({"python3", "-c", "import grpc, grpc_tools"}).exit_code != 0) {
+  if (RunCommand({kPython, "-c", "import grpc, grpc_tools"}).exit_code != 0) {
     GTEST_SKIP() << "python3-grpcio / python3-grpc-tools not installed";
   }
   ASSERT_EQ(Ctl({"create", "py", "1M"}).exit_code, 0);
   std::string gen = (dir_.path() / "py").string();
   std::filesystem::create_directories(gen);
-  auto protoc = RunCommand({"python3", "-m", "grpc_tools.protoc", "-I", PROTO_DIR,
+  auto protoc = RunCommand({kPython, "-m", "grpc_tools.protoc", "-I", PROTO_DIR,
                             "--python_out=" + gen, "--grpc_python_out=" + gen,
                             std::string(PROTO_DIR) + "/imaged.proto"});
   ASSERT_EQ(protoc.exit_code, 0) << protoc.err;
@@ -323,7 +329,7 @@ try:
 except grpc.RpcError as e:
     print('error', e.code().name, dict(e.trailing_metadata()).get('imaged-errno'))
 )";
-  auto r = RunCommand({"python3", "-c", script, gen, socket_});
+  auto r = RunCommand({kPython, "-c", script, gen, socket_});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("version 1"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("image py 1048576"), std::string::npos) << r.out;

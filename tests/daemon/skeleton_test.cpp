@@ -64,10 +64,25 @@ TEST_F(SkeletonTest, UnreachableDaemonGivesExitCode3) {
 TEST_F(SkeletonTest, SecondDaemonOnSameSocketIsRefused) {
   DaemonProcess first(Daemon(), dir_.path());
   ASSERT_TRUE(first.ready());
-  auto second = RunCommand(Daemon());
+  // Another image set, same socket.
+  auto second = RunCommand({IMAGED_BIN, "--socket", socket(), "--data-dir",
+                            (dir_.path() / "data2").string(), "--metadata-dir",
+                            (dir_.path() / "metadata2").string()});
   EXPECT_EQ(second.exit_code, 1);
   EXPECT_NE(second.err.find("another imaged is serving"), std::string::npos) << second.err;
-  // The first one still answers.
+  // The first one still answers: a refused daemon must not remove the live socket.
+  EXPECT_EQ(RunCommand({IMAGECTL_BIN, "--socket", socket(), "version"}).exit_code, 0);
+}
+
+TEST_F(SkeletonTest, SecondDaemonOnSameImageSetIsRefused) {
+  DaemonProcess first(Daemon(), dir_.path());
+  ASSERT_TRUE(first.ready());
+  auto second = RunCommand({IMAGED_BIN, "--socket", (dir_.path() / "other.sock").string(),
+                            "--data-dir", (dir_.path() / "data").string(), "--metadata-dir",
+                            (dir_.path() / "metadata").string()});
+  EXPECT_EQ(second.exit_code, 1);
+  EXPECT_NE(second.err.find("another imaged manages the image set"), std::string::npos)
+      << second.err;
   EXPECT_EQ(RunCommand({IMAGECTL_BIN, "--socket", socket(), "version"}).exit_code, 0);
 }
 
