@@ -18,6 +18,10 @@
 #include "metadata/status_file.h"
 #ifdef IMAGED_FS_TESTS_IN_VM
 #include "../vm/vm_env.h"
+// ctest names must differ from the host build of this file, or one label overwrites the other.
+#define ManagerTest InVmManagerTest
+#define FilesystemTest InVmFilesystemTest
+#define VfatTest InVmVfatTest
 #endif
 
 namespace imaged::test {
