@@ -37,8 +37,8 @@ Result<void> CheckSize(uint64_t size, const fiemap::FilesystemInfo& fs) {
   }
   const uint32_t lbs = fs.disk_logical_block_size ? fs.disk_logical_block_size : 512;
   if (size % lbs != 0) {
-    return MakeError(EINVAL, "size {} is not a multiple of the disk's logical block size {}",
-                     size, lbs);
+    return MakeError(EINVAL, "size {} is not a multiple of the disk's logical block size {}", size,
+                     lbs);
   }
   if (size > UINT64_MAX / 2) return MakeError(EINVAL, "size {} is too large", size);
   return Ok();
@@ -76,8 +76,7 @@ Result<std::optional<metadata::LpMetadata>> ImageManager::Impl::ReadLp() const {
 }
 
 Result<void> ImageManager::Impl::EditLp(
-    const std::function<Result<metadata::LpMetadata>(std::optional<metadata::LpMetadata>)>&
-        edit) {
+    const std::function<Result<metadata::LpMetadata>(std::optional<metadata::LpMetadata>)>& edit) {
   auto lock = IMAGED_TRY(FileLock::Acquire(lp_lock_path(), true));
   auto current = IMAGED_TRY(ReadLp());
   auto updated = IMAGED_TRY(edit(std::move(current)));
@@ -109,7 +108,9 @@ Result<bool> ImageManager::Impl::DmExists(const std::string& dm_name) {
 ImageManager::ImageManager(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ImageManager::~ImageManager() = default;
 
-const ManagerOptions& ImageManager::options() const { return impl_->options; }
+const ManagerOptions& ImageManager::options() const {
+  return impl_->options;
+}
 
 Result<std::unique_ptr<ImageManager>> ImageManager::Open(const ManagerOptions& options) {
   if (options.data_dir.empty() || options.metadata_dir.empty()) {
@@ -220,8 +221,8 @@ Result<void> ImageManager::Impl::CreateLocked(std::string_view name, uint64_t si
     if (!zeroed) {
       auto undo = DeleteLocked(name);
       Error e = std::move(zeroed).error();
-      if (!undo) e.message += fmt::format(" (and removing the image failed: {})",
-                                          undo.error().ToString());
+      if (!undo)
+        e.message += fmt::format(" (and removing the image failed: {})", undo.error().ToString());
       return std::move(e).Wrap("zero-fill");
     }
   }
@@ -246,19 +247,23 @@ Result<void> ImageManager::Impl::DeleteLocked(std::string_view name) {
   if (auto device = IMAGED_TRY(MappedDeviceLocked(name))) {
     return MakeError(EBUSY, "the image is mapped at {}", *device);
   }
+  // Nothing of the image is live (checked above): a status file is a crash leftover. Whatever
+  // it names that is still ours goes too, before the blocks are freed.
   if (manager::PathExists(status_path(name))) {
-    return MakeError(EBUSY, "\"{}\" exists: the image may be mapped (run recovery)",
-                     status_path(name));
+    auto entries = metadata::ReadStatusFile(status_path(name));
+    std::vector<std::string> pieces;
+    if (auto listed = fiemap::SplitFiemap::ListPieces(list)) pieces = std::move(*listed);
+    IMAGED_TRY(TearDown(name, entries ? *entries : std::vector<metadata::StatusEntry>{}, pieces));
   }
   // lp_metadata first: once the entry is gone nothing can map the blocks, and a crash before the
   // files are gone leaves only orphans that Recover removes.
   if (in_lp) {
-    IMAGED_TRY(EditLp([&](std::optional<metadata::LpMetadata> current)
-                          -> Result<metadata::LpMetadata> {
-      if (!current) return MakeError(ENOENT, "lp_metadata vanished");
-      metadata::RemovePartition(*current, name);
-      return std::move(*current);
-    }));
+    IMAGED_TRY(
+        EditLp([&](std::optional<metadata::LpMetadata> current) -> Result<metadata::LpMetadata> {
+          if (!current) return MakeError(ENOENT, "lp_metadata vanished");
+          metadata::RemovePartition(*current, name);
+          return std::move(*current);
+        }));
   }
   IMAGED_TRY(fiemap::SplitFiemap::Remove(list));
   IMAGED_TRY(metadata::RemoveStatusFile(status_path(name)));
@@ -316,8 +321,7 @@ Result<ImageInfo> ImageManager::Info(std::string_view name) {
 Result<void> ImageManager::Disable(std::string_view name) {
   IMAGED_TRY_CTX(ValidateImageName(name), "disable");
   auto locks = IMAGED_TRY_CTX(impl_->LockImage(name), "disable \"{}\"", name);
-  auto disable = [&](std::optional<metadata::LpMetadata> current)
-      -> Result<metadata::LpMetadata> {
+  auto disable = [&](std::optional<metadata::LpMetadata> current) -> Result<metadata::LpMetadata> {
     const auto* p = current ? metadata::FindPartition(*current, name) : nullptr;
     if (!p) return MakeError(ENOENT, "no such image");
     const auto extents = metadata::PartitionExtents(*current, *p);
@@ -466,7 +470,8 @@ Result<void> ImageManager::Resize(std::string_view name, uint64_t new_size,
                          HumanSize(fs.free_bytes), impl.options.data_dir);
       }
       uint64_t piece_size = fs.max_file_size;
-      if (impl.options.max_piece_size) piece_size = std::min(piece_size, impl.options.max_piece_size);
+      if (impl.options.max_piece_size)
+        piece_size = std::min(piece_size, impl.options.max_piece_size);
       piece_size = std::max<uint64_t>(piece_size / bs * bs, bs);
       const uint64_t count = (extra + piece_size - 1) / piece_size;
       if (old_pieces.size() + count > static_cast<uint64_t>(fiemap::kMaxPieces)) {
@@ -492,10 +497,10 @@ Result<void> ImageManager::Resize(std::string_view name, uint64_t new_size,
         content += piece + "\n";
       }
       rollback.list_rewritten = true;
-      IMAGED_TRY_CTX(metadata::AtomicWriteFile(
-                         list, {reinterpret_cast<const uint8_t*>(content.data()), content.size()},
-                         0640),
-                     "rewrite \"{}\"", list);
+      IMAGED_TRY_CTX(
+          metadata::AtomicWriteFile(
+              list, {reinterpret_cast<const uint8_t*>(content.data()), content.size()}, 0640),
+          "rewrite \"{}\"", list);
       split.emplace(IMAGED_TRY(fiemap::SplitFiemap::Open(list)));
     }
     const auto extents =

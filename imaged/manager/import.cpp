@@ -37,8 +37,10 @@ class SplitSink : public import::RunSink {
     while (length > 0) {
       // Unaligned head or tail: patch just the partial block.
       uint64_t n = std::min<uint64_t>(length, kZeroChunk);
-      if (offset % lbs_ != 0) n = std::min<uint64_t>(length, lbs_ - offset % lbs_);
-      else if (n % lbs_ != 0 && n > lbs_) n -= n % lbs_;
+      if (offset % lbs_ != 0)
+        n = std::min<uint64_t>(length, lbs_ - offset % lbs_);
+      else if (n % lbs_ != 0 && n > lbs_)
+        n -= n % lbs_;
       if (Aligned(offset, n, zeros_.get())) {
         IMAGED_TRY(split_.PWrite(zeros_.get(), n, offset));
       } else {
@@ -56,8 +58,7 @@ class SplitSink : public import::RunSink {
   static constexpr size_t kZeroChunk = 1 << 20;
 
   bool Aligned(uint64_t offset, uint64_t length, const void* p) const {
-    return offset % lbs_ == 0 && length % lbs_ == 0 &&
-           reinterpret_cast<uintptr_t>(p) % lbs_ == 0;
+    return offset % lbs_ == 0 && length % lbs_ == 0 && reinterpret_cast<uintptr_t>(p) % lbs_ == 0;
   }
 
   Result<void> EnsureZeros() {
@@ -99,11 +100,16 @@ class SplitSink : public import::RunSink {
 
 Result<import::Format> ToFormat(ImportFormat f, import::Source& source) {
   switch (f) {
-    case ImportFormat::kAuto: return import::DetectFormat(source);
-    case ImportFormat::kRaw: return import::Format::Raw;
-    case ImportFormat::kSparse: return import::Format::Sparse;
-    case ImportFormat::kQcow1: return import::Format::Qcow1;
-    case ImportFormat::kQcow2: return import::Format::Qcow2;
+    case ImportFormat::kAuto:
+      return import::DetectFormat(source);
+    case ImportFormat::kRaw:
+      return import::Format::Raw;
+    case ImportFormat::kSparse:
+      return import::Format::Sparse;
+    case ImportFormat::kQcow1:
+      return import::Format::Qcow1;
+    case ImportFormat::kQcow2:
+      return import::Format::Qcow2;
   }
   return MakeError(EINVAL, "unknown format");
 }
@@ -136,8 +142,7 @@ Result<ImageInfo> ImageManager::Import(std::string_view name, const std::string&
       }
       const uint64_t size = metadata::PartitionSizeBytes(*md, *p);
       if (size < virtual_size) {
-        return MakeError(EFBIG, "the source holds {} bytes, the image only {}", virtual_size,
-                         size);
+        return MakeError(EFBIG, "the source holds {} bytes, the image only {}", virtual_size, size);
       }
     } else {
       CreateOptions create;
@@ -185,8 +190,8 @@ Result<ImageInfo> ImageManager::Import(std::string_view name, const std::string&
       Error e = std::move(copied).error();
       if (created) {
         if (auto undo = impl.DeleteLocked(name); !undo) {
-          e.message += fmt::format(" (and removing the new image failed: {})",
-                                   undo.error().ToString());
+          e.message +=
+              fmt::format(" (and removing the new image failed: {})", undo.error().ToString());
         }
       } else {
         e.message += " (the image was partly overwritten)";

@@ -53,9 +53,9 @@ class FileLock {
 
 // ---- the extents an image's lp_metadata entry must hold ----
 struct DiskFacts {
-  std::string disk;               // /dev node of the bottom device (FilesystemInfo::disk)
+  std::string disk;  // /dev node of the bottom device (FilesystemInfo::disk)
   dev_t disk_dev = 0;
-  uint64_t disk_offset_bytes = 0; // FIEMAP physical + this = offset on `disk`
+  uint64_t disk_offset_bytes = 0;  // FIEMAP physical + this = offset on `disk`
   uint64_t disk_size = 0;
   uint32_t logical_block_size = 512;
 };
@@ -65,8 +65,7 @@ DiskFacts DiskFactsOf(const fiemap::FilesystemInfo& fs);
 // like liblp merges them. EUCLEAN when an extent is misaligned to the disk's logical block size or
 // lies outside the disk; EUCLEAN when the pieces are shorter than size_bytes.
 Result<std::vector<metadata::Extent>> ComputeLpExtents(const fiemap::SplitFiemap& split,
-                                                       const DiskFacts& disk,
-                                                       uint64_t size_bytes);
+                                                       const DiskFacts& disk, uint64_t size_bytes);
 
 // The dm-linear table straight over the disk for lp extents.
 dm::Table DmLinearTable(const std::vector<metadata::Extent>& extents, dev_t disk_dev,
@@ -78,7 +77,9 @@ bool PathExists(const std::string& path);
 bool DeviceMapperAvailable();
 // Rounds up to a multiple of `align` (a power of two or not); no overflow checks needed by
 // callers that validated the value first.
-inline uint64_t RoundUp(uint64_t v, uint64_t align) { return (v + align - 1) / align * align; }
+inline uint64_t RoundUp(uint64_t v, uint64_t align) {
+  return (v + align - 1) / align * align;
+}
 
 }  // namespace imaged::manager
 
@@ -100,12 +101,8 @@ struct ImageManager::Impl {
   }
   std::string lp_path() const { return options.metadata_dir + "/" + manager::kLpMetadataName; }
   std::string lp_lock_path() const { return lp_path() + ".lock"; }
-  std::string set_lock_path() const {
-    return options.metadata_dir + "/" + manager::kSetLockName;
-  }
-  std::string dm_name(std::string_view name) const {
-    return options.dm_prefix + std::string(name);
-  }
+  std::string set_lock_path() const { return options.metadata_dir + "/" + manager::kSetLockName; }
+  std::string dm_name(std::string_view name) const { return options.dm_prefix + std::string(name); }
 
   // Held for the duration of one public operation.
   struct OpLocks {
@@ -119,8 +116,7 @@ struct ImageManager::Impl {
   // Read-modify-write of lp_metadata under lp_metadata.lock. `edit` gets the current metadata
   // (nullopt if absent) and returns the metadata to write.
   Result<void> EditLp(
-      const std::function<Result<metadata::LpMetadata>(std::optional<metadata::LpMetadata>)>&
-          edit);
+      const std::function<Result<metadata::LpMetadata>(std::optional<metadata::LpMetadata>)>& edit);
 
   // device-mapper, created on first use (the host may have none).
   Result<dm::DeviceMapper*> Dm();

@@ -20,8 +20,7 @@ DiskFacts DiskFactsOf(const fiemap::FilesystemInfo& fs) {
 }
 
 Result<std::vector<metadata::Extent>> ComputeLpExtents(const fiemap::SplitFiemap& split,
-                                                       const DiskFacts& disk,
-                                                       uint64_t size_bytes) {
+                                                       const DiskFacts& disk, uint64_t size_bytes) {
   std::vector<metadata::Extent> out;
   uint64_t remaining = size_bytes;
   const uint64_t lbs = std::max<uint32_t>(disk.logical_block_size, metadata::kSectorSize);
@@ -38,12 +37,13 @@ Result<std::vector<metadata::Extent>> ComputeLpExtents(const fiemap::SplitFiemap
                          piece.path(), e.logical, phys, len, lbs);
       }
       if (disk.disk_size != 0 && (phys > disk.disk_size || len > disk.disk_size - phys)) {
-        return MakeError(EUCLEAN, "\"{}\" offset {}: extent at disk byte {} ({} bytes) lies "
+        return MakeError(EUCLEAN,
+                         "\"{}\" offset {}: extent at disk byte {} ({} bytes) lies "
                          "outside the disk \"{}\" ({})",
                          piece.path(), e.logical, phys, len, disk.disk, HumanSize(disk.disk_size));
       }
-      metadata::AppendLinearExtent(out, len / metadata::kSectorSize,
-                                   phys / metadata::kSectorSize, 0);
+      metadata::AppendLinearExtent(out, len / metadata::kSectorSize, phys / metadata::kSectorSize,
+                                   0);
       remaining -= len;
     }
   }

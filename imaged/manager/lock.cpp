@@ -33,7 +33,9 @@ Result<FileLock> Lock(const std::string& path, bool exclusive, bool block) {
 
 }  // namespace
 
-FileLock FileLock::Adopt(UniqueFd fd) { return FileLock(std::move(fd)); }
+FileLock FileLock::Adopt(UniqueFd fd) {
+  return FileLock(std::move(fd));
+}
 
 Result<FileLock> FileLock::Acquire(const std::string& path, bool exclusive) {
   return Lock(path, exclusive, true);

@@ -28,8 +28,9 @@ struct FreeDeleter {
 };
 
 // Writes zeros over [0, bytes) through `write_at`, in large aligned chunks.
-Result<void> WriteZeros(uint64_t bytes, const Progress& progress,
-                        const std::function<Result<void>(const void*, size_t, uint64_t)>& write_at) {
+Result<void> WriteZeros(
+    uint64_t bytes, const Progress& progress,
+    const std::function<Result<void>(const void*, size_t, uint64_t)>& write_at) {
   constexpr size_t kChunk = 1 << 20;
   std::unique_ptr<void, FreeDeleter> buf(std::aligned_alloc(4096, kChunk));
   if (!buf) return MakeError(ENOMEM, "allocate {} bytes", kChunk);
@@ -48,7 +49,8 @@ Result<void> WriteZeros(uint64_t bytes, const Progress& progress,
 // lp_metadata (and so imaged-init at the next boot) still maps. Write-zeroes cannot be turned off
 // this way on current kernels; RestoreAllocationLocked repairs after those.
 void DisableLoopDiscard(const std::string& loop_path) {
-  const std::string attr = "/sys/block/" + manager::Basename(loop_path) + "/queue/discard_max_bytes";
+  const std::string attr =
+      "/sys/block/" + manager::Basename(loop_path) + "/queue/discard_max_bytes";
   UniqueFd fd(open(attr.c_str(), O_WRONLY | O_CLOEXEC));
   if (fd) (void)!write(fd.get(), "0", 1);
 }
@@ -200,8 +202,7 @@ Result<std::string> ImageManager::Impl::MapLocked(std::string_view name,
   const bool readonly =
       (p->attributes & metadata::kPartitionAttrReadonly) != 0 && !request.force_writable;
   const uint64_t size = metadata::PartitionSizeBytes(*md, *p);
-  const auto timeout =
-      request.timeout.count() > 0 ? request.timeout : options.default_map_timeout;
+  const auto timeout = request.timeout.count() > 0 ? request.timeout : options.default_map_timeout;
   const std::string dm_dev = dm_name(name);
 
   // Undoes everything on any failure: dm first, then loops (their destructors), then the record.
@@ -237,8 +238,8 @@ Result<std::string> ImageManager::Impl::MapLocked(std::string_view name,
     dm::Table table = manager::DmLinearTable(extents, fs.disk_dev, readonly);
     IMAGED_TRY(metadata::AppendStatusEntry(status, {StatusEntry::Kind::Dm, dm_dev}));
     cleanup.dm_created = true;  // Remove(ignore_missing) is harmless if Create never got far
-    std::string path = IMAGED_TRY_CTX(mapper->Create(dm_dev, table, dm_options),
-                                      "dm-linear over {}", fs.disk);
+    std::string path =
+        IMAGED_TRY_CTX(mapper->Create(dm_dev, table, dm_options), "dm-linear over {}", fs.disk);
     cleanup.armed = false;
     return path;
   }
@@ -262,12 +263,12 @@ Result<std::string> ImageManager::Impl::MapLocked(std::string_view name,
     // One piece: the loop itself is the device, so it must be exactly the image size, not the
     // block-rounded file size (AOSP_REFERENCE 9.13).
     if (pieces.size() == 1) lo.size_limit = size;
-    auto loop = IMAGED_TRY_CTX(dm::LoopDevice::Attach(piece.path(), lo), "loop over \"{}\"",
-                               piece.path());
+    auto loop =
+        IMAGED_TRY_CTX(dm::LoopDevice::Attach(piece.path(), lo), "loop over \"{}\"", piece.path());
     cleanup.loops.push_back(std::move(loop));
     DisableLoopDiscard(cleanup.loops.back().path());
-    IMAGED_TRY(metadata::AppendStatusEntry(
-        status, {StatusEntry::Kind::Loop, cleanup.loops.back().path()}));
+    IMAGED_TRY(metadata::AppendStatusEntry(status,
+                                           {StatusEntry::Kind::Loop, cleanup.loops.back().path()}));
   }
   std::string path;
   if (pieces.size() == 1) {
@@ -278,8 +279,8 @@ Result<std::string> ImageManager::Impl::MapLocked(std::string_view name,
     uint64_t remaining = size / metadata::kSectorSize;
     for (size_t i = 0; i < pieces.size() && remaining > 0; ++i) {
       const uint64_t len = std::min(pieces[i].size() / metadata::kSectorSize, remaining);
-      table.Emplace<dm::LinearTarget>(
-          start, len, dm::DeviceMapper::DeviceString(cleanup.loops[i].dev()), 0);
+      table.Emplace<dm::LinearTarget>(start, len,
+                                      dm::DeviceMapper::DeviceString(cleanup.loops[i].dev()), 0);
       start += len;
       remaining -= len;
     }
@@ -449,12 +450,14 @@ Result<void> ImageManager::Impl::ZeroFillLocked(std::string_view name, uint64_t 
   auto through_device = [&](const std::string& device) -> Result<void> {
     UniqueFd fd(open(device.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC));
     if (!fd) return ErrnoError("open {}", device);
-    IMAGED_TRY(WriteZeros(count, progress, [&](const void* b, size_t n, uint64_t off) -> Result<void> {
-      ssize_t w = pwrite(fd.get(), b, n, static_cast<off_t>(off));
-      if (w < 0) return ErrnoError("write {} bytes at {} of {}", n, off, device);
-      if (static_cast<size_t>(w) != n) return MakeError(EIO, "short write at {} of {}", off, device);
-      return Ok();
-    }));
+    IMAGED_TRY(
+        WriteZeros(count, progress, [&](const void* b, size_t n, uint64_t off) -> Result<void> {
+          ssize_t w = pwrite(fd.get(), b, n, static_cast<off_t>(off));
+          if (w < 0) return ErrnoError("write {} bytes at {} of {}", n, off, device);
+          if (static_cast<size_t>(w) != n)
+            return MakeError(EIO, "short write at {} of {}", off, device);
+          return Ok();
+        }));
     if (fdatasync(fd.get()) != 0) return ErrnoError("sync {}", device);
     return Ok();
   };

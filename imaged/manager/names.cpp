@@ -20,8 +20,9 @@ Result<void> ValidateImageName(std::string_view name) {
     if (!ok) {
       if (c == '\0') return MakeError(EINVAL, "image name contains a NUL byte at {}", i);
       if (c == '/') return MakeError(EINVAL, "image name \"{}\" contains '/'", name);
-      return MakeError(EINVAL, "image name \"{}\" contains {:#04x} at {}; allowed: A-Z a-z 0-9 _ . -",
-                       name, static_cast<unsigned char>(c), i);
+      return MakeError(EINVAL,
+                       "image name \"{}\" contains {:#04x} at {}; allowed: A-Z a-z 0-9 _ . -", name,
+                       static_cast<unsigned char>(c), i);
     }
   }
   if (name.front() == '.') {

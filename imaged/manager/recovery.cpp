@@ -194,8 +194,8 @@ Result<RecoveryReport> ImageManager::Recover() {
       if (!*exists) continue;
       auto matches = impl.DmLinearMatches(p.name, *md);
       if (matches && *matches) {
-        auto written = metadata::WriteStatusFile(
-            impl.status_path(p.name), {{StatusEntry::Kind::Dm, impl.dm_name(p.name)}});
+        auto written = metadata::WriteStatusFile(impl.status_path(p.name),
+                                                 {{StatusEntry::Kind::Dm, impl.dm_name(p.name)}});
         if (written) {
           report.adopted.push_back(p.name);
           continue;
@@ -235,7 +235,8 @@ Result<RecoveryReport> ImageManager::Recover() {
         bool piece;
         auto n = ImageOfDataFile(f, &piece);
         const std::string path = opt.data_dir + "/" + f;
-        if (piece && n && *n == name && std::find(pieces.begin(), pieces.end(), path) == pieces.end()) {
+        if (piece && n && *n == name &&
+            std::find(pieces.begin(), pieces.end(), path) == pieces.end()) {
           pieces.push_back(path);
         }
       }

@@ -26,7 +26,9 @@
 namespace imaged::test {
 
 // A dm prefix unique to this process so parallel test binaries never see each other's devices.
-inline std::string TestDmPrefix() { return "imaged-test-" + std::to_string(getpid()) + "-"; }
+inline std::string TestDmPrefix() {
+  return "imaged-test-" + std::to_string(getpid()) + "-";
+}
 
 // Removes every dm device with `prefix` and detaches every loop over a file in `dir`.
 inline void ForceCleanup(const std::string& prefix, const std::string& dir) {
@@ -116,9 +118,9 @@ inline bool DirectWrite(const std::string& path, const std::vector<uint8_t>& dat
     return false;
   }
   memcpy(buf, data.data(), data.size());
-  bool ok = pwrite(fd, buf, data.size(), static_cast<off_t>(off)) ==
-                static_cast<ssize_t>(data.size()) &&
-            fsync(fd) == 0;
+  bool ok =
+      pwrite(fd, buf, data.size(), static_cast<off_t>(off)) == static_cast<ssize_t>(data.size()) &&
+      fsync(fd) == 0;
   free(buf);
   close(fd);
   return ok;
@@ -150,15 +152,15 @@ inline std::vector<uint8_t> ReadFile(const std::string& path, size_t n, uint64_t
 }
 
 // Prints "Error: message" for failed Results in assertions.
-#define ASSERT_OK(expr)                                                          \
-  do {                                                                           \
-    auto&& assert_ok_r_ = (expr);                                                \
+#define ASSERT_OK(expr)                                                                        \
+  do {                                                                                         \
+    auto&& assert_ok_r_ = (expr);                                                              \
     ASSERT_TRUE(assert_ok_r_.has_value()) << #expr << ": " << assert_ok_r_.error().ToString(); \
   } while (0)
-#define EXPECT_ERRNO(expr, err)                                                  \
-  do {                                                                           \
-    auto&& expect_errno_r_ = (expr);                                             \
-    ASSERT_FALSE(expect_errno_r_.has_value()) << #expr << " unexpectedly succeeded"; \
+#define EXPECT_ERRNO(expr, err)                                                           \
+  do {                                                                                    \
+    auto&& expect_errno_r_ = (expr);                                                      \
+    ASSERT_FALSE(expect_errno_r_.has_value()) << #expr << " unexpectedly succeeded";      \
     EXPECT_EQ(expect_errno_r_.error().code, (err)) << expect_errno_r_.error().ToString(); \
   } while (0)
 

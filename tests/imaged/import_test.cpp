@@ -36,7 +36,8 @@ class ImportTest : public ::testing::Test {
   std::string WriteSource(const std::vector<uint8_t>& bytes) {
     const std::string path = (src_.path() / "source.raw").string();
     std::ofstream(path, std::ios::binary)
-        .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+        .write(reinterpret_cast<const char*>(bytes.data()),
+               static_cast<std::streamsize>(bytes.size()));
     return path;
   }
   std::vector<uint8_t> ImageBytes(const std::string& name, size_t n) {
@@ -128,7 +129,8 @@ TEST_F(ImportTest, ABrokenSourceLeavesNoImage) {
   const auto bytes = SourceBytes(4 * kMiB);
   const std::string raw = WriteSource(bytes);
   const std::string qcow = (src_.path() / "source.qcow2").string();
-  ASSERT_EQ(RunCommand({"qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow}).exit_code, 0);
+  ASSERT_EQ(RunCommand({"qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow}).exit_code,
+            0);
   std::filesystem::resize_file(qcow, std::filesystem::file_size(qcow) / 2);
   auto info = mgr().Import("broken", qcow, {});
   EXPECT_FALSE(info.has_value());

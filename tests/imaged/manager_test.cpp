@@ -29,7 +29,9 @@ namespace {
 
 constexpr uint64_t kMiB = 1 << 20;
 
-bool HaveDeviceMapper() { return access("/dev/mapper/control", F_OK) == 0; }
+bool HaveDeviceMapper() {
+  return access("/dev/mapper/control", F_OK) == 0;
+}
 
 class ManagerTest : public ::testing::Test {
  protected:
@@ -45,7 +47,9 @@ class ManagerTest : public ::testing::Test {
     o.strategy = MapStrategy::kLoop;
     return o;
   }
-  ImageManager& mgr() { return set_->mgr(); }
+  ImageManager& mgr() {
+    return set_->mgr();
+  }
   std::string Piece(const std::string& name, int i = 0) {
     return set_->data(name + ".img." + fmt::format("{:04d}", i));
   }

@@ -36,8 +36,7 @@ class DmBackedSet {
     for (auto at = table.find("%DEV%"); at != std::string::npos; at = table.find("%DEV%")) {
       table.replace(at, 5, loop_);
     }
-    for (auto at = table.find("%SECTORS%"); at != std::string::npos;
-         at = table.find("%SECTORS%")) {
+    for (auto at = table.find("%SECTORS%"); at != std::string::npos; at = table.find("%SECTORS%")) {
       table.replace(at, 9, std::to_string(size / 512 - 4096));
     }
     lower_ = "imaged-test-" + std::to_string(getpid()) + "-lower";
