@@ -108,7 +108,9 @@ int List(const bench::Args& args) {
   fmt::print("{{\"calls\": {}, \"failures\": {}, \"p50\": {:.6f}, \"p99\": {:.6f}, "
              "\"max\": {:.6f}, \"min\": {:.6f}, \"wall_s\": {:.6f}}}\n",
              all.size(), failures.load(), pct(0.50), pct(0.99), all.back(), all.front(), wall);
-  return failures == 0 ? 0 : 1;
+  // Failed calls are reported (bench/run shows them next to the verdict), not fatal, unless
+  // nothing worked at all.
+  return failures < static_cast<int>(all.size()) ? 0 : 1;
 }
 
 }  // namespace
