@@ -20,8 +20,7 @@ using metadata::Partition;
 constexpr std::string_view kTool = "imaged-init";
 
 Result<LpMetadata> LoadMetadata(const Options& options) {
-  LpMetadata md =
-      IMAGED_TRY(metadata::ReadImageFile(options.metadata_dir + "/lp_metadata"));
+  LpMetadata md = IMAGED_TRY(metadata::ReadImageFile(options.metadata_dir + "/lp_metadata"));
   if (md.block_devices.empty()) {
     return MakeError(EINVAL, "\"{}/lp_metadata\" has no block device entry", options.metadata_dir);
   }
@@ -88,7 +87,9 @@ Result<std::string> MapOne(dm::DeviceMapper& dm, const std::string& name, const 
 
 }  // namespace
 
-std::string DmName(const std::string& prefix, const std::string& image) { return prefix + image; }
+std::string DmName(const std::string& prefix, const std::string& image) {
+  return prefix + image;
+}
 
 Result<dm::Table> BuildTable(const LpMetadata& md, const Partition& partition,
                              const std::string& table_device, bool readonly) {
@@ -110,8 +111,8 @@ Result<dm::Table> BuildTable(const LpMetadata& md, const Partition& partition,
     } else if (e.target_type == metadata::kTargetTypeZero) {
       table.Emplace<dm::ZeroTarget>(start, e.num_sectors);
     } else {
-      return MakeError(EINVAL, "image \"{}\": extent {} has unknown target type {}",
-                       partition.name, i, e.target_type);
+      return MakeError(EINVAL, "image \"{}\": extent {} has unknown target type {}", partition.name,
+                       i, e.target_type);
     }
     start += e.num_sectors;
   }
@@ -119,8 +120,7 @@ Result<dm::Table> BuildTable(const LpMetadata& md, const Partition& partition,
   return table;
 }
 
-int RunMap(const Options& options, std::ostream& out, std::ostream& err,
-           const DiskLookup& lookup) {
+int RunMap(const Options& options, std::ostream& out, std::ostream& err, const DiskLookup& lookup) {
   auto md = LoadMetadata(options);
   if (!md) {
     err << kTool << ": map: " << md.error().ToString() << "\n";
@@ -230,8 +230,8 @@ int RunMap(const Options& options, std::ostream& out, std::ostream& err,
     }
     bool status_written = false;
     if (options.write_status) {
-      auto written = metadata::WriteStatusFile(
-          StatusPath(options, name), {{metadata::StatusEntry::Kind::Dm, dm_name}});
+      auto written = metadata::WriteStatusFile(StatusPath(options, name),
+                                               {{metadata::StatusEntry::Kind::Dm, dm_name}});
       if (written) {
         status_written = true;
       } else {
@@ -263,8 +263,9 @@ int RunUnmap(const Options& options, std::ostream& out, std::ostream& err) {
   dm::DeviceMapper dm;
   if (!options.passthrough.empty()) {
     auto info = dm.Info(options.passthrough);
-    auto removed = !info ? Result<void>(info.error())
-                         : *info ? dm.Remove(options.passthrough) : Ok();
+    auto removed = !info   ? Result<void>(info.error())
+                   : *info ? dm.Remove(options.passthrough)
+                           : Ok();
     if (!removed) {
       err << kTool << ": unmap passthrough \"" << options.passthrough
           << "\": " << removed.error().ToString() << "\n";
@@ -293,8 +294,8 @@ int RunUnmap(const Options& options, std::ostream& out, std::ostream& err) {
     }
     // A status file that records only our device (--write-status) goes with it.
     auto status = metadata::ReadStatusFile(StatusPath(options, name));
-    if (status && *status == std::vector<metadata::StatusEntry>{
-                                 {metadata::StatusEntry::Kind::Dm, dm_name}}) {
+    if (status &&
+        *status == std::vector<metadata::StatusEntry>{{metadata::StatusEntry::Kind::Dm, dm_name}}) {
       if (auto r = metadata::RemoveStatusFile(StatusPath(options, name)); !r) {
         err << kTool << ": warning: \"" << name << "\": " << r.error().ToString() << "\n";
       }
@@ -341,8 +342,8 @@ std::string FormatList(const LpMetadata& md, const std::string& prefix,
     text += fmt::format("data disk: {} ({} bytes, {})\n", disk->partition_name, disk->size,
                         HumanSize(disk->size));
   }
-  text += fmt::format("{:<36} {:>12} {:>8} {:<5} {}\n", "NAME", "SIZE", "EXTENTS", "FLAGS",
-                      "DEVICE");
+  text +=
+      fmt::format("{:<36} {:>12} {:>8} {:<5} {}\n", "NAME", "SIZE", "EXTENTS", "FLAGS", "DEVICE");
   for (const auto& p : md.partitions) {
     const std::string dm_name = DmName(prefix, p.name);
     std::string flags;
@@ -350,9 +351,9 @@ std::string FormatList(const LpMetadata& md, const std::string& prefix,
     flags += (p.attributes & metadata::kPartitionAttrDisabled) ? 'd' : '-';
     flags += !mapped ? '?' : is_mapped(dm_name) ? 'm' : '-';
     std::string device = mapped && is_mapped(dm_name) ? dm::DeviceMapper::DevicePath(dm_name) : "";
-    text += fmt::format("{:<36} {:>12} {:>8} {:<5} {}\n", p.name,
-                        HumanSize(metadata::PartitionSizeBytes(md, p)), p.num_extents, flags,
-                        device);
+    text +=
+        fmt::format("{:<36} {:>12} {:>8} {:<5} {}\n", p.name,
+                    HumanSize(metadata::PartitionSizeBytes(md, p)), p.num_extents, flags, device);
   }
   return text;
 }

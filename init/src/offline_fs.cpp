@@ -72,8 +72,8 @@ int BlockIterateCallback(ext2_filsys, blk64_t* blocknr, e2_blkcnt_t blockcnt, bl
 
 }  // namespace
 
-Result<std::unique_ptr<OfflineFs>> OfflineFs::Open(const std::string& disk_path,
-                                                    uint64_t fs_offset, Unverifiable* why) {
+Result<std::unique_ptr<OfflineFs>> OfflineFs::Open(const std::string& disk_path, uint64_t fs_offset,
+                                                   Unverifiable* why) {
   RegisterErrorTable();
   Unverifiable dummy;
   if (why == nullptr) why = &dummy;
@@ -123,7 +123,9 @@ OfflineFs::~OfflineFs() {
   if (fs_) ext2fs_close_free(&fs_);
 }
 
-uint32_t OfflineFs::block_size() const { return fs_->blocksize; }
+uint32_t OfflineFs::block_size() const {
+  return fs_->blocksize;
+}
 
 Result<uint32_t> OfflineFs::Lookup(const std::string& path) {
   ext2_ino_t ino = 0;
@@ -139,9 +141,9 @@ Result<std::vector<DiskRun>> OfflineFs::FileRuns(const std::string& path) {
   if (errcode_t err = ext2fs_read_inode(fs_, ino, &inode)) {
     return Ext2Error(err, fmt::format("read inode {} of \"{}\"", ino, path));
   }
-  if (!LINUX_S_ISREG(inode.i_mode)) return MakeError(EINVAL, "\"{}\" is not a regular file", path);
+  if (!LINUX_S_ISREG(inode.i_mode)) return MakeError(0, "\"{}\" is not a regular file", path);
   if (inode.i_flags & EXT4_INLINE_DATA_FL) {
-    return MakeError(EINVAL, "\"{}\" keeps its data inline in the inode (no blocks)", path);
+    return MakeError(0, "\"{}\" keeps its data inline in the inode (no blocks)", path);
   }
   const uint64_t bs = fs_->blocksize;
   const uint64_t size = EXT2_I_SIZE(&inode);
@@ -160,13 +162,13 @@ Result<std::vector<DiskRun>> OfflineFs::FileRuns(const std::string& path) {
     while (err == 0) {
       if (extent.e_flags & EXT2_EXTENT_FLAGS_LEAF) {
         if ((extent.e_flags & EXT2_EXTENT_FLAGS_UNINIT) && extent.e_lblk < walk.nblocks) {
-          return MakeError(EINVAL,
+          return MakeError(0,
                            "\"{}\" has an unwritten (uninitialized) extent at file block {}: its "
                            "disk blocks hold stale data, not the file's zeros",
                            path, extent.e_lblk);
         }
         if (!walk.Add(extent.e_lblk, extent.e_pblk, extent.e_len)) {
-          return MakeError(EINVAL, "\"{}\" has a {}", path, walk.error);
+          return MakeError(0, "\"{}\" has a {}", path, walk.error);
         }
       }
       err = ext2fs_extent_get(handle, EXT2_EXTENT_NEXT_LEAF, &extent);
@@ -177,11 +179,11 @@ Result<std::vector<DiskRun>> OfflineFs::FileRuns(const std::string& path) {
   } else {
     errcode_t err = ext2fs_block_iterate3(fs_, ino, BLOCK_FLAG_READ_ONLY | BLOCK_FLAG_DATA_ONLY,
                                           nullptr, BlockIterateCallback, &walk);
-    if (!walk.error.empty()) return MakeError(EINVAL, "\"{}\" has a {}", path, walk.error);
+    if (!walk.error.empty()) return MakeError(0, "\"{}\" has a {}", path, walk.error);
     if (err != 0) return Ext2Error(err, fmt::format("walk blocks of \"{}\"", path));
   }
   if (walk.next_lblk != walk.nblocks) {
-    return MakeError(EINVAL, "\"{}\" has a hole at file block {}", path, walk.next_lblk);
+    return MakeError(0, "\"{}\" has a hole at file block {}", path, walk.next_lblk);
   }
 
   std::vector<DiskRun> runs;
@@ -199,7 +201,7 @@ Result<std::string> OfflineFs::ReadFile(const std::string& path, uint64_t max_si
   if (errcode_t err = ext2fs_read_inode(fs_, ino, &inode)) {
     return Ext2Error(err, fmt::format("read inode of \"{}\"", path));
   }
-  if (!LINUX_S_ISREG(inode.i_mode)) return MakeError(EINVAL, "\"{}\" is not a regular file", path);
+  if (!LINUX_S_ISREG(inode.i_mode)) return MakeError(0, "\"{}\" is not a regular file", path);
   uint64_t size = EXT2_I_SIZE(&inode);
   if (size > max_size) {
     return MakeError(EFBIG, "\"{}\" is {} bytes, more than {}", path, size, max_size);
@@ -213,7 +215,8 @@ Result<std::string> OfflineFs::ReadFile(const std::string& path, uint64_t max_si
   errcode_t err = 0;
   while (total < size) {
     unsigned int got = 0;
-    err = ext2fs_file_read(file, data.data() + total, static_cast<unsigned int>(size - total), &got);
+    err =
+        ext2fs_file_read(file, data.data() + total, static_cast<unsigned int>(size - total), &got);
     if (err != 0 || got == 0) break;
     total += got;
   }
@@ -236,13 +239,13 @@ Result<std::vector<DiskRun>> OfflineFs::ImageRuns(const std::string& dir, const 
     pos = end + 1;
     if (piece.empty() || piece == "." || piece == ".." || piece.find('/') != std::string::npos ||
         piece.find('\0') != std::string::npos) {
-      return MakeError(EINVAL, "piece list \"{}\": bad piece name \"{}\"", list_path, piece);
+      return MakeError(0, "piece list \"{}\": bad piece name \"{}\"", list_path, piece);
     }
     auto piece_runs = IMAGED_TRY(FileRuns(JoinPath(NormalizeDir(dir), piece)));
     runs.insert(runs.end(), piece_runs.begin(), piece_runs.end());
     ++pieces;
   }
-  if (pieces == 0) return MakeError(EINVAL, "piece list \"{}\" is empty", list_path);
+  if (pieces == 0) return MakeError(0, "piece list \"{}\" is empty", list_path);
   return runs;
 }
 
@@ -323,22 +326,22 @@ Result<void> CompareExtents(const std::vector<metadata::Extent>& extents,
   for (size_t i = 0; i < extents.size(); ++i) {
     const auto& e = extents[i];
     if (e.target_type != metadata::kTargetTypeLinear || e.target_source != 0) {
-      return MakeError(EINVAL, "lp_metadata extent {} is not a LINEAR extent on the data disk", i);
+      return MakeError(0, "lp_metadata extent {} is not a LINEAR extent on the data disk", i);
     }
     if (e.target_data > std::numeric_limits<uint64_t>::max() / metadata::kSectorSize) {
-      return MakeError(EINVAL, "lp_metadata extent {} starts beyond 2^64 bytes", i);
+      return MakeError(0, "lp_metadata extent {} starts beyond 2^64 bytes", i);
     }
     uint64_t disk = e.target_data * metadata::kSectorSize;
     uint64_t left = e.num_sectors * metadata::kSectorSize;
     while (left > 0) {
       if (r == runs.size()) {
-        return MakeError(EINVAL, "lp_metadata maps {} bytes but the files hold only {} bytes",
-                         lp_total, files_total);
+        return MakeError(0, "lp_metadata maps {} bytes but the files hold only {} bytes", lp_total,
+                         files_total);
       }
       const DiskRun& run = runs[r];
       const uint64_t expect = run.disk_offset + in_run;
       if (disk != expect) {
-        return MakeError(EINVAL,
+        return MakeError(0,
                          "at image byte {}: lp_metadata extent {} maps disk sector {} but \"{}\" "
                          "byte {} is at disk sector {}",
                          image_pos, i, disk / metadata::kSectorSize, run.file,
@@ -359,8 +362,8 @@ Result<void> CompareExtents(const std::vector<metadata::Extent>& extents,
   // to one block may be left over (an image ending 100 bytes into a block loses that block);
   // anything more means lp_metadata lost extents.
   if (files_total - image_pos > block_size) {
-    return MakeError(EINVAL, "lp_metadata maps only {} bytes of the {} bytes the files hold",
-                     image_pos, files_total);
+    return MakeError(0, "lp_metadata maps only {} bytes of the {} bytes the files hold", image_pos,
+                     files_total);
   }
   return Ok();
 }
@@ -389,12 +392,12 @@ Result<std::string> VerifyImage(OfflineFs& fs, const std::string& dir, int max_d
                                  : Result<void>(std::move(runs).error());
     if (compared) return candidate;
     if (!first_error) {
-      first_error = std::move(compared).error().Wrap(
-          fmt::format("files in \"{}\"", candidate));
+      first_error = std::move(compared).error().Wrap(fmt::format("files in \"{}\"", candidate));
     }
   }
   if (candidates.size() > 1) {
-    return first_error->Wrap(fmt::format("none of {} candidate directories match", candidates.size()));
+    return first_error->Wrap(
+        fmt::format("none of {} candidate directories match", candidates.size()));
   }
   return *first_error;
 }

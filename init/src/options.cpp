@@ -12,14 +12,14 @@ namespace imaged::init {
 ParsedArgs ParseArgs(const std::vector<std::string>& args) {
   ParsedArgs parsed;
   Options& o = parsed.options;
-  CLI::App app{"imaged-init: map imaged images from lp_metadata at early boot, before the data "
-               "filesystem is mounted",
-               args.empty() ? "imaged-init" : args[0]};
+  CLI::App app{
+      "imaged-init: map imaged images from lp_metadata at early boot, before the data "
+      "filesystem is mounted",
+      args.empty() ? "imaged-init" : args[0]};
   app.require_subcommand(1, 1);
 
   auto add_common = [&](CLI::App* sub) {
-    sub->add_option("--metadata-dir", o.metadata_dir, "directory holding lp_metadata")
-        ->required();
+    sub->add_option("--metadata-dir", o.metadata_dir, "directory holding lp_metadata")->required();
     sub->add_option("--prefix", o.prefix, "device-mapper name prefix")->capture_default_str();
     sub->add_option("--passthrough", o.passthrough,
                     "dm name of a whole-disk linear device to mount the data filesystem from");

@@ -17,7 +17,8 @@ namespace {
 using imaged::test::RunCommand;
 using imaged::test::TempDir;
 
-const std::string kScript = std::string(INIT_SOURCE_DIR) + "/initramfs-tools/scripts/local-top/imaged";
+const std::string kScript =
+    std::string(INIT_SOURCE_DIR) + "/initramfs-tools/scripts/local-top/imaged";
 const std::string kHook = std::string(INIT_SOURCE_DIR) + "/initramfs-tools/hooks/imaged";
 
 class BootScriptTest : public ::testing::Test {
@@ -31,9 +32,8 @@ class BootScriptTest : public ::testing::Test {
     ::chmod(stub_.c_str(), 0755);
   }
   imaged::test::CommandResult RunScript(const std::string& extra_env = "STUB_EXIT=0") {
-    return RunCommand({"sh", kScript},
-                      {"IMAGED_BOOT_CONF=" + conf_, "IMAGED_INIT=" + stub_,
-                       "IMAGED_MODPROBE=true", extra_env});
+    return RunCommand({"sh", kScript}, {"IMAGED_BOOT_CONF=" + conf_, "IMAGED_INIT=" + stub_,
+                                        "IMAGED_MODPROBE=true", extra_env});
   }
   std::string Args() {
     std::ifstream in(args_);

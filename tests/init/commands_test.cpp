@@ -25,9 +25,8 @@ metadata::LpMetadata SampleMetadata() {
   disk.partition_name = "vdb";
   disk.size = 1 << 30;
   auto md = metadata::NewImageMetadata(disk, 4096, 0);
-  EXPECT_TRUE(metadata::SetPartition(md, "system", 0,
-                                     {{2048, kTargetTypeLinear, 4096, 0},
-                                      {1024, kTargetTypeLinear, 100000, 0}}));
+  EXPECT_TRUE(metadata::SetPartition(
+      md, "system", 0, {{2048, kTargetTypeLinear, 4096, 0}, {1024, kTargetTypeLinear, 100000, 0}}));
   EXPECT_TRUE(metadata::SetPartition(md, "vendor", metadata::kPartitionAttrReadonly,
                                      {{512, kTargetTypeLinear, 8192, 0}}));
   EXPECT_TRUE(metadata::SetPartition(md, "old", metadata::kPartitionAttrDisabled,
@@ -78,7 +77,9 @@ TEST(BuildTableTest, RefusesExtentsOnAnotherBlockDevice) {
   EXPECT_FALSE(BuildTable(md, p, "254:16", false));
 }
 
-TEST(DmNameTest, IsPrefixPlusImageName) { EXPECT_EQ(DmName("imaged-", "system"), "imaged-system"); }
+TEST(DmNameTest, IsPrefixPlusImageName) {
+  EXPECT_EQ(DmName("imaged-", "system"), "imaged-system");
+}
 
 class ResolveDiskTest : public ::testing::Test {
  protected:

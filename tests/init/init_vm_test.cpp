@@ -160,8 +160,8 @@ class InitVmTest : public ::testing::Test {
       auto r = Fiemap(piece);
       runs.insert(runs.end(), r.begin(), r.end());
     }
-    ASSERT_OK(metadata::SetPartition(md_, name, attributes,
-                                     test::LpExtentsFor(runs, content.size())));
+    ASSERT_OK(
+        metadata::SetPartition(md_, name, attributes, test::LpExtentsFor(runs, content.size())));
     ASSERT_OK(metadata::WriteImageFile(meta_ + "/lp_metadata", md_));
   }
 
@@ -201,7 +201,8 @@ class InitVmTest : public ::testing::Test {
     int fd = ::open(DevicePath(name).c_str(), O_WRONLY | O_CLOEXEC);
     if (fd < 0) return errno;
     std::string sector(512, 'w');
-    int result = ::pwrite(fd, sector.data(), sector.size(), 0) == 512 && ::fsync(fd) == 0 ? 0 : errno;
+    int result =
+        ::pwrite(fd, sector.data(), sector.size(), 0) == 512 && ::fsync(fd) == 0 ? 0 : errno;
     ::close(fd);
     return result;
   }
@@ -324,8 +325,9 @@ TEST_F(InitVmTest, WriteStatusRecordsTheDeviceAndUnmapRemovesIt) {
   ASSERT_EQ(Init({"map", "--write-status"}).exit_code, 0);
   auto status = metadata::ReadStatusFile(meta_ + "/alpha.status");
   ASSERT_OK(status);
-  EXPECT_EQ(*status, (std::vector<metadata::StatusEntry>{
-                         {metadata::StatusEntry::Kind::Dm, prefix_ + "alpha"}}));
+  EXPECT_EQ(
+      *status,
+      (std::vector<metadata::StatusEntry>{{metadata::StatusEntry::Kind::Dm, prefix_ + "alpha"}}));
   ASSERT_EQ(Init({"unmap"}).exit_code, 0);
   EXPECT_FALSE(std::filesystem::exists(meta_ + "/alpha.status"));
 }
@@ -440,7 +442,6 @@ TEST_F(InitVmTest, MapsAHundredImagesOfAHundredExtents) {
   EXPECT_FALSE(Exists("img000"));
 }
 
-
 #if defined(IMAGED_BIN) && defined(IMAGECTL_BIN)
 // The whole boot story with the real daemon: images created and written through imaged, the
 // daemon stopped and the filesystem unmounted (as at shutdown), imaged-init maps them from
@@ -450,9 +451,9 @@ class InitDaemonVmTest : public InitVmTest {
  protected:
   std::unique_ptr<imaged::test::DaemonProcess> StartDaemon() {
     socket_ = (tmp_.path() / "imaged.sock").string();
-    std::vector<std::string> argv = {IMAGED_BIN,     "--socket",       socket_,
-                                     "--data-dir",   mnt_ + "/images", "--metadata-dir",
-                                     meta_,          "--dm-prefix",    prefix_};
+    std::vector<std::string> argv = {IMAGED_BIN,   "--socket",       socket_,
+                                     "--data-dir", mnt_ + "/images", "--metadata-dir",
+                                     meta_,        "--dm-prefix",    prefix_};
     auto daemon = std::make_unique<imaged::test::DaemonProcess>(argv, tmp_.path());
     EXPECT_TRUE(daemon->ready()) << "imaged did not become ready";
     return daemon;

@@ -219,7 +219,8 @@ TEST_F(OfflineFsTest, VerifyRefusesAMissingPieceList) {
   MakeFs();
   auto fs = Open();
   ASSERT_TRUE(fs);
-  auto r = VerifyImage(*fs, "/sets/a/images", 3, "nosuch", {{8, metadata::kTargetTypeLinear, 0, 0}});
+  auto r =
+      VerifyImage(*fs, "/sets/a/images", 3, "nosuch", {{8, metadata::kTargetTypeLinear, 0, 0}});
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, ENOENT) << r.error().ToString();
 }
@@ -278,9 +279,9 @@ TEST(CompareExtentsTest, RefusesAnExtentOnAnotherBlockDevice) {
 TEST(CompareExtentsTest, AcceptsExtentsSplitDifferentlyFromTheRuns) {
   // lp merges physically contiguous pieces; the files may split them anywhere.
   std::vector<DiskRun> runs{{4096, 4096, "/a", 0}, {8192, 8192, "/b", 0}};
-  ASSERT_OK(CompareExtents({{8, metadata::kTargetTypeLinear, 8, 0},
-                            {16, metadata::kTargetTypeLinear, 16, 0}},
-                           runs, 4096));
+  ASSERT_OK(CompareExtents(
+      {{8, metadata::kTargetTypeLinear, 8, 0}, {16, metadata::kTargetTypeLinear, 16, 0}}, runs,
+      4096));
   ASSERT_OK(CompareExtents({{24, metadata::kTargetTypeLinear, 8, 0}}, runs, 4096));
 }
 

@@ -26,9 +26,25 @@ TEST(OptionsTest, MapDefaultsVerifyToAuto) {
 }
 
 TEST(OptionsTest, MapTakesEveryOptionAndNames) {
-  auto p = Parse({"map", "--metadata-dir", "/m", "--data-device", "/dev/vdb", "--verify",
-                  "--readonly", "--prefix", "boot-", "--write-status", "--data-path-in-fs",
-                  "/images", "--search-depth", "5", "--fs-offset", "1M", "--passthrough", "imaged-data", "a",
+  auto p = Parse({"map",
+                  "--metadata-dir",
+                  "/m",
+                  "--data-device",
+                  "/dev/vdb",
+                  "--verify",
+                  "--readonly",
+                  "--prefix",
+                  "boot-",
+                  "--write-status",
+                  "--data-path-in-fs",
+                  "/images",
+                  "--search-depth",
+                  "5",
+                  "--fs-offset",
+                  "1M",
+                  "--passthrough",
+                  "imaged-data",
+                  "a",
                   "b"});
   ASSERT_TRUE(p.run) << p.text;
   EXPECT_EQ(p.options.data_device, "/dev/vdb");

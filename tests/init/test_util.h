@@ -11,11 +11,11 @@
 #include "imaged/common/result.h"
 #include "metadata/lp_metadata.h"
 
-#define ASSERT_OK(expr)                                                            \
-  do {                                                                             \
-    auto&& assert_ok_result_ = (expr);                                             \
-    ASSERT_TRUE(assert_ok_result_.has_value())                                     \
-        << #expr << ": " << assert_ok_result_.error().ToString();                  \
+#define ASSERT_OK(expr)                                           \
+  do {                                                            \
+    auto&& assert_ok_result_ = (expr);                            \
+    ASSERT_TRUE(assert_ok_result_.has_value())                    \
+        << #expr << ": " << assert_ok_result_.error().ToString(); \
   } while (0)
 
 namespace imaged::init::test {

@@ -13,9 +13,9 @@
 namespace imaged::init {
 
 struct DataDisk {
-  std::string path;        // what was opened: /dev/vda, /dev/disk/by-partlabel/data, a file
+  std::string path;          // what was opened: /dev/vda, /dev/disk/by-partlabel/data, a file
   std::string table_device;  // what dm tables name: "major:minor" (dm does not follow symlinks)
-  uint64_t size = 0;       // bytes
+  uint64_t size = 0;         // bytes
   bool is_block_device = false;
 };
 

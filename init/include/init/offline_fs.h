@@ -30,10 +30,10 @@ struct DiskRun {
 // warning" (verify mode auto) and "refuse" (--verify).
 enum class Unverifiable {
   kNone,
-  kNotExt,          // no ext2/3/4 superblock: another filesystem, or ciphertext (dm-crypt)
-  kMounted,         // the kernel owns its metadata; the on-disk copy may be stale
-  kNeedsRecovery,   // the journal holds metadata newer than the on-disk copy
-  kUnreadable,      // I/O or corruption errors while opening
+  kNotExt,         // no ext2/3/4 superblock: another filesystem, or ciphertext (dm-crypt)
+  kMounted,        // the kernel owns its metadata; the on-disk copy may be stale
+  kNeedsRecovery,  // the journal holds metadata newer than the on-disk copy
+  kUnreadable,     // I/O or corruption errors while opening
 };
 
 class OfflineFs {
@@ -77,7 +77,8 @@ class OfflineFs {
 
 // Checks that lp_metadata's `extents` (LINEAR, 512-byte sectors on the disk) map exactly the
 // files' `runs`: same physical sectors in the same order, and the extents cover the files except
-// for at most their last block (padding and liblp's truncation to whole sectors). The error names the first mismatch.
+// for at most their last block (padding and liblp's truncation to whole sectors). The error names
+// the first mismatch.
 Result<void> CompareExtents(const std::vector<metadata::Extent>& extents,
                             const std::vector<DiskRun>& runs, uint32_t block_size);
 
