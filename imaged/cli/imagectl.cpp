@@ -167,12 +167,13 @@ class CancelOnInterrupt {
 
 // Drains a stream of OperationUpdate, printing progress; prints the final info.
 template <typename Stream>
-int FinishOperation(Stream& stream, const Context& ctx, const std::string& label) {
+int FinishOperation(Stream& stream, const Context& ctx, const std::string& doing,
+                    const std::string& done_label) {
   v1::OperationUpdate update;
   v1::ImageInfo final_info;
   bool done = false;
   {
-    ProgressPrinter printer(label);
+    ProgressPrinter printer(doing);
     while (stream->Read(&update)) {
       if (update.has_progress()) {
         if (!ctx.json) printer.Update(update.progress().done_bytes(), update.progress().total_bytes());
@@ -191,7 +192,8 @@ int FinishOperation(Stream& stream, const Context& ctx, const std::string& label
   if (ctx.json) {
     fmt::print("{}\n", InfoJson(final_info).dump(2));
   } else {
-    fmt::print("{}: {} ({})\n", label, final_info.name(), imaged::HumanSize(final_info.size_bytes()));
+    fmt::print("{}: {} ({})\n", done_label, final_info.name(),
+               imaged::HumanSize(final_info.size_bytes()));
   }
   return kExitOk;
 }
@@ -381,7 +383,7 @@ int CmdCreate(const Context& ctx, const std::string& name, uint64_t size, bool r
   request.set_zero_fill_bytes(zero_fill);
   CancelOnInterrupt cancel(&call);
   auto stream = ctx.Stub()->CreateImage(&call, request);
-  return FinishOperation(stream, ctx, "created");
+  return FinishOperation(stream, ctx, "creating", "created");
 }
 
 int CmdZeroFill(const Context& ctx, const std::string& name, uint64_t bytes) {
@@ -392,7 +394,7 @@ int CmdZeroFill(const Context& ctx, const std::string& name, uint64_t bytes) {
   request.set_bytes(bytes);
   CancelOnInterrupt cancel(&call);
   auto stream = ctx.Stub()->ZeroFillImage(&call, request);
-  return FinishOperation(stream, ctx, "zero-filled");
+  return FinishOperation(stream, ctx, "zero-filling", "zero-filled");
 }
 
 int CmdResize(const Context& ctx, const std::string& name, uint64_t size) {
@@ -403,7 +405,7 @@ int CmdResize(const Context& ctx, const std::string& name, uint64_t size) {
   request.set_size_bytes(size);
   CancelOnInterrupt cancel(&call);
   auto stream = ctx.Stub()->ResizeImage(&call, request);
-  return FinishOperation(stream, ctx, "resized");
+  return FinishOperation(stream, ctx, "resizing", "resized");
 }
 
 int CmdImport(const Context& ctx, const std::string& file, const std::string& name,
@@ -426,7 +428,7 @@ int CmdImport(const Context& ctx, const std::string& file, const std::string& na
     request.set_into_existing(into_existing);
     request.set_readonly(readonly);
     auto stream = ctx.Stub()->ImportImage(&call, request);
-    return FinishOperation(stream, ctx, "imported");
+    return FinishOperation(stream, ctx, "importing", "imported");
   }
   int fd = open(file.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -454,7 +456,7 @@ int CmdImport(const Context& ctx, const std::string& file, const std::string& na
   }
   close(fd);
   stream->WritesDone();
-  return FinishOperation(stream, ctx, "imported");
+  return FinishOperation(stream, ctx, "importing", "imported");
 }
 
 }  // namespace
