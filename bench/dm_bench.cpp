@@ -113,6 +113,15 @@ int RunDm(const bench::Args& args) {
   unlink(backing.c_str());
   const std::string device = dm::DeviceMapper::DeviceString(loop.dev());
 
+  // What a dmsetup invocation costs before it does any work (exec, dynamic linking, one
+  // DM_VERSION ioctl): the peer's fixed overhead, for reading the ratios below.
+  Run({"dmsetup", "version"});
+  for (int rep = 0; rep < reps; ++rep) {
+    double t0 = bench::Now();
+    Run({"dmsetup", "version"});
+    Sample("dm_exec_ref", "peer", bench::Now() - t0);
+  }
+
   dm::DeviceMapper dm;
   const std::string name = fmt::format("imaged-bench-{}", getpid());
   for (uint64_t count : counts) {
