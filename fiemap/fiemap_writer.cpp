@@ -10,9 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <memory>
-#include <sstream>
 
 #include <imaged/common/size.h>
 #include <imaged/common/unique_fd.h>
@@ -65,12 +63,8 @@ class RemoveOnError {
 // allocation happens unpinned and GC may move blocks before the later pin.
 bool F2fsCanPinBeforeAllocate(const FilesystemInfo& fs) {
   std::string dev = internal::Basename(fs.fs_device);
-  std::ifstream in("/sys/fs/f2fs/" + dev + "/features");
-  if (in) {
-    std::stringstream ss;
-    ss << in.rdbuf();
-    std::string features = ss.str();
-    if (features.find("pin_file") != std::string::npos) return true;
+  if (auto features = internal::ReadSysfs("/sys/fs/f2fs/" + dev + "/features")) {
+    if (features->find("pin_file") != std::string::npos) return true;
   }
   std::error_code ec;
   return std::filesystem::exists("/sys/fs/f2fs/features/pin_file", ec);

@@ -13,8 +13,6 @@
 #include <climits>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include <imaged/common/unique_fd.h>
 
@@ -82,15 +80,7 @@ std::string_view MagicName(uint32_t magic) {
   }
 }
 
-Result<std::string> ReadSysfs(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return ErrnoError("read {}", path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string s = ss.str();
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-  return s;
-}
+using internal::ReadSysfs;
 
 Result<uint64_t> ReadSysfsU64(const std::string& path) {
   std::string s = IMAGED_TRY(ReadSysfs(path));
@@ -396,9 +386,10 @@ Result<FilesystemInfo> InspectFilesystem(const std::string& path) {
     if (!hop) break;
     std::vector<std::string> slaves;
     std::error_code ec;
-    for (const auto& e :
-         std::filesystem::directory_iterator(fmt::format("/sys/block/{}/slaves", name), ec)) {
-      slaves.push_back(e.path().filename().string());
+    // increment(ec), not ++: the range-for's ++ throws when readdir fails (device removed).
+    for (std::filesystem::directory_iterator it(fmt::format("/sys/block/{}/slaves", name), ec);
+         !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+      slaves.push_back(it->path().filename().string());
     }
     if (ec || slaves.size() != 1) break;
     std::string slave_dev_text =
@@ -426,4 +417,27 @@ Result<FilesystemInfo> InspectFilesystem(const std::string& path) {
   return info;
 }
 
+namespace internal {
+
+Result<std::string> ReadSysfs(const std::string& path) {
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return ErrnoError("read {}", path);
+  constexpr size_t kMax = 64 * 1024;
+  std::string s(kMax, '\0');
+  size_t got = 0;
+  while (got < s.size()) {
+    ssize_t n = pread(fd.get(), s.data() + got, s.size() - got, static_cast<off_t>(got));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError("read {}", path);
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  s.resize(got);
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+}  // namespace internal
 }  // namespace imaged::fiemap

@@ -15,6 +15,10 @@ Result<uint64_t> MaxFileSizeFor(FsType type, uint32_t block_size, const std::str
 Result<void> FsyncParentDir(const std::string& path);
 Result<void> FsyncDir(const std::string& dir);
 
+// A small file (sysfs attribute, at most 64 KiB) without trailing newlines/spaces. Errors are
+// values, never exceptions: sysfs reads fail after a successful open when the device goes away.
+Result<std::string> ReadSysfs(const std::string& path);
+
 std::string Dirname(const std::string& path);
 std::string Basename(const std::string& path);
 

@@ -38,10 +38,12 @@ std::string PartName(const fs::path& uevent) {
 std::string ScanSysBlock(const std::string& sys_dir, const std::string& name) {
   std::error_code ec;
   std::string by_partname;
-  for (const auto& entry : fs::directory_iterator(sys_dir, ec)) {
-    std::string kname = entry.path().filename().string();
+  // increment(ec), not a range-for: its ++ throws when readdir fails (a device removed).
+  for (fs::directory_iterator it(sys_dir, ec); !ec && it != fs::directory_iterator();
+       it.increment(ec)) {
+    std::string kname = it->path().filename().string();
     if (kname == name) return kname;
-    if (by_partname.empty() && PartName(entry.path() / "uevent") == name) by_partname = kname;
+    if (by_partname.empty() && PartName(it->path() / "uevent") == name) by_partname = kname;
   }
   return by_partname;
 }
