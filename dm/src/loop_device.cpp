@@ -11,11 +11,12 @@
 
 #include <algorithm>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <optional>
 
 #include <fmt/format.h>
+
+#include "sysfs.h"
 
 #ifndef LOOP_CONFIGURE
 #define LOOP_CONFIGURE 0x4C0A
@@ -43,13 +44,8 @@ namespace {
 // (EBUSY); each retry asks for a new free loop, so this only bounds a pathological race.
 constexpr int kMaxAttachAttempts = 64;
 
-std::optional<std::string> ReadSysfs(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return std::nullopt;
-  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-  return s;
-}
+// Never throws: a loop detached by another process between open and read fails the read.
+using internal::ReadSysfs;
 
 std::string SysDevBlock(dev_t dev) {
   return fmt::format("/sys/dev/block/{}:{}", major(dev), minor(dev));
@@ -101,12 +97,18 @@ void ClearFd(int loop_fd) {
 // One attempt on one free loop. EBUSY means someone else took it; the caller retries.
 Result<Configured> ConfigureFreeLoop(int control_fd, int file_fd, const std::string& file,
                                      const LoopOptions& options, uint32_t block_size,
-                                     bool want_dio) {
+                                     bool want_dio, bool* hook_failed) {
   int n = ioctl(control_fd, LOOP_CTL_GET_FREE);
   if (n < 0) return ErrnoError("LOOP_CTL_GET_FREE");
   std::string path = fmt::format("/dev/loop{}", n);
   UniqueFd loop(open(path.c_str(), (options.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC));
   if (!loop) return ErrnoError("open \"{}\"", path);
+  if (options.before_configure) {
+    if (auto r = options.before_configure(path); !r) {
+      *hook_failed = true;
+      return std::move(r).error().Wrap(fmt::format("before configuring \"{}\"", path));
+    }
+  }
 
   loop_info64 info{};
   std::strncpy(reinterpret_cast<char*>(info.lo_file_name), file.c_str(), LO_NAME_SIZE - 1);
@@ -200,13 +202,14 @@ Result<LoopDevice> LoopDevice::Attach(const std::string& backing_file, const Loo
 
   std::optional<Configured> configured;
   for (int attempt = 0; !configured; ++attempt) {
-    auto r =
-        ConfigureFreeLoop(control.get(), file.get(), backing_file, options, block_size, want_dio);
+    bool hook_failed = false;
+    auto r = ConfigureFreeLoop(control.get(), file.get(), backing_file, options, block_size,
+                               want_dio, &hook_failed);
     if (r) {
       configured = std::move(*r);
       break;
     }
-    if (r.error().code != EBUSY || attempt + 1 >= kMaxAttachAttempts) {
+    if (hook_failed || r.error().code != EBUSY || attempt + 1 >= kMaxAttachAttempts) {
       return std::move(r).error().Wrap(ctx());
     }
   }
@@ -234,6 +237,13 @@ Result<LoopDevice> LoopDevice::Attach(const std::string& backing_file, const Loo
   if (static_cast<uint32_t>(ssz) != block_size) {
     return MakeError(EINVAL, "{}: {} has block size {}, wanted {}", ctx(), loop.path_, ssz,
                      block_size);
+  }
+  if (options.no_discard) {
+    const std::string attr =
+        SysDevBlock(loop.dev_) + "/queue/discard_max_bytes";
+    UniqueFd fd(open(attr.c_str(), O_WRONLY | O_CLOEXEC));
+    if (!fd) return ErrnoError("{}: open \"{}\"", ctx(), attr);
+    if (write(fd.get(), "0", 1) != 1) return ErrnoError("{}: write 0 to \"{}\"", ctx(), attr);
   }
   if (options.size_limit != 0) {
     uint64_t bytes = 0;

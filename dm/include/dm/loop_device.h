@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -35,6 +36,15 @@ struct LoopOptions {
   // loop open until release()/destruction, so e.g. a dm table over a released autoclear loop
   // holds it, and removing the dm device detaches it.
   bool autoclear = false;
+  // Turn discard off (queue/discard_max_bytes = 0) before Attach returns: a discard through a
+  // loop punches a hole in the backing file. LOOP_CONFIGURE has no flag for it. Attach fails if
+  // the attribute cannot be written.
+  bool no_discard = false;
+  // Called with "/dev/loopN" once LOOP_CTL_GET_FREE picked N and before LOOP_CONFIGURE binds it,
+  // so a caller can record the device before it exists (crash safety). If another process takes
+  // N first, it is called again with the next free loop: the last call names the loop Attach
+  // returns. An error from it aborts Attach (nothing is attached).
+  std::function<Result<void>(const std::string& loop_path)> before_configure = nullptr;
 };
 
 class LoopDevice {
