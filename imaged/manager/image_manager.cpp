@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <system_error>
 
+#include "crash_point.h"
 #include "fiemap/fiemap_writer.h"
 #include "imaged/common/size.h"
 #include "internal.h"
@@ -102,6 +103,28 @@ Result<bool> ImageManager::Impl::DmExists(const std::string& dm_name) {
   return info.has_value();
 }
 
+Result<void> ImageManager::Impl::MarkIncomplete(std::string_view name) {
+  // Never mark an image that exists: Recover deletes marked images.
+  const auto md = IMAGED_TRY(ReadLp());
+  if (md && metadata::FindPartition(*md, name)) return MakeError(EEXIST, "the image exists");
+  static constexpr std::string_view kContent = "incomplete\n";
+  IMAGED_TRY_CTX(metadata::AtomicWriteFile(
+                     incomplete_path(name),
+                     {reinterpret_cast<const uint8_t*>(kContent.data()), kContent.size()}, 0600),
+                 "mark \"{}\" incomplete", name);
+  return Ok();
+}
+
+Result<void> ImageManager::Impl::ClearIncomplete(std::string_view name) {
+  const std::string path = incomplete_path(name);
+  if (unlink(path.c_str()) != 0) {
+    if (errno == ENOENT) return Ok();
+    return ErrnoError("remove \"{}\"", path);
+  }
+  IMAGED_TRY(metadata::FsyncDirectory(options.metadata_dir));
+  return Ok();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Open
 
@@ -145,7 +168,15 @@ Result<void> ImageManager::Create(std::string_view name, uint64_t size_bytes,
                                   const CreateOptions& options) {
   IMAGED_TRY_CTX(ValidateImageName(name), "create");
   auto locks = IMAGED_TRY_CTX(impl_->LockImage(name), "create \"{}\"", name);
-  IMAGED_TRY_CTX(impl_->CreateLocked(name, size_bytes, options), "create \"{}\"", name);
+  // With zero-fill the image is not what was asked for until the zeros are in: a crash before
+  // then must not leave it behind (Recover deletes images with an incomplete marker).
+  const bool mark = options.zero_fill_bytes != 0;
+  if (mark) IMAGED_TRY_CTX(impl_->MarkIncomplete(name), "create \"{}\"", name);
+  auto created = impl_->CreateLocked(name, size_bytes, options);
+  if (mark && created) created = impl_->ClearIncomplete(name);
+  if (mark && !created) (void)impl_->ClearIncomplete(name);  // CreateLocked rolled back
+  IMAGED_TRY_CTX(std::move(created), "create \"{}\"", name);
+  IMAGED_CRASH_POINT("create.done");
   return Ok();
 }
 
@@ -171,11 +202,19 @@ Result<void> ImageManager::Impl::CreateLocked(std::string_view name, uint64_t si
     return MakeError(ENOSPC, "{} needed, {} free on \"{}\"", HumanSize(needed),
                      HumanSize(fs.free_bytes), options.data_dir);
   }
+  IMAGED_CRASH_POINT("create.checked");
 
   fiemap::SplitFiemap::CreateOptions split_options;
   split_options.max_piece_size = options.max_piece_size;
   split_options.progress = create.progress;
+  if (manager::kCrashPointsArmed) {
+    split_options.progress = [&create](uint64_t done, uint64_t total) {
+      IMAGED_CRASH_POINT("create.piece_progress");
+      return create.progress ? create.progress(done, total) : true;
+    };
+  }
   auto split = IMAGED_TRY(fiemap::SplitFiemap::Create(list, size, split_options));
+  IMAGED_CRASH_POINT("create.pieces_done");
 
   struct Rollback {
     std::string list;
@@ -215,6 +254,7 @@ Result<void> ImageManager::Impl::CreateLocked(std::string_view name, uint64_t si
   };
   IMAGED_TRY(EditLp(add));
   rollback.armed = false;
+  IMAGED_CRASH_POINT("create.lp_written");
 
   if (create.zero_fill_bytes != 0) {
     auto zeroed = ZeroFillLocked(name, create.zero_fill_bytes, {});
@@ -255,6 +295,7 @@ Result<void> ImageManager::Impl::DeleteLocked(std::string_view name) {
     if (auto listed = fiemap::SplitFiemap::ListPieces(list)) pieces = std::move(*listed);
     IMAGED_TRY(TearDown(name, entries ? *entries : std::vector<metadata::StatusEntry>{}, pieces));
   }
+  IMAGED_CRASH_POINT("delete.checked");
   // lp_metadata first: once the entry is gone nothing can map the blocks, and a crash before the
   // files are gone leaves only orphans that Recover removes.
   if (in_lp) {
@@ -265,7 +306,9 @@ Result<void> ImageManager::Impl::DeleteLocked(std::string_view name) {
           return std::move(*current);
         }));
   }
+  IMAGED_CRASH_POINT("delete.lp_removed");
   IMAGED_TRY(fiemap::SplitFiemap::Remove(list));
+  IMAGED_CRASH_POINT("delete.files_removed");
   IMAGED_TRY(metadata::RemoveStatusFile(status_path(name)));
   // Waiters re-check the lock file's identity after locking (FileLock), so this is safe.
   unlink(lock_path(name).c_str());
@@ -461,6 +504,7 @@ Result<void> ImageManager::Resize(std::string_view name, uint64_t new_size,
     } rollback;
     rollback.list = list;
     for (const auto& piece : old_pieces) rollback.old_content += manager::Basename(piece) + "\n";
+    IMAGED_CRASH_POINT("resize.checked");
 
     if (new_size > split->size()) {
       const uint64_t bs = fs.block_size ? fs.block_size : 4096;
@@ -493,6 +537,7 @@ Result<void> ImageManager::Resize(std::string_view name, uint64_t new_size,
         auto writer = fiemap::FiemapWriter::Create(path, chunk, piece_progress);
         if (!writer) return std::move(writer).error();
         rollback.created.push_back(path);
+        IMAGED_CRASH_POINT("resize.piece_created");
         done += writer->size();
         content += piece + "\n";
       }
@@ -501,6 +546,7 @@ Result<void> ImageManager::Resize(std::string_view name, uint64_t new_size,
           metadata::AtomicWriteFile(
               list, {reinterpret_cast<const uint8_t*>(content.data()), content.size()}, 0640),
           "rewrite \"{}\"", list);
+      IMAGED_CRASH_POINT("resize.list_written");
       split.emplace(IMAGED_TRY(fiemap::SplitFiemap::Open(list)));
     }
     const auto extents =
@@ -514,6 +560,7 @@ Result<void> ImageManager::Resize(std::string_view name, uint64_t new_size,
     };
     IMAGED_TRY(impl.EditLp(grow));
     rollback.armed = false;
+    IMAGED_CRASH_POINT("resize.lp_written");
     // Too late to cancel here: the image already has its new size.
     if (progress) (void)progress(new_size - old_size, new_size - old_size);
     return Ok();

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <memory>
 
+#include "crash_point.h"
 #include "import/reader.h"
 #include "import/source.h"
 #include "import/writer.h"
@@ -151,8 +152,24 @@ Result<ImageInfo> ImageManager::Import(std::string_view name, const std::string&
         // Allocation is part of the import: it may be cancelled, and shows as 0 bytes copied.
         create.progress = [&](uint64_t, uint64_t) { return options.progress(0, virtual_size); };
       }
-      IMAGED_TRY(impl.CreateLocked(name, RoundUp(virtual_size, lbs), create));
+      // Until the data is in, a crash must not leave a half-filled image behind: Recover deletes
+      // images that still carry the marker.
+      IMAGED_TRY(impl.MarkIncomplete(name));
+      IMAGED_CRASH_POINT("import.marked");
+      if (auto made = impl.CreateLocked(name, RoundUp(virtual_size, lbs), create); !made) {
+        (void)impl.ClearIncomplete(name);
+        return std::move(made).error();
+      }
       created = true;
+      IMAGED_CRASH_POINT("import.created");
+    }
+
+    Progress copy_progress = options.progress;
+    if (manager::kCrashPointsArmed) {
+      copy_progress = [&](uint64_t done, uint64_t total) {
+        IMAGED_CRASH_POINT("import.copy_progress");
+        return options.progress ? options.progress(done, total) : true;
+      };
     }
 
     auto copy = [&]() -> Result<void> {
@@ -169,7 +186,7 @@ Result<ImageInfo> ImageManager::Import(std::string_view name, const std::string&
           so.direct = true;
           auto sink = IMAGED_TRY(import::FileSink::Open(device, so));
           copy_options.target_is_zeroed = false;  // the zeros went in through the fs
-          IMAGED_TRY(import::Copy(*reader, *sink, options.progress, copy_options));
+          IMAGED_TRY(import::Copy(*reader, *sink, copy_progress, copy_options));
           return sink->Sync();
         };
         auto written = write();
@@ -182,7 +199,7 @@ Result<ImageInfo> ImageManager::Import(std::string_view name, const std::string&
       IMAGED_TRY(split->OpenForIo(/*direct=*/true));
       const auto* p = metadata::FindPartition(*md, name);
       SplitSink sink(*split, metadata::PartitionSizeBytes(*md, *p), lbs);
-      IMAGED_TRY(import::Copy(*reader, sink, options.progress, copy_options));
+      IMAGED_TRY(import::Copy(*reader, sink, copy_progress, copy_options));
       return split->Sync();
     };
     auto copied = copy();
@@ -190,14 +207,20 @@ Result<ImageInfo> ImageManager::Import(std::string_view name, const std::string&
       Error e = std::move(copied).error();
       if (created) {
         if (auto undo = impl.DeleteLocked(name); !undo) {
+          // The marker stays: the daemon's next Recover deletes the image.
           e.message +=
               fmt::format(" (and removing the new image failed: {})", undo.error().ToString());
+        } else if (auto cleared = impl.ClearIncomplete(name); !cleared) {
+          e.message += fmt::format(" (and {})", cleared.error().ToString());
         }
       } else {
         e.message += " (the image was partly overwritten)";
       }
       return e;
     }
+    IMAGED_CRASH_POINT("import.copied");
+    if (created) IMAGED_TRY(impl.ClearIncomplete(name));
+    IMAGED_CRASH_POINT("import.done");
     const auto md = IMAGED_TRY(impl.ReadLp());
     return impl.InfoLocked(name, *md);
   };

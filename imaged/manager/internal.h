@@ -96,6 +96,11 @@ struct ImageManager::Impl {
   std::string status_path(std::string_view name) const {
     return options.metadata_dir + "/" + std::string(name) + ".status";
   }
+  // Exists while a create that fills the image (import, zero-fill) is under way; Recover deletes
+  // an image that still has one.
+  std::string incomplete_path(std::string_view name) const {
+    return options.metadata_dir + "/" + std::string(name) + ".incomplete";
+  }
   std::string lock_path(std::string_view name) const {
     return options.metadata_dir + "/" + std::string(name) + ".lock";
   }
@@ -117,6 +122,10 @@ struct ImageManager::Impl {
   // (nullopt if absent) and returns the metadata to write.
   Result<void> EditLp(
       const std::function<Result<metadata::LpMetadata>(std::optional<metadata::LpMetadata>)>& edit);
+
+  // The incomplete marker: MarkIncomplete refuses (EEXIST) for an image in lp_metadata.
+  Result<void> MarkIncomplete(std::string_view name);
+  Result<void> ClearIncomplete(std::string_view name);
 
   // device-mapper, created on first use (the host may have none).
   Result<dm::DeviceMapper*> Dm();

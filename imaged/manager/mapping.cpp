@@ -1,8 +1,8 @@
 // Map, Unmap, mapped-state queries and zero-fill.
 //
-// Every device is recorded in `<name>.status` before it is created (dm) or right after the
-// kernel hands it to us (loop: LOOP_CTL_GET_FREE + LOOP_CONFIGURE happen inside one call);
-// Recover also scans loops by backing file, so a crash in that window cannot leak one.
+// Every device is recorded in `<name>.status` before it is created: dm by name, loops as
+// `loop:/dev/loopN` between LOOP_CTL_GET_FREE and LOOP_CONFIGURE (LoopOptions::before_configure).
+// Recover also scans loops by backing file, so even a number lost to a race cannot leak a loop.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,6 +12,7 @@
 #include <cstring>
 #include <memory>
 
+#include "crash_point.h"
 #include "dm/loop_device.h"
 #include "imaged/common/size.h"
 #include "internal.h"
@@ -40,19 +41,10 @@ Result<void> WriteZeros(
     const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, bytes - done));
     IMAGED_TRY(write_at(buf.get(), n, done));
     done += n;
+    IMAGED_CRASH_POINT("zero_fill.progress");
     if (progress && !progress(done, bytes)) return MakeError(ECANCELED, "zero-fill cancelled");
   }
   return Ok();
-}
-
-// Best effort: a discard through the loop would punch a hole in our piece, freeing blocks that
-// lp_metadata (and so imaged-init at the next boot) still maps. Write-zeroes cannot be turned off
-// this way on current kernels; RestoreAllocationLocked repairs after those.
-void DisableLoopDiscard(const std::string& loop_path) {
-  const std::string attr =
-      "/sys/block/" + manager::Basename(loop_path) + "/queue/discard_max_bytes";
-  UniqueFd fd(open(attr.c_str(), O_WRONLY | O_CLOEXEC));
-  if (fd) (void)!write(fd.get(), "0", 1);
 }
 
 // Ranges of `fd` that read as zeros without owning written blocks: holes and (on ext4, xfs)
@@ -237,10 +229,13 @@ Result<std::string> ImageManager::Impl::MapLocked(std::string_view name,
     const auto extents = metadata::PartitionExtents(*md, *p);
     dm::Table table = manager::DmLinearTable(extents, fs.disk_dev, readonly);
     IMAGED_TRY(metadata::AppendStatusEntry(status, {StatusEntry::Kind::Dm, dm_dev}));
+    IMAGED_CRASH_POINT("map.status_dm");
     cleanup.dm_created = true;  // Remove(ignore_missing) is harmless if Create never got far
     std::string path =
         IMAGED_TRY_CTX(mapper->Create(dm_dev, table, dm_options), "dm-linear over {}", fs.disk);
+    IMAGED_CRASH_POINT("map.dm_created");
     cleanup.armed = false;
+    IMAGED_CRASH_POINT("map.done");
     return path;
   }
 
@@ -255,20 +250,42 @@ Result<std::string> ImageManager::Impl::MapLocked(std::string_view name,
     mapper = *m;
   }
   const uint32_t lbs = fs.disk_logical_block_size ? fs.disk_logical_block_size : 512;
+  // What the status file holds: one loop entry per piece attached so far, plus the one being
+  // attached. When LoopDevice::Attach loses the free loop to another process it asks again with
+  // the next number; that entry is then replaced, so the file never names a loop that is not ours
+  // for long (and Recover only ever detaches loops backed by our pieces anyway).
+  std::vector<StatusEntry> recorded;
   for (const auto& piece : pieces) {
     dm::LoopOptions lo;
     lo.read_only = readonly;
     lo.direct_io = true;
     lo.block_size = lbs;
+    // A discard through the loop would punch a hole in our piece, freeing blocks that
+    // lp_metadata (and so imaged-init at the next boot) still maps. Write-zeroes cannot be turned
+    // off on current kernels; RestoreAllocationLocked repairs after those.
+    lo.no_discard = true;
     // One piece: the loop itself is the device, so it must be exactly the image size, not the
     // block-rounded file size (AOSP_REFERENCE 9.13).
     if (pieces.size() == 1) lo.size_limit = size;
+    const size_t index = cleanup.loops.size();
+    lo.before_configure = [&](const std::string& loop_path) -> Result<void> {
+      recorded.resize(index);
+      recorded.push_back({StatusEntry::Kind::Loop, loop_path});
+      IMAGED_TRY(metadata::WriteStatusFile(status, recorded));
+      IMAGED_CRASH_POINT("map.loop_recorded");
+      return Ok();
+    };
     auto loop =
         IMAGED_TRY_CTX(dm::LoopDevice::Attach(piece.path(), lo), "loop over \"{}\"", piece.path());
     cleanup.loops.push_back(std::move(loop));
-    DisableLoopDiscard(cleanup.loops.back().path());
-    IMAGED_TRY(metadata::AppendStatusEntry(status,
-                                           {StatusEntry::Kind::Loop, cleanup.loops.back().path()}));
+    if (recorded.size() != cleanup.loops.size() ||
+        recorded.back().value != cleanup.loops.back().path()) {
+      // Cannot happen unless Attach broke its contract; never leave the device unrecorded.
+      recorded.resize(index);
+      recorded.push_back({StatusEntry::Kind::Loop, cleanup.loops.back().path()});
+      IMAGED_TRY(metadata::WriteStatusFile(status, recorded));
+    }
+    IMAGED_CRASH_POINT("map.loop_attached");
   }
   std::string path;
   if (pieces.size() == 1) {
@@ -286,13 +303,16 @@ Result<std::string> ImageManager::Impl::MapLocked(std::string_view name,
     }
     table.set_readonly(readonly);
     IMAGED_TRY(metadata::AppendStatusEntry(status, {StatusEntry::Kind::Dm, dm_dev}));
+    IMAGED_CRASH_POINT("map.status_dm");
     cleanup.dm_created = true;
     path = IMAGED_TRY_CTX(mapper->Create(dm_dev, table, dm_options), "dm-linear over {} loops",
                           pieces.size());
+    IMAGED_CRASH_POINT("map.dm_created");
   }
   for (auto& loop : cleanup.loops) loop.release();
   cleanup.loops.clear();
   cleanup.armed = false;
+  IMAGED_CRASH_POINT("map.done");
   return path;
 }
 
@@ -324,6 +344,7 @@ Result<void> ImageManager::Impl::TearDown(std::string_view name,
     dm::RemoveOptions ro;
     ro.ignore_missing = true;
     IMAGED_TRY_CTX(mapper->Remove(dm_dev, ro), "remove {}", dm_dev);
+    IMAGED_CRASH_POINT("unmap.dm_removed");
   }
   // Only loops whose backing file is one of this image's pieces: the numbers in a status file
   // may have been reused by someone else after a crash.
@@ -340,6 +361,7 @@ Result<void> ImageManager::Impl::TearDown(std::string_view name,
   }
   for (auto it = ours.rbegin(); it != ours.rend(); ++it) {
     IMAGED_TRY_CTX(dm::LoopDevice::DetachPath(*it), "detach {}", *it);
+    IMAGED_CRASH_POINT("unmap.loop_detached");
   }
   return Ok();
 }
@@ -367,6 +389,7 @@ Result<void> ImageManager::Impl::UnmapLocked(std::string_view name) {
   if (auto listed = fiemap::SplitFiemap::ListPieces(list_path(name))) pieces = std::move(*listed);
   IMAGED_TRY(TearDown(name, entries, pieces));
   IMAGED_TRY(metadata::RemoveStatusFile(status));
+  IMAGED_CRASH_POINT("unmap.status_removed");
   const bool had_loops = std::any_of(entries.begin(), entries.end(), [](const StatusEntry& e) {
     return e.kind == StatusEntry::Kind::Loop;
   });
@@ -374,6 +397,7 @@ Result<void> ImageManager::Impl::UnmapLocked(std::string_view name) {
     IMAGED_TRY_CTX(RestoreAllocationLocked(name),
                    "unmapped, but restoring the pieces' allocation failed");
   }
+  IMAGED_CRASH_POINT("unmap.done");
   return Ok();
 }
 

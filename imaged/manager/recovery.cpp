@@ -151,10 +151,46 @@ Result<RecoveryReport> ImageManager::Recover() {
     return listed ? std::move(*listed) : std::vector<std::string>{};
   };
 
+  auto meta_files = IMAGED_TRY_CTX(ListDir(opt.metadata_dir), "recover");
+
+  // 0. Images whose create-and-fill (import, create with zero-fill) was interrupted: they were
+  // never handed out complete, so they go, devices first. Needs a readable lp_metadata (an
+  // image it does not list is removed as an orphan below anyway).
+  if (md) {
+    bool removed_any = false;
+    for (const auto& file : meta_files) {
+      if (!file.ends_with(".incomplete")) continue;
+      const std::string name = file.substr(0, file.size() - 11);
+      if (!ValidateImageName(name)) continue;
+      auto undo = [&]() -> Result<void> {
+        auto entries = metadata::ReadStatusFile(impl.status_path(name));
+        IMAGED_TRY(impl.TearDown(name, entries ? *entries : std::vector<StatusEntry>{},
+                                 pieces_of(name)));
+        IMAGED_TRY(metadata::RemoveStatusFile(impl.status_path(name)));
+        if (in_lp(name) || manager::PathExists(impl.list_path(name))) {
+          auto deleted = impl.DeleteLocked(name);
+          if (!deleted && deleted.error().code != ENOENT) return deleted;
+        }
+        return impl.ClearIncomplete(name);
+      };
+      if (auto r = undo(); !r) {
+        problem(r.error().Wrap(fmt::format("recover: remove incomplete image \"{}\"", name)));
+        continue;
+      }
+      add_unique(report.torn_down, name);
+      removed_any = true;
+    }
+    if (removed_any) {
+      auto reread = impl.ReadLp();
+      if (!reread) return std::move(reread).error().Wrap("recover");
+      md = std::move(*reread);
+      meta_files = IMAGED_TRY_CTX(ListDir(opt.metadata_dir), "recover");
+    }
+  }
+
   // 1. Status files: adopt what exists and matches, tear the rest down.
   std::map<std::string, std::vector<std::string>> adopted_loops;
   std::set<std::string> with_status;
-  auto meta_files = IMAGED_TRY_CTX(ListDir(opt.metadata_dir), "recover");
   for (const auto& file : meta_files) {
     if (!file.ends_with(".status")) continue;
     const std::string name = file.substr(0, file.size() - 7);

@@ -1,0 +1,54 @@
+// Test-only crash points: IMAGED_CRASH_POINT("create.pieces_done") SIGKILLs the process when the
+// environment says so, leaving the disk exactly as a crash at that step would. Used by
+// tests/reliability to prove every durable step of every operation recovers (docs/crash-safety.md).
+//
+//   IMAGED_CRASH_AT=<point>        kill at the first hit of <point>
+//   IMAGED_CRASH_AT=<point>:<n>    kill at the n-th hit (1-based) of <point> in this process
+//   IMAGED_CRASH_TRACE=<file>      append "<point>\n" to <file> at every hit (to enumerate them)
+//
+// The environment is read once, at static initialisation; with neither variable set a crash
+// point costs one load of a bool. Points (operation.step, in the order they are hit):
+//   create.checked          checks done, nothing durable yet
+//   create.piece_progress   each progress report while pieces are allocated and written
+//   create.pieces_done      pieces and list file written, no lp_metadata entry
+//   create.lp_written       lp_metadata names the image (before any zero-fill)
+//   create.done             everything done, before the reply
+//   delete.checked          not mapped, nothing changed yet
+//   delete.lp_removed       lp_metadata entry gone, files still there
+//   delete.files_removed    pieces and list file gone, status/lock files remain
+//   map.status_dm           dm entry recorded in <name>.status, dm device not created
+//   map.loop_recorded       loop:/dev/loopN recorded, LOOP_CONFIGURE not yet done
+//   map.loop_attached       a loop configured and recorded
+//   map.dm_created          dm device over the loops created
+//   map.done                mapped, before the reply
+//   unmap.dm_removed        the dm device is gone, loops still attached
+//   unmap.loop_detached     after each loop detach
+//   unmap.status_removed    status file gone, allocation not yet restored
+//   unmap.done              unmapped, before the reply
+//   resize.checked          checks done, nothing durable yet
+//   resize.piece_created    after each new piece is created
+//   resize.list_written     list file names the new pieces, lp_metadata not yet grown
+//   resize.lp_written       lp_metadata has the new size
+//   import.marked           <name>.incomplete written, image not yet created
+//   import.created          image created (empty), no data copied
+//   import.copy_progress    each progress report while data is copied
+//   import.copied           data copied and synced, the incomplete marker still there
+//   import.done             marker removed, before the reply
+//   zero_fill.progress      each progress report while zeros are written
+// And in metadata::AtomicWriteFile (lp_metadata, status and list files), with the same variables:
+//   atomic.temp_written     temp file written and fsynced, not renamed
+//   atomic.renamed          renamed over the target, directory not fsynced
+#pragma once
+
+namespace imaged::manager {
+
+// True when IMAGED_CRASH_AT or IMAGED_CRASH_TRACE was set at process start.
+extern const bool kCrashPointsArmed;
+void CrashPointHit(const char* point);
+
+}  // namespace imaged::manager
+
+#define IMAGED_CRASH_POINT(point)                                                      \
+  do {                                                                                 \
+    if (::imaged::manager::kCrashPointsArmed) ::imaged::manager::CrashPointHit(point); \
+  } while (0)
