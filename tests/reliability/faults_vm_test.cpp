@@ -1,0 +1,228 @@
+// Faults that need device-mapper (vm label, inside the guest via tests/vm/run): the data
+// filesystem sits on a dm-linear device over a loop; mid-operation its table is swapped for one
+// where the image's blocks are dm-error, so the image's own I/O fails with EIO while the
+// filesystem's metadata stays readable. And a device node that never appears (read-only
+// /dev/mapper, as with a broken udev) makes Map time out and tear down.
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
+#include "../vm/vm_env.h"
+#include "dm/device_mapper.h"
+#include "dm/loop_device.h"
+#include "dm/table.h"
+#include "manager/image_manager.h"
+#include "metadata/lp_metadata.h"
+#include "reliability_util.h"
+
+namespace imaged::test {
+namespace {
+
+constexpr uint64_t kMiB = 1 << 20;
+constexpr uint64_t kFsBytes = 96 * kMiB;
+
+class VmFaultTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    IMAGED_REQUIRE_DEVICE_MAPPER();
+    IMAGED_SKIP_UNLESS_ROOT();
+    backing_ = (dir_.path() / "disk.img").string();
+    {
+      int fd = open(backing_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+      ASSERT_GE(fd, 0);
+      ASSERT_EQ(ftruncate(fd, static_cast<off_t>(kFsBytes)), 0);
+      close(fd);
+    }
+    dm::LoopOptions lo;
+    lo.direct_io = false;
+    lo.allow_buffered = true;
+    auto loop = dm::LoopDevice::Attach(backing_, lo);
+    ASSERT_TRUE(loop) << loop.error().ToString();
+    loop_.emplace(std::move(*loop));
+    dm_name_ = "reliability-fs-" + std::to_string(getpid());
+    auto created = mapper_.Create(dm_name_, FsTable(false), {});
+    ASSERT_TRUE(created) << created.error().ToString();
+    fs_dev_ = *created;
+    auto mk = RunCommand({"mkfs.ext4", "-q", "-F", fs_dev_});
+    ASSERT_EQ(mk.exit_code, 0) << mk.err;
+    mnt_ = (dir_.path() / "mnt").string();
+    std::filesystem::create_directories(mnt_);
+    ASSERT_EQ(mount(fs_dev_.c_str(), mnt_.c_str(), "ext4", 0, nullptr), 0) << strerror(errno);
+    mounted_ = true;
+    ManagerOptions o;
+    o.data_dir = mnt_ + "/data";
+    o.metadata_dir = (dir_.path() / "metadata").string();
+    o.strategy = MapStrategy::kLoop;
+    o.max_piece_size = 2 * kMiB;
+    auto m = ImageManager::Open(o);
+    ASSERT_TRUE(m) << m.error().ToString();
+    manager_ = std::move(*m);
+  }
+  void TearDown() override {
+    if (manager_) {
+      if (auto list = manager_->List()) {
+        for (const auto& i : *list) {
+          if (i.mapped_device) (void)manager_->Unmap(i.name);
+        }
+      }
+      manager_.reset();
+    }
+    if (swapped_) (void)Swap(FsTable(false));
+    if (mounted_) umount2(mnt_.c_str(), MNT_DETACH);
+    if (!dm_name_.empty()) {
+      dm::RemoveOptions ro;
+      ro.ignore_missing = true;
+      (void)mapper_.Remove(dm_name_, ro);
+    }
+    loop_.reset();
+  }
+
+  // The fs device's table: linear over the loop, except `bad` extents (lp sectors, which are
+  // sectors of the loop because the stack is 1:1) that are dm-error.
+  dm::Table FsTable(bool with_errors) {
+    std::vector<std::pair<uint64_t, uint64_t>> bad;
+    if (with_errors) bad = bad_;
+    std::sort(bad.begin(), bad.end());
+    dm::Table t;
+    const uint64_t total = kFsBytes / 512;
+    uint64_t at = 0;
+    const std::string disk = dm::DeviceMapper::DeviceString(loop_->dev());
+    for (const auto& [start, len] : bad) {
+      if (start > at) t.Emplace<dm::LinearTarget>(at, start - at, disk, at);
+      t.Emplace<dm::ErrorTarget>(start, len);
+      at = start + len;
+    }
+    if (at < total) t.Emplace<dm::LinearTarget>(at, total - at, disk, at);
+    return t;
+  }
+  Result<void> Swap(const dm::Table& t) {
+    IMAGED_TRY(mapper_.Load(dm_name_, t));
+    IMAGED_TRY(mapper_.Suspend(dm_name_));
+    IMAGED_TRY(mapper_.Resume(dm_name_));
+    return Ok();
+  }
+  // Makes every block of `image` fail.
+  void BreakImage(const std::string& image) {
+    auto md = metadata::ReadImageFile(manager_->options().metadata_dir + "/lp_metadata");
+    ASSERT_TRUE(md) << md.error().ToString();
+    const auto* p = metadata::FindPartition(*md, image);
+    ASSERT_NE(p, nullptr);
+    bad_.clear();
+    for (const auto& e : metadata::PartitionExtents(*md, *p)) {
+      bad_.emplace_back(e.target_data, e.num_sectors);
+    }
+    auto swapped = Swap(FsTable(true));
+    ASSERT_TRUE(swapped) << swapped.error().ToString();
+    swapped_ = true;
+  }
+  void Heal() {
+    auto swapped = Swap(FsTable(false));
+    ASSERT_TRUE(swapped) << swapped.error().ToString();
+    swapped_ = false;
+  }
+  void ExpectNoDevicesOrStatus() {
+    EXPECT_TRUE(LoopsUnder(manager_->options().data_dir).empty());
+    for (const auto& f : ListDirNames(manager_->options().metadata_dir)) {
+      EXPECT_FALSE(f.ends_with(".status") || f.ends_with(".incomplete") ||
+                   f.rfind(".imaged-tmp.", 0) == 0)
+          << "left behind: " << f;
+    }
+    auto devices = mapper_.List();
+    ASSERT_TRUE(devices);
+    for (const auto& d : *devices) {
+      EXPECT_NE(d.name.rfind("imaged-", 0), 0u) << "left behind: " << d.name;
+    }
+  }
+
+  TempDir dir_;
+  dm::DeviceMapper mapper_;
+  std::string backing_, dm_name_, fs_dev_, mnt_;
+  std::optional<dm::LoopDevice> loop_;
+  bool mounted_ = false, swapped_ = false;
+  std::vector<std::pair<uint64_t, uint64_t>> bad_;
+  std::unique_ptr<ImageManager> manager_;
+};
+
+TEST_F(VmFaultTest, ImportFailsWithEioWhenTheImagesBlocksFailMidwayAndLeavesNothing) {
+  const std::string source = (dir_.path() / "src.raw").string();
+  WriteFile(source, Pattern(6 * kMiB, 5));
+  ImportOptions io;
+  bool broke = false;
+  io.progress = [&](uint64_t done, uint64_t) {
+    if (done > 0 && !broke) {
+      broke = true;
+      BreakImage("victim");  // the image exists now (lp_metadata names its blocks)
+    }
+    return true;
+  };
+  auto r = manager_->Import("victim", source, io);
+  ASSERT_TRUE(broke) << "the import never reported progress";
+  ASSERT_FALSE(r) << "import succeeded on failing blocks";
+  EXPECT_EQ(r.error().code, EIO) << r.error().ToString();
+  EXPECT_NE(r.error().ToString().find("victim"), std::string::npos) << r.error().ToString();
+  Heal();
+  EXPECT_FALSE(*manager_->Exists("victim"));
+  for (const auto& f : ListDirNames(manager_->options().data_dir)) {
+    ADD_FAILURE() << "left behind: " << f;
+  }
+  ExpectNoDevicesOrStatus();
+}
+
+TEST_F(VmFaultTest, ZeroFillOfAnUnmappedImageFailsWithEioAndKeepsTheImage) {
+  ASSERT_TRUE(manager_->Create("victim", 4 * kMiB, {}));
+  BreakImage("victim");
+  auto r = manager_->ZeroFill("victim", 0);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, EIO) << r.error().ToString();
+  Heal();
+  ExpectNoDevicesOrStatus();
+  auto v = manager_->Validate();
+  ASSERT_TRUE(v);
+  ASSERT_EQ(v->size(), 1u);
+  EXPECT_TRUE((*v)[0].ok) << (*v)[0].problem;
+  EXPECT_TRUE(manager_->ZeroFill("victim", 0)) << "works again once the disk does";
+}
+
+TEST_F(VmFaultTest, ZeroFillThroughTheMappedDeviceFailsWithEioAndUnmapStillWorks) {
+  ASSERT_TRUE(manager_->Create("victim", 4 * kMiB, {}));
+  auto device = manager_->Map("victim");
+  ASSERT_TRUE(device) << device.error().ToString();
+  BreakImage("victim");
+  auto r = manager_->ZeroFill("victim", 0);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, EIO) << r.error().ToString();
+  Heal();
+  auto unmapped = manager_->Unmap("victim");
+  EXPECT_TRUE(unmapped) << unmapped.error().ToString();
+  ExpectNoDevicesOrStatus();
+}
+
+// /dev/mapper read-only (only `control` in it): the kernel creates the device, its node never
+// appears. Map must time out with ETIMEDOUT and remove the device, the loops and the status.
+TEST_F(VmFaultTest, DeviceNodeThatNeverAppearsTimesOutAndTearsDown) {
+  ASSERT_TRUE(manager_->Create("victim", 4 * kMiB, {}));  // two pieces: joined by dm
+  const std::string shadow = (dir_.path() / "shadow").string();
+  std::filesystem::create_directories(shadow);
+  ASSERT_EQ(mount("none", shadow.c_str(), "tmpfs", 0, "mode=0755"), 0) << strerror(errno);
+  struct stat control {};
+  ASSERT_EQ(stat("/dev/mapper/control", &control), 0);
+  ASSERT_EQ(mknod((shadow + "/control").c_str(), S_IFCHR | 0600, control.st_rdev), 0);
+  ASSERT_EQ(mount(shadow.c_str(), "/dev/mapper", nullptr, MS_BIND, nullptr), 0) << strerror(errno);
+  ASSERT_EQ(mount(nullptr, "/dev/mapper", nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY, nullptr), 0)
+      << strerror(errno);
+  const auto start = std::chrono::steady_clock::now();
+  auto r = manager_->Map("victim", std::chrono::milliseconds(500));
+  const auto took = std::chrono::steady_clock::now() - start;
+  umount2("/dev/mapper", MNT_DETACH);
+  umount2(shadow.c_str(), MNT_DETACH);
+  ASSERT_FALSE(r) << "mapped at " << *r;
+  EXPECT_EQ(r.error().code, ETIMEDOUT) << r.error().ToString();
+  EXPECT_LT(took, std::chrono::seconds(5));
+  ExpectNoDevicesOrStatus();
+  auto again = manager_->Map("victim");
+  ASSERT_TRUE(again) << "maps once nodes appear again: " << again.error().ToString();
+  EXPECT_TRUE(manager_->Unmap("victim"));
+}
+
+}  // namespace
+}  // namespace imaged::test

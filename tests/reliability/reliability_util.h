@@ -1,0 +1,244 @@
+// Shared by the reliability tests: an image set served by the real daemon and driven by the real
+// imagectl, and the checks every test ends with (no leaked loops, no stray files, lp_metadata
+// consistent, images intact).
+#pragma once
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "fs_fixture.h"
+#include "process.h"
+
+namespace imaged::test {
+
+using nlohmann::json;
+
+inline std::vector<std::string> ListDirNames(const std::string& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    out.push_back(e.path().filename().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+inline std::string ReadFileOrEmpty(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// Loop devices whose backing file lies under `dir`, as /dev/loopN -> backing file.
+inline std::map<std::string, std::string> LoopsUnder(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& name : ListDirNames("/sys/block")) {
+    if (name.rfind("loop", 0) != 0) continue;
+    std::string backing = ReadFileOrEmpty("/sys/block/" + name + "/loop/backing_file");
+    while (!backing.empty() && backing.back() == '\n') backing.pop_back();
+    if (backing.rfind(dir + "/", 0) == 0) out["/dev/" + name] = backing;
+  }
+  return out;
+}
+
+// FNV-1a 64 over the first `size` bytes of an image, read through its list file's pieces.
+inline std::optional<uint64_t> ImageHash(const std::string& data_dir, const std::string& name,
+                                         uint64_t size) {
+  std::ifstream list(data_dir + "/" + name + ".img");
+  if (!list) return std::nullopt;
+  uint64_t h = 1469598103934665603ull;
+  uint64_t left = size;
+  std::string piece;
+  std::vector<char> buf(1 << 16);
+  while (left > 0 && std::getline(list, piece)) {
+    std::ifstream in(data_dir + "/" + piece, std::ios::binary);
+    if (!in) return std::nullopt;
+    while (left > 0 && in) {
+      in.read(buf.data(), static_cast<std::streamsize>(std::min<uint64_t>(buf.size(), left)));
+      const auto n = static_cast<uint64_t>(in.gcount());
+      for (uint64_t i = 0; i < n; ++i) {
+        h ^= static_cast<uint8_t>(buf[i]);
+        h *= 1099511628211ull;
+      }
+      left -= n;
+    }
+  }
+  if (left != 0) return std::nullopt;
+  return h;
+}
+
+// The whole content of an image's pieces, in list order.
+inline std::string ImageBytes(const std::string& data_dir, const std::string& name) {
+  std::ifstream list(data_dir + "/" + name + ".img");
+  std::string piece, out;
+  while (std::getline(list, piece)) out += ReadFileOrEmpty(data_dir + "/" + piece);
+  return out;
+}
+
+inline uint64_t BytesHash(const std::string& bytes) {
+  uint64_t h = 1469598103934665603ull;
+  for (char c : bytes) {
+    h ^= static_cast<uint8_t>(c);
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+// Deterministic non-zero content (so a lost or zeroed block shows).
+inline std::string Pattern(size_t size, uint32_t seed) {
+  std::string s(size, '\0');
+  uint32_t x = seed * 2654435761u + 1;
+  for (size_t i = 0; i < size; ++i) {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    s[i] = static_cast<char>(x | 1);
+  }
+  return s;
+}
+
+inline void WriteFile(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// One image set (data dir on a LoopFilesystem, metadata dir beside it) served by the real daemon.
+class DaemonSet {
+ public:
+  DaemonSet(std::string data_dir, std::string metadata_dir, std::filesystem::path work,
+            std::vector<std::string> daemon_args = {})
+      : data_(std::move(data_dir)),
+        metadata_(std::move(metadata_dir)),
+        work_(std::move(work)),
+        socket_((work_ / "imaged.sock").string()),
+        args_(std::move(daemon_args)) {
+    std::filesystem::create_directories(work_);
+  }
+  ~DaemonSet() { Stop(); }
+
+  // Starts the daemon with extra environment entries ("NAME=value"); true when it is ready.
+  bool Start(const std::vector<std::string>& env = {}) {
+    daemon_.reset();
+    std::vector<std::string> argv = {IMAGED_BIN, "--socket",       socket_,  "--data-dir",
+                                     data_,      "--metadata-dir", metadata_};
+    argv.insert(argv.end(), args_.begin(), args_.end());
+    if (!env.empty()) {
+      // DaemonProcess passes our environment on; prefix with env(1) for the extra entries.
+      std::vector<std::string> with_env = {"/usr/bin/env"};
+      with_env.insert(with_env.end(), env.begin(), env.end());
+      with_env.insert(with_env.end(), argv.begin(), argv.end());
+      argv = std::move(with_env);
+    }
+    daemon_ = std::make_unique<DaemonProcess>(argv, work_);
+    return daemon_->ready();
+  }
+  void Stop() { daemon_.reset(); }
+  DaemonProcess* daemon() { return daemon_.get(); }
+
+  CommandResult Ctl(std::vector<std::string> args) const {
+    std::vector<std::string> argv = {IMAGECTL_BIN, "--socket", socket_};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunCommand(argv);
+  }
+  std::optional<json> CtlJson(std::vector<std::string> args) const {
+    args.insert(args.begin(), "--json");
+    auto r = Ctl(args);
+    if (r.exit_code != 0) return std::nullopt;
+    try {
+      return json::parse(r.out);
+    } catch (...) {
+      return std::nullopt;
+    }
+  }
+
+  const std::string& data_dir() const { return data_; }
+  const std::string& metadata_dir() const { return metadata_; }
+  const std::string& socket() const { return socket_; }
+
+ private:
+  std::string data_, metadata_;
+  std::filesystem::path work_;
+  std::string socket_;
+  std::vector<std::string> args_;
+  std::unique_ptr<DaemonProcess> daemon_;
+};
+
+struct ImageState {
+  uint64_t size = 0;
+  std::string mapped_device;
+};
+
+// Checks, through a running daemon, that the set is consistent: validate all ok, no loop over
+// our files that no mapped image owns, no file in data/metadata dir that no image explains.
+// Returns the images (name -> state) for further checks; adds gtest failures with `context`.
+inline std::map<std::string, ImageState> ExpectConsistent(const DaemonSet& set,
+                                                          const std::string& context) {
+  std::map<std::string, ImageState> images;
+  auto list = set.CtlJson({"list"});
+  EXPECT_TRUE(list.has_value()) << context << ": list failed";
+  if (!list) return images;
+  for (const auto& i : *list) {
+    images[i["name"].get<std::string>()] = {i["size_bytes"].get<uint64_t>(),
+                                            i["mapped_device"].get<std::string>()};
+  }
+  auto validate = set.CtlJson({"validate"});
+  EXPECT_TRUE(validate.has_value()) << context << ": validate failed";
+  if (validate) {
+    EXPECT_EQ(validate->size(), images.size()) << context;
+    for (const auto& v : *validate) {
+      EXPECT_TRUE(v["ok"].get<bool>()) << context << ": " << v["name"] << ": " << v["problem"];
+    }
+  }
+  // Loops: exactly one per mapped (single-piece) image, none else.
+  std::set<std::string> mapped;
+  for (const auto& [name, st] : images) {
+    if (!st.mapped_device.empty()) mapped.insert(st.mapped_device);
+  }
+  for (const auto& [loop, backing] : LoopsUnder(set.data_dir())) {
+    EXPECT_TRUE(mapped.count(loop)) << context << ": leaked " << loop << " over " << backing;
+  }
+  // Data dir: list file + listed pieces of each image, nothing else.
+  std::set<std::string> expected;
+  for (const auto& [name, st] : images) {
+    expected.insert(name + ".img");
+    std::ifstream listf(set.data_dir() + "/" + name + ".img");
+    std::string piece;
+    while (std::getline(listf, piece)) expected.insert(piece);
+  }
+  for (const auto& f : ListDirNames(set.data_dir())) {
+    if (f == "lost+found") continue;
+    EXPECT_TRUE(expected.count(f)) << context << ": stray file in data dir: " << f;
+  }
+  // Metadata dir: locks (harmless, reused), lp_metadata, status files of mapped images only.
+  for (const auto& f : ListDirNames(set.metadata_dir())) {
+    if (f == "lp_metadata" || f == "lp_metadata.lock" || f == ".imaged-set.lock" ||
+        f == "imaged.lock" || (f.size() > 5 && f.ends_with(".lock"))) {
+      continue;
+    }
+    if (f.ends_with(".status")) {
+      const std::string name = f.substr(0, f.size() - 7);
+      EXPECT_TRUE(images.count(name) && !images[name].mapped_device.empty())
+          << context << ": status file of an unmapped image: " << f;
+      continue;
+    }
+    ADD_FAILURE() << context << ": stray file in metadata dir: " << f;
+  }
+  return images;
+}
+
+}  // namespace imaged::test
