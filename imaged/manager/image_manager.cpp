@@ -59,6 +59,7 @@ Result<ImageManager::Impl::OpLocks> ImageManager::Impl::LockImage(std::string_vi
   // Shared: many operations run at once; Recover takes it exclusively.
   locks.set = IMAGED_TRY(FileLock::Acquire(set_lock_path(), /*exclusive=*/false));
   locks.image = IMAGED_TRY(FileLock::Acquire(lock_path(name), /*exclusive=*/true));
+  locks.change = manager::ChangeNote(&list_cache);
   return locks;
 }
 
@@ -151,6 +152,7 @@ Result<std::unique_ptr<ImageManager>> ImageManager::Open(const ManagerOptions& o
   if (impl->options.default_map_timeout.count() <= 0) {
     impl->options.default_map_timeout = std::chrono::milliseconds(10000);
   }
+  impl->list_cache.set_refresh(impl->options.list_refresh_interval);
   IMAGED_TRY_CTX(dm::DeviceMapper::ValidateName(options.dm_prefix + "x"),
                  "open image set: dm_prefix \"{}\"", options.dm_prefix);
   IMAGED_TRY_CTX(MakeDirs(impl->options.data_dir), "open image set");
@@ -328,12 +330,7 @@ Result<ImageInfo> ImageManager::Impl::InfoLocked(std::string_view name,
                                                  const metadata::LpMetadata& md) {
   const auto* p = metadata::FindPartition(md, name);
   if (!p) return MakeError(ENOENT, "no such image");
-  ImageInfo info;
-  info.name = std::string(name);
-  info.size_bytes = metadata::PartitionSizeBytes(md, *p);
-  info.extents = p->num_extents;
-  info.readonly = (p->attributes & metadata::kPartitionAttrReadonly) != 0;
-  info.disabled = (p->attributes & metadata::kPartitionAttrDisabled) != 0;
+  ImageInfo info = manager::LpImageInfo(md, *p);
   if (auto pieces = fiemap::SplitFiemap::ListPieces(list_path(name))) {
     info.pieces = static_cast<uint32_t>(pieces->size());
   }
@@ -341,15 +338,7 @@ Result<ImageInfo> ImageManager::Impl::InfoLocked(std::string_view name,
   return info;
 }
 
-Result<std::vector<ImageInfo>> ImageManager::List() {
-  const auto md = IMAGED_TRY_CTX(impl_->ReadLp(), "list");
-  std::vector<ImageInfo> out;
-  if (!md) return out;
-  for (const auto& p : md->partitions) {
-    out.push_back(IMAGED_TRY_CTX(impl_->InfoLocked(p.name, *md), "list: \"{}\"", p.name));
-  }
-  return out;
-}
+// ImageManager::List is in list_snapshot.cpp.
 
 Result<ImageInfo> ImageManager::Info(std::string_view name) {
   IMAGED_TRY_CTX(ValidateImageName(name), "info");

@@ -21,6 +21,7 @@
 #include "imaged/common/unique_fd.h"
 #include "manager/image_manager.h"
 #include "metadata/lp_metadata.h"
+#include "list_snapshot.h"
 #include "metadata/status_file.h"
 
 namespace imaged::manager {
@@ -113,6 +114,8 @@ struct ImageManager::Impl {
   struct OpLocks {
     manager::FileLock set;
     manager::FileLock image;
+    // Last member: invalidates List's snapshot before the locks are released.
+    manager::ChangeNote change;
   };
   Result<OpLocks> LockImage(std::string_view name);
 
@@ -174,6 +177,12 @@ struct ImageManager::Impl {
 
   std::mutex dm_mu;
   std::unique_ptr<dm::DeviceMapper> dm;
+
+  // List's snapshot (list_snapshot.h); every operation that locks an image invalidates it.
+  manager::ListCache list_cache;
+  manager::ListCache::Key ListKey() const;
+  // Every image with its mapped device, computed now in one pass.
+  Result<std::vector<ImageInfo>> ListFresh();
 };
 
 }  // namespace imaged

@@ -127,6 +127,7 @@ Result<RecoveryReport> ImageManager::Recover() {
   const auto& opt = impl.options;
   // Exclusive: no operation of any process is half-way while we judge what is left over.
   auto set_lock = IMAGED_TRY_CTX(FileLock::Acquire(impl.set_lock_path(), true), "recover");
+  manager::ChangeNote change(&impl.list_cache);  // declared after the lock: invalidates first
   RecoveryReport report;
   auto problem = [&](const Error& e) { report.problems.push_back(e.ToString()); };
   auto add_unique = [](std::vector<std::string>& v, const std::string& s) {

@@ -39,6 +39,10 @@ struct ManagerOptions {
   std::string dm_prefix = "imaged-";
   uint64_t max_piece_size = 0;  // 0: the filesystem's own maximum file size
   std::chrono::milliseconds default_map_timeout{10000};
+  // List answers from a snapshot that this manager's own operations invalidate; a mapping made
+  // or removed by another process shows up in List at most about this late (0: every List
+  // re-reads everything). Operations always check the live state.
+  std::chrono::milliseconds list_refresh_interval{1000};
 };
 
 struct CreateOptions {

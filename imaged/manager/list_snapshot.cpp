@@ -1,0 +1,155 @@
+// ImageManager::List from a snapshot (list_snapshot.h): the mapped state of every image computed
+// in one pass instead of one /sys/block scan per piece and one dm query per image.
+#include "list_snapshot.h"
+
+#include <sys/stat.h>
+
+#include <map>
+#include <set>
+#include <utility>
+
+#include "dm/device_mapper.h"
+#include "dm/loop_list.h"
+#include "fiemap/split_file.h"
+#include "internal.h"
+
+namespace imaged {
+namespace manager {
+
+ImageInfo LpImageInfo(const metadata::LpMetadata& md, const metadata::Partition& p) {
+  ImageInfo info;
+  info.name = p.name;
+  info.size_bytes = metadata::PartitionSizeBytes(md, p);
+  info.extents = p.num_extents;
+  info.readonly = (p.attributes & metadata::kPartitionAttrReadonly) != 0;
+  info.disabled = (p.attributes & metadata::kPartitionAttrDisabled) != 0;
+  return info;
+}
+
+std::shared_ptr<const ListCache::Snapshot> ListCache::Current() {
+  std::lock_guard<std::mutex> guard(snapshot_mu_);
+  return snapshot_;
+}
+
+Result<std::vector<ImageInfo>> ListCache::Get(const std::function<Key()>& key,
+                                              const Compute& compute) {
+  if (refresh_.count() <= 0) return compute();
+  const uint64_t generation = generation_.load(std::memory_order_acquire);
+  const Key now_key = key();
+  auto snap = Current();
+  const bool valid = snap && snap->generation == generation && snap->key == now_key;
+  if (valid) {
+    if (Clock::now() - snap->taken < refresh_) return snap->images;
+    // Expired only by age: one caller refreshes, the others answer from the old snapshot
+    // rather than queue behind the kernel scan.
+    std::unique_lock<std::mutex> refreshing(refresh_mu_, std::try_to_lock);
+    if (!refreshing.owns_lock()) return snap->images;
+    auto fresh = IMAGED_TRY(Refresh(key, compute));
+    return fresh->images;
+  }
+  // Something changed: nobody may be answered from before the change.
+  std::lock_guard<std::mutex> refreshing(refresh_mu_);
+  snap = Current();
+  // Another caller may have computed it while we waited, after the change we saw.
+  if (snap && snap->generation == generation_.load(std::memory_order_acquire) &&
+      snap->key == key() && Clock::now() - snap->taken < refresh_) {
+    return snap->images;
+  }
+  auto fresh = IMAGED_TRY(Refresh(key, compute));
+  return fresh->images;
+}
+
+// Under refresh_mu_.
+Result<std::shared_ptr<const ListCache::Snapshot>> ListCache::Refresh(
+    const std::function<Key()>& key, const Compute& compute) {
+  auto next = std::make_shared<Snapshot>();
+  // Generation and key first: a change during the computation leaves them stale.
+  next->generation = generation_.load(std::memory_order_acquire);
+  next->key = key();
+  next->taken = Clock::now();
+  next->images = IMAGED_TRY(compute());
+  std::shared_ptr<const Snapshot> done = std::move(next);
+  std::lock_guard<std::mutex> guard(snapshot_mu_);
+  snapshot_ = done;
+  return done;
+}
+
+}  // namespace manager
+
+namespace {
+
+int64_t Nanos(const struct timespec& ts) {
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+}  // namespace
+
+manager::ListCache::Key ImageManager::Impl::ListKey() const {
+  manager::ListCache::Key key;
+  struct stat st {};
+  if (stat(lp_path().c_str(), &st) == 0) {
+    key.lp_exists = true;
+    key.lp_dev = st.st_dev;
+    key.lp_ino = st.st_ino;
+    key.lp_mtime_ns = Nanos(st.st_mtim);
+    key.lp_size = st.st_size;
+  }
+  // Status files are written by atomic rename and removed by unlink: both touch the dir.
+  if (stat(options.metadata_dir.c_str(), &st) == 0) key.dir_mtime_ns = Nanos(st.st_mtim);
+  return key;
+}
+
+// The whole list from disk and the kernel, with MappedDeviceLocked's answer for every image:
+// the dm device named dm_name(image) if it exists, else the first loop (by path) over the
+// first piece that has one.
+Result<std::vector<ImageInfo>> ImageManager::Impl::ListFresh() {
+  const auto md = IMAGED_TRY(ReadLp());
+  std::vector<ImageInfo> out;
+  if (!md || md->partitions.empty()) return out;
+
+  std::set<std::string> dm_names;
+  if (manager::DeviceMapperAvailable()) {
+    dm::DeviceMapper* mapper = IMAGED_TRY(Dm());
+    for (auto& d : IMAGED_TRY_CTX(mapper->List(), "list device-mapper devices")) {
+      dm_names.insert(std::move(d.name));
+    }
+  }
+  // (dev, inode) of backing file -> its loops, in path order.
+  std::map<std::pair<dev_t, ino_t>, std::vector<std::string>> loops;
+  for (auto& l : IMAGED_TRY(dm::ListAttachedLoops())) {
+    if (l.backing_ino == 0) continue;  // backing file deleted: not one of our pieces
+    loops[{l.backing_dev, l.backing_ino}].push_back(std::move(l.loop_path));
+  }
+
+  out.reserve(md->partitions.size());
+  for (const auto& p : md->partitions) {
+    ImageInfo info = manager::LpImageInfo(*md, p);
+    auto pieces = fiemap::SplitFiemap::ListPieces(list_path(p.name));
+    if (pieces) info.pieces = static_cast<uint32_t>(pieces->size());
+    const std::string dm_dev = dm_name(p.name);
+    if (dm_names.count(dm_dev)) {
+      info.mapped_device = dm::DeviceMapper::DevicePath(dm_dev);
+    } else if (pieces && !loops.empty()) {
+      for (const auto& piece : *pieces) {
+        struct stat st {};
+        if (stat(piece.c_str(), &st) != 0) continue;
+        auto it = loops.find({st.st_dev, st.st_ino});
+        if (it != loops.end()) {
+          info.mapped_device = it->second.front();
+          break;
+        }
+      }
+    }
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+Result<std::vector<ImageInfo>> ImageManager::List() {
+  auto& impl = *impl_;
+  return IMAGED_TRY_CTX(
+      impl.list_cache.Get([&impl] { return impl.ListKey(); }, [&impl] { return impl.ListFresh(); }),
+      "list");
+}
+
+}  // namespace imaged
