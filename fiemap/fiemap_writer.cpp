@@ -128,10 +128,11 @@ Result<void> Fallocate(int fd, const std::string& path, const FilesystemInfo& fs
   }
 }
 
-// Writes zeros over [0, size) in kZeroChunk pieces, with O_DIRECT where the fs takes it, so
+// Writes zeros over [from, size) in kZeroChunk pieces, with O_DIRECT where the fs takes it, so
 // every extent is written (not unwritten) and holds no stale data. Reports progress after each
 // chunk except the last (the caller sends the final (total, total)).
-Result<void> WriteZeros(const std::string& path, uint64_t size, const ProgressFn& progress) {
+Result<void> WriteZeros(const std::string& path, uint64_t size, const ProgressFn& progress,
+                        uint64_t from = 0) {
   const void* zeros = ZeroBuffer();
   if (!zeros) return MakeError(ENOMEM, "zero buffer");
   UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC | O_DIRECT));
@@ -140,7 +141,7 @@ Result<void> WriteZeros(const std::string& path, uint64_t size, const ProgressFn
     fd.reset(open(path.c_str(), O_WRONLY | O_CLOEXEC));
     if (!fd) return ErrnoError("open \"{}\"", path);
   }
-  uint64_t done = 0;
+  uint64_t done = from;
   while (done < size) {
     size_t len = static_cast<size_t>(std::min<uint64_t>(kZeroChunk, size - done));
     ssize_t n = pwrite(fd.get(), zeros, len, static_cast<off_t>(done));
@@ -186,6 +187,14 @@ Result<void> CheckExtentsOnDisk(const std::vector<Extent>& extents, const Filesy
 
 Result<FiemapWriter> FiemapWriter::Create(const std::string& path, uint64_t size,
                                           const ProgressFn& progress) {
+  CreateOptions options;
+  options.progress = progress;
+  return Create(path, size, options);
+}
+
+Result<FiemapWriter> FiemapWriter::Create(const std::string& path, uint64_t size,
+                                          const CreateOptions& options) {
+  const ProgressFn& progress = options.progress;
   if (size == 0) return MakeError(EINVAL, "create \"{}\": size is 0", path);
   FilesystemInfo fs =
       IMAGED_TRY_CTX(InspectFilesystem(internal::Dirname(path)), "create \"{}\"", path);
@@ -222,9 +231,14 @@ Result<FiemapWriter> FiemapWriter::Create(const std::string& path, uint64_t size
       IMAGED_TRY_CTX(Fallocate(fd.get(), path, fs, total), "create \"{}\"", path);
     }
   }
+  // Deferred: ext4 and xfs read unwritten extents as zeros, so nothing stale is readable through
+  // the file meanwhile, and CompleteZeroing finds what is left to write with FIEMAP. (f2fs has no
+  // unwritten extents to find that way, and its pin must cover written blocks.)
+  const bool defer =
+      options.defer_zeroing && !zeroed && (fs.type == FsType::Ext4 || fs.type == FsType::Xfs);
   // vfat has no fallocate that allocates clusters without writing them: the zero writes
   // allocate. Elsewhere they convert unwritten extents into written ones and wipe stale data.
-  if (!zeroed) IMAGED_TRY(WriteZeros(path, total, progress));
+  if (!zeroed && !defer) IMAGED_TRY(WriteZeros(path, total, progress));
   if (fsync(fd.get()) != 0) return ErrnoError("create \"{}\": fsync", path);
 
   IMAGED_TRY_CTX(PinIfNeeded(fd.get(), path, fs), "create \"{}\"", path);
@@ -235,8 +249,11 @@ Result<FiemapWriter> FiemapWriter::Create(const std::string& path, uint64_t size
     return MakeError(EIO, "create \"{}\": size is {} after allocation, expected {}", path,
                      st.st_size, total);
   }
-  auto extents = IMAGED_TRY_CTX(ReadExtents(fd.get(), fs.type, total), "create \"{}\"", path);
-  IMAGED_TRY_CTX(CheckExtentsOnDisk(extents, fs, path), "create");
+  std::vector<Extent> extents;
+  if (!defer) {
+    extents = IMAGED_TRY_CTX(ReadExtents(fd.get(), fs.type, total), "create \"{}\"", path);
+    IMAGED_TRY_CTX(CheckExtentsOnDisk(extents, fs, path), "create");
+  }
   IMAGED_TRY(internal::FsyncParentDir(path));
 
   if (progress && !progress(total, total)) return MakeError(ECANCELED, "create \"{}\"", path);
@@ -247,7 +264,33 @@ Result<FiemapWriter> FiemapWriter::Create(const std::string& path, uint64_t size
   writer.size_ = total;
   writer.fs_ = std::move(fs);
   writer.extents_ = std::move(extents);
+  writer.zeroing_deferred_ = defer;
   return writer;
+}
+
+Result<void> FiemapWriter::CompleteZeroing() {
+  if (!zeroing_deferred_) return Ok();
+  auto ctx = [&] { return fmt::format("complete \"{}\"", path_); };
+  UniqueFd fd(open(path_.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
+  if (!fd) return ErrnoError("{}: open", ctx());
+  struct stat st;
+  if (fstat(fd.get(), &st) != 0) return ErrnoError("{}: fstat", ctx());
+  if (static_cast<uint64_t>(st.st_size) != size_) {
+    return MakeError(EIO, "{}: size is {}, expected {}", ctx(), st.st_size, size_);
+  }
+  // Whatever the caller did not write: still unwritten (or a hole, should anything have punched
+  // one). Written zeros make those blocks plain data that FIEMAP reports and a raw mapping reads.
+  const auto ranges = IMAGED_TRY_CTX(internal::UnwrittenRanges(fd.get(), size_), "{}", ctx());
+  for (const auto& r : ranges) {
+    IMAGED_TRY_CTX(WriteZeros(path_, r.offset + r.length, {}, r.offset), "{}", ctx());
+  }
+  if (fsync(fd.get()) != 0) return ErrnoError("{}: fsync", ctx());
+  // ReadExtents refuses UNWRITTEN extents, holes and anything else a raw mapping cannot use.
+  auto extents = IMAGED_TRY_CTX(ReadExtents(fd.get(), fs_.type, size_), "{}", ctx());
+  IMAGED_TRY_CTX(CheckExtentsOnDisk(extents, fs_, path_), "{}", ctx());
+  extents_ = std::move(extents);
+  zeroing_deferred_ = false;
+  return Ok();
 }
 
 Result<FiemapWriter> FiemapWriter::Open(const std::string& path) {

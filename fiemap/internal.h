@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <fiemap/filesystem.h>
 #include <imaged/common/result.h>
@@ -18,6 +19,15 @@ Result<void> FsyncDir(const std::string& dir);
 // A small file (sysfs attribute, at most 64 KiB) without trailing newlines/spaces. Errors are
 // values, never exceptions: sysfs reads fail after a successful open when the device goes away.
 Result<std::string> ReadSysfs(const std::string& path);
+
+// [offset, offset+length) ranges of [0, file_size) that hold no written data: holes and
+// FIEMAP_EXTENT_UNWRITTEN extents, ascending, merged.
+struct Range {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  bool operator==(const Range&) const = default;
+};
+Result<std::vector<Range>> UnwrittenRanges(int fd, uint64_t file_size);
 
 std::string Dirname(const std::string& path);
 std::string Basename(const std::string& path);

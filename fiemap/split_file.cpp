@@ -181,7 +181,10 @@ Result<SplitFiemap> SplitFiemap::Create(const std::string& list_path, uint64_t s
         return options.progress(overall, total);
       };
     }
-    auto writer = FiemapWriter::Create(piece_path, chunk, piece_progress);
+    FiemapWriter::CreateOptions piece_options;
+    piece_options.progress = piece_progress;
+    piece_options.defer_zeroing = options.defer_zeroing;
+    auto writer = FiemapWriter::Create(piece_path, chunk, piece_options);
     if (!writer) return std::move(writer).error().Wrap(fmt::format("create \"{}\"", list_path));
     rollback.created.push_back(piece_path);
     if (writer->fs_dev() != fs.fs_dev) {
@@ -275,6 +278,18 @@ Result<void> SplitFiemap::Remove(const std::string& list_path) {
   auto synced = internal::FsyncDir(dir);
   if (!synced && synced.error().code != ENOENT) return synced.error();
   return Ok();
+}
+
+Result<void> SplitFiemap::CompleteZeroing() {
+  for (auto& piece : pieces_) IMAGED_TRY(piece.CompleteZeroing());
+  return Ok();
+}
+
+bool SplitFiemap::zeroing_deferred() const {
+  for (const auto& piece : pieces_) {
+    if (piece.zeroing_deferred()) return true;
+  }
+  return false;
 }
 
 uint32_t SplitFiemap::block_size() const {

@@ -21,12 +21,34 @@ using ProgressFn = std::function<bool(uint64_t done, uint64_t total)>;
 
 class FiemapWriter {
  public:
+  struct CreateOptions {
+    ProgressFn progress;
+    // Allocate without writing zeros, for a caller that writes the file itself right away (an
+    // import): each byte is then written once instead of twice. On ext4 and xfs the extents stay
+    // UNWRITTEN (they read as zeros through the file) until CompleteZeroing(), which the caller
+    // must call after its writes and before using extents(): it zero-writes every range still
+    // unwritten, syncs, and reads and validates the extents. Until then extents() is empty and
+    // the file must be neither mapped nor recorded. Elsewhere (f2fs, vfat, or where
+    // FALLOC_FL_WRITE_ZEROES zeroes for free) Create zeroes as usual and zeroing_deferred() is
+    // false.
+    bool defer_zeroing = false;
+  };
+
   // Creates `path` (O_CREAT|O_EXCL: an existing file is never touched, EEXIST) of `size`
   // rounded up to the fs block, allocated, zero-filled and pinned, then reads its extents.
   // size == 0 is EINVAL; larger than the fs maximum is EFBIG; not enough free space is ENOSPC.
   // On any failure or cancel (ECANCELED) the file is removed.
   static Result<FiemapWriter> Create(const std::string& path, uint64_t size,
                                      const ProgressFn& progress = {});
+  static Result<FiemapWriter> Create(const std::string& path, uint64_t size,
+                                     const CreateOptions& options);
+
+  // After Create with defer_zeroing: writes zeros wherever the file is still unwritten or a
+  // hole, fsyncs, then reads and validates the extents (refusing any that are still
+  // UNWRITTEN). No-op when zeroing was not deferred. The file is not removed on failure (the
+  // caller that created it removes it).
+  Result<void> CompleteZeroing();
+  bool zeroing_deferred() const { return zeroing_deferred_; }
 
   // Re-reads and re-validates the extents (and the pin on f2fs) of an existing file. Used before
   // every map. A 0-byte file is an error (EINVAL).
@@ -51,6 +73,7 @@ class FiemapWriter {
   uint64_t size_ = 0;
   FilesystemInfo fs_;
   std::vector<Extent> extents_;
+  bool zeroing_deferred_ = false;
 };
 
 // True when a file on this filesystem keeps its physical blocks once written: always for ext4,

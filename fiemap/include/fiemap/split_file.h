@@ -22,6 +22,9 @@ class SplitFiemap {
   struct CreateOptions {
     uint64_t max_piece_size = 0;  // 0 = the filesystem's maximum file size
     ProgressFn progress;          // over the whole image; ends with one (total, total)
+    // FiemapWriter::CreateOptions::defer_zeroing for every piece: the caller writes the image
+    // and then calls CompleteZeroing() before it uses extents().
+    bool defer_zeroing = false;
   };
 
   // Creates every piece and then, atomically, the list file. Refuses (EEXIST) if the list file
@@ -54,10 +57,16 @@ class SplitFiemap {
   // open buffered on first use when this was not called.
   Result<void> OpenForIo(bool direct);
   // Positioned I/O over the concatenated pieces. Anything past size() is an error (EINVAL).
+  // Once OpenForIo was called, calls on disjoint ranges may run concurrently.
   Result<void> PWrite(const void* data, size_t length, uint64_t offset);
   Result<void> PRead(void* data, size_t length, uint64_t offset);
   // fsync every piece.
   Result<void> Sync();
+
+  // After Create with defer_zeroing: FiemapWriter::CompleteZeroing on every piece (zeros where
+  // nothing was written, fsync, extents read and validated). No-op otherwise.
+  Result<void> CompleteZeroing();
+  bool zeroing_deferred() const;
 
  private:
   SplitFiemap() = default;
