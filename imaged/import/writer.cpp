@@ -8,8 +8,16 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <thread>
+#include <vector>
 
 #include "imaged/common/size.h"
 
@@ -18,11 +26,183 @@ namespace {
 
 constexpr uint64_t kAlign = 4096;
 
-uint64_t AlignUp(uint64_t v) { return (v + kAlign - 1) & ~(kAlign - 1); }
-uint64_t AlignDown(uint64_t v) { return v & ~(kAlign - 1); }
+uint64_t AlignUp(uint64_t v) {
+  return (v + kAlign - 1) & ~(kAlign - 1);
+}
+uint64_t AlignDown(uint64_t v) {
+  return v & ~(kAlign - 1);
+}
 
 struct FreeDeleter {
   void operator()(uint8_t* p) const { std::free(p); }
+};
+
+// Writer threads for Copy with max_in_flight > 1: the caller fills one buffer while up to
+// max_in_flight others are being written. The buffers belong to the pool; the caller owns
+// current() until it submits it.
+class WritePool {
+ public:
+  WritePool(RunSink& sink, size_t buffer_size, int in_flight)
+      : sink_(sink), buffer_size_(buffer_size), max_in_flight_(in_flight) {}
+
+  // After a failure: writes not started yet are dropped, running ones are waited for.
+  ~WritePool() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+      for (const Job& job : queue_) {
+        outstanding_.erase(job.offset);
+        if (job.buffer >= 0) free_.push_back(job.buffer);
+      }
+      queue_.clear();
+    }
+    work_cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+  Result<void> Start() {
+    for (int i = 0; i < max_in_flight_ + 1; ++i) {
+      void* p = nullptr;
+      if (posix_memalign(&p, kAlign, buffer_size_) != 0) {
+        return MakeError(ENOMEM, "allocate a {}-byte import buffer", buffer_size_);
+      }
+      buffers_.emplace_back(static_cast<uint8_t*>(p));
+      if (i > 0) free_.push_back(i);
+    }
+    current_ = 0;
+    // std::thread reports failure by throwing; nothing may throw out of an import.
+    try {
+      for (int i = 0; i < max_in_flight_; ++i) threads_.emplace_back([this] { Work(); });
+    } catch (const std::exception& e) {
+      return MakeError(EAGAIN, "start an import writer thread: {}", e.what());
+    }
+    return Ok();
+  }
+
+  uint8_t* current() const { return buffers_[current_].get(); }
+
+  // Hands current() (len bytes for `offset`) to a writer and makes a free buffer current.
+  Result<void> SubmitData(uint64_t offset, size_t len) {
+    if (!Aligned(offset, len)) {
+      // The last, unaligned write: the sink may read-modify-write around it, so alone.
+      IMAGED_TRY(Drain());
+      return Run({offset, len, current_});
+    }
+    std::unique_lock<std::mutex> l(mu_);
+    IMAGED_TRY(WaitForSlot(l));
+    Push(l, {offset, len, current_});
+    done_cv_.wait(l, [&] { return !free_.empty(); });
+    current_ = free_.back();
+    free_.pop_back();
+    return FirstError();
+  }
+
+  Result<void> SubmitZeroes(uint64_t offset, uint64_t len) {
+    while (len > 0) {
+      const uint64_t n = std::min<uint64_t>(len, buffer_size_);
+      if (!Aligned(offset, n)) {
+        IMAGED_TRY(Drain());
+        IMAGED_TRY(Run({offset, n, -1}));
+      } else {
+        std::unique_lock<std::mutex> l(mu_);
+        IMAGED_TRY(WaitForSlot(l));
+        Push(l, {offset, n, -1});
+      }
+      offset += n;
+      len -= n;
+    }
+    return Ok();
+  }
+
+  // Waits for every submitted write; the first error of any.
+  Result<void> Drain() {
+    std::unique_lock<std::mutex> l(mu_);
+    done_cv_.wait(l, [&] { return outstanding_.empty(); });
+    return FirstError();
+  }
+
+  // Everything below this offset is written; `handed_out` when nothing is outstanding.
+  uint64_t Written(uint64_t handed_out) {
+    std::lock_guard<std::mutex> l(mu_);
+    return outstanding_.empty() ? handed_out : std::min(handed_out, *outstanding_.begin());
+  }
+
+ private:
+  struct Job {
+    uint64_t offset;
+    uint64_t length;
+    int buffer;  // -1: zeros
+  };
+
+  static bool Aligned(uint64_t offset, uint64_t len) {
+    return offset % kAlign == 0 && len % kAlign == 0;
+  }
+
+  Result<void> FirstError() const {
+    if (first_error_) return *first_error_;
+    return Ok();
+  }
+
+  Result<void> WaitForSlot(std::unique_lock<std::mutex>& l) {
+    done_cv_.wait(l, [&] {
+      return first_error_ || outstanding_.size() < static_cast<size_t>(max_in_flight_);
+    });
+    return FirstError();
+  }
+
+  void Push(std::unique_lock<std::mutex>&, const Job& job) {
+    queue_.push_back(job);
+    outstanding_.insert(job.offset);
+    work_cv_.notify_one();
+  }
+
+  Result<void> Run(const Job& job) {
+    try {
+      if (job.buffer < 0) return sink_.WriteZeroes(job.offset, job.length);
+      return sink_.Write(job.offset, {buffers_[static_cast<size_t>(job.buffer)].get(),
+                                      static_cast<size_t>(job.length)});
+    } catch (const std::exception& e) {
+      return MakeError(EIO, "import write at {}: {}", job.offset, e.what());
+    }
+  }
+
+  void Work() {
+    std::unique_lock<std::mutex> l(mu_);
+    while (true) {
+      work_cv_.wait(l, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;
+      Job job = queue_.front();
+      queue_.pop_front();
+      // After a failure the rest is not written: the import fails anyway.
+      const bool skip = first_error_.has_value();
+      l.unlock();
+      Result<void> r = skip ? Result<void>(Ok()) : Run(job);
+      l.lock();
+      if (!r && !first_error_) first_error_ = std::move(r).error();
+      if (job.buffer >= 0) free_.push_back(job.buffer);
+      outstanding_.erase(job.offset);
+      done_cv_.notify_all();
+    }
+  }
+
+  RunSink& sink_;
+  const size_t buffer_size_;
+  const int max_in_flight_;
+  struct FreeBuffer {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  std::vector<std::unique_ptr<uint8_t, FreeBuffer>> buffers_;
+  int current_ = -1;
+  std::vector<std::thread> threads_;
+
+  std::mutex mu_;
+  std::condition_variable work_cv_;  // a job was queued, or stop
+  std::condition_variable done_cv_;  // a job finished
+  std::deque<Job> queue_;
+  std::vector<int> free_;           // buffers neither current nor queued nor being written
+  std::set<uint64_t> outstanding_;  // offsets of queued and running jobs
+  std::optional<Error> first_error_;
+  bool stop_ = false;
 };
 
 // Coverage [0, pos) has been handed out; the bounce buffer holds [buf_off, pos) with buf_off
@@ -34,11 +214,20 @@ class Stager {
       : sink_(sink), progress_(progress), options_(options), total_(total) {}
 
   Result<void> Init() {
+    if (options_.max_in_flight > 1) {
+      pool_ = std::make_unique<WritePool>(sink_, options_.buffer_size, options_.max_in_flight);
+      if (pool_->Start()) {
+        buf_ = pool_->current();
+        return Ok();
+      }
+      pool_.reset();  // no threads or memory for them: one write at a time still works
+    }
     void* p = nullptr;
     if (posix_memalign(&p, kAlign, options_.buffer_size) != 0) {
       return MakeError(ENOMEM, "allocate a {}-byte import buffer", options_.buffer_size);
     }
-    buf_.reset(static_cast<uint8_t*>(p));
+    own_buf_.reset(static_cast<uint8_t*>(p));
+    buf_ = own_buf_.get();
     return Ok();
   }
 
@@ -48,7 +237,7 @@ class Stager {
     IMAGED_TRY(ResolveZeros());
     while (!data.empty()) {
       size_t n = std::min(data.size(), options_.buffer_size - buf_len_);
-      std::memcpy(buf_.get() + buf_len_, data.data(), n);
+      std::memcpy(buf_ + buf_len_, data.data(), n);
       IMAGED_TRY(Advance(n));
       data = data.subspan(n);
     }
@@ -59,7 +248,10 @@ class Stager {
 
   Result<void> Finish() {
     IMAGED_TRY(ResolveZeros());
-    return Flush();
+    IMAGED_TRY(Flush());
+    if (!pool_) return Ok();
+    IMAGED_TRY(pool_->Drain());
+    return Report();  // now everything is written
   }
 
  private:
@@ -73,7 +265,7 @@ class Stager {
   Result<void> AppendZeros(uint64_t len) {
     while (len > 0) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(len, options_.buffer_size - buf_len_));
-      std::memset(buf_.get() + buf_len_, 0, n);
+      std::memset(buf_ + buf_len_, 0, n);
       IMAGED_TRY(Advance(n));
       len -= n;
     }
@@ -82,7 +274,12 @@ class Stager {
 
   Result<void> Flush() {
     if (buf_len_ > 0) {
-      IMAGED_TRY(sink_.Write(buf_off_, {buf_.get(), buf_len_}));
+      if (pool_) {
+        IMAGED_TRY(pool_->SubmitData(buf_off_, buf_len_));
+        buf_ = pool_->current();
+      } else {
+        IMAGED_TRY(sink_.Write(buf_off_, {buf_, buf_len_}));
+      }
       buf_off_ += buf_len_;
       buf_len_ = 0;
     }
@@ -90,7 +287,11 @@ class Stager {
   }
 
   Result<void> Report() {
-    if (progress_ && !progress_(pos_, total_)) return MakeError(ECANCELED, "import cancelled");
+    if (!progress_) return Ok();
+    // Called with the buffer empty: [0, pos_) is handed out; with a pool only the part below
+    // every outstanding write is written.
+    const uint64_t done = pool_ ? pool_->Written(pos_) : pos_;
+    if (!progress_(done, total_)) return MakeError(ECANCELED, "import cancelled");
     return Ok();
   }
 
@@ -105,7 +306,9 @@ class Stager {
     IMAGED_TRY(Flush());
     uint64_t middle = AlignDown(z);
     if (middle > 0) {
-      if (!options_.target_is_zeroed) IMAGED_TRY(sink_.WriteZeroes(pos_, middle));
+      if (!options_.target_is_zeroed) {
+        IMAGED_TRY(pool_ ? pool_->SubmitZeroes(pos_, middle) : sink_.WriteZeroes(pos_, middle));
+      }
       pos_ += middle;
       buf_off_ = pos_;
       IMAGED_TRY(Report());
@@ -117,7 +320,9 @@ class Stager {
   const ProgressFn& progress_;
   const CopyOptions& options_;
   uint64_t total_;
-  std::unique_ptr<uint8_t, FreeDeleter> buf_;
+  std::unique_ptr<uint8_t, FreeDeleter> own_buf_;  // the buffer when there is no pool
+  std::unique_ptr<WritePool> pool_;
+  uint8_t* buf_ = nullptr;  // the buffer being filled
   size_t buf_len_ = 0;
   uint64_t buf_off_ = 0;
   uint64_t pos_ = 0;
@@ -212,7 +417,8 @@ Result<void> FileSink::Write(uint64_t offset, std::span<const uint8_t> data) {
       if (errno == EINTR) continue;
       return ErrnoError("write {} at offset {} of \"{}\"", HumanSize(data.size()), offset, path_);
     }
-    if (n == 0) return MakeError(EIO, "write at offset {} of \"{}\" made no progress", offset, path_);
+    if (n == 0)
+      return MakeError(EIO, "write at offset {} of \"{}\" made no progress", offset, path_);
     data = data.subspan(static_cast<size_t>(n));
     offset += static_cast<uint64_t>(n);
   }

@@ -39,6 +39,13 @@ struct CopyOptions {
   uint64_t min_zero_write = 64 << 10;
   // Also zero [virtual_size, sink.size()) so no stale bytes remain past the image.
   bool zero_beyond_image = true;
+  // Writes in flight at once, each on its own writer thread; 1 = one synchronous write at a
+  // time on the caller's thread. With more, the sink's Write and WriteZeroes are called
+  // concurrently on disjoint ranges (an unaligned write only once all others are done), so the
+  // sink must allow that. Every write is finished before Copy returns, also on failure; the
+  // first error wins, and progress never counts a write that has not completed. Memory:
+  // (max_in_flight + 1) buffers of buffer_size.
+  int max_in_flight = 1;
 };
 
 struct ImportStats {
@@ -68,7 +75,10 @@ class FileSink : public RunSink {
 
  private:
   FileSink(UniqueFd fd, UniqueFd direct_fd, uint64_t size, bool block, std::string path)
-      : fd_(std::move(fd)), direct_fd_(std::move(direct_fd)), size_(size), block_(block),
+      : fd_(std::move(fd)),
+        direct_fd_(std::move(direct_fd)),
+        size_(size),
+        block_(block),
         path_(std::move(path)) {}
   UniqueFd fd_;
   UniqueFd direct_fd_;  // invalid unless O_DIRECT was asked for

@@ -1,0 +1,226 @@
+// Copy() with max_in_flight > 1: the same bytes as one write at a time, writes really in
+// flight together, the first error wins, every write joined before Copy returns, and progress
+// that never counts an unfinished write.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+
+#include <gtest/gtest.h>
+
+#include "import_test_util.h"
+
+namespace imaged::import::test {
+namespace {
+
+// Replays fixed runs.
+class ListReader : public ImageReader {
+ public:
+  ListReader(uint64_t size, std::vector<Run> runs, Bytes data)
+      : size_(size), runs_(std::move(runs)), data_(std::move(data)) {}
+  Format format() const override { return Format::Raw; }
+  uint64_t virtual_size() const override { return size_; }
+  Result<std::optional<Run>> Next() override {
+    if (next_ == runs_.size()) return std::optional<Run>();
+    Run r = runs_[next_++];
+    if (r.kind == Run::Kind::Data) r.data = {data_.data() + r.offset, r.length};
+    return std::optional<Run>(r);
+  }
+
+ private:
+  uint64_t size_;
+  std::vector<Run> runs_;
+  Bytes data_;
+  size_t next_ = 0;
+};
+
+// Data and zero runs of varied sizes, an unaligned end; `expected` is the image.
+struct Mixed {
+  uint64_t size = (24 << 20) + 1000;
+  Bytes data;
+  Bytes expected;
+  std::vector<Run> runs;
+  Mixed() {
+    data.resize(size);
+    for (size_t i = 0; i < size; ++i) data[i] = static_cast<uint8_t>(i % 253 + 1);
+    expected.assign(size, 0);
+    uint64_t off = 0;
+    const uint64_t lengths[] = {4096, 100000, 3 << 20, 65536, 5 << 20, 1, 777, 2 << 20};
+    for (size_t i = 0; off < size; ++i) {
+      const uint64_t len = std::min<uint64_t>(lengths[i % 8], size - off);
+      const bool is_data = i % 3 != 1;
+      runs.push_back({off, len, is_data ? Run::Kind::Data : Run::Kind::Zero, {}});
+      if (is_data) std::memcpy(&expected[off], &data[off], len);
+      off += len;
+    }
+  }
+};
+
+// A thread-safe sink that records calls, how many ran at once, and what has completed.
+class ConcurrentSink : public RunSink {
+ public:
+  explicit ConcurrentSink(uint64_t size) : bytes(size, 0xA5) {}
+
+  Result<void> Write(uint64_t offset, std::span<const uint8_t> data) override {
+    return Call(offset, data.size(),
+                [&] { std::memcpy(&bytes[offset], data.data(), data.size()); });
+  }
+  Result<void> WriteZeroes(uint64_t offset, uint64_t length) override {
+    return Call(offset, length, [&] { std::memset(&bytes[offset], 0, length); });
+  }
+  uint64_t size() const override { return bytes.size(); }
+
+  // [0, n) is covered by completed calls.
+  bool CompletedPrefix(uint64_t n) {
+    std::lock_guard<std::mutex> l(mu);
+    uint64_t end = 0;
+    for (const auto& [off, len] : completed) {
+      if (off > end) break;
+      end = std::max(end, off + len);
+    }
+    return end >= n;
+  }
+
+  Bytes bytes;
+  std::mutex mu;
+  std::condition_variable cv;
+  int active = 0;
+  int max_active = 0;
+  int calls = 0;
+  bool overlapped = false;  // two calls touched the same bytes at once
+  std::map<uint64_t, uint64_t> running;
+  std::map<uint64_t, uint64_t> completed;
+  // Failure injection: the call covering this offset fails with EIO.
+  std::optional<uint64_t> fail_at;
+  // The first call waits (up to 10 s) until a second one is running.
+  bool wait_for_company = false;
+
+ private:
+  template <typename Fn>
+  Result<void> Call(uint64_t offset, uint64_t length, Fn&& fn) {
+    if (offset > bytes.size() || length > bytes.size() - offset) {
+      return MakeError(EINVAL, "past the end");
+    }
+    {
+      std::unique_lock<std::mutex> l(mu);
+      for (const auto& [o, n] : running) overlapped |= offset < o + n && o < offset + length;
+      running[offset] = length;
+      ++calls;
+      max_active = std::max(max_active, ++active);
+      cv.notify_all();
+      if (wait_for_company && calls == 1) {
+        cv.wait_for(l, std::chrono::seconds(10), [&] { return active >= 2; });
+      }
+    }
+    fn();
+    const bool fail = fail_at && *fail_at >= offset && *fail_at < offset + length;
+    std::lock_guard<std::mutex> l(mu);
+    running.erase(offset);
+    --active;
+    if (fail) return MakeError(EIO, "injected failure at {}", offset);
+    completed[offset] = length;
+    return Ok();
+  }
+};
+
+CopyOptions Pipelined() {
+  CopyOptions o;
+  o.max_in_flight = 4;
+  o.buffer_size = 1 << 20;
+  return o;
+}
+
+TEST(PipelinedCopyTest, WritesTheSameImageAsOneWriteAtATime) {
+  Mixed m;
+  for (bool zeroed : {false, true}) {
+    ListReader reader(m.size, m.runs, m.data);
+    ConcurrentSink sink(m.size);
+    if (zeroed) std::fill(sink.bytes.begin(), sink.bytes.end(), 0);
+    CopyOptions o = Pipelined();
+    o.target_is_zeroed = zeroed;
+    auto stats = Copy(reader, sink, nullptr, o);
+    ASSERT_TRUE(stats) << stats.error().ToString();
+    EXPECT_EQ(sink.bytes, m.expected) << "target_is_zeroed=" << zeroed;
+    EXPECT_FALSE(sink.overlapped);
+    EXPECT_EQ(sink.active, 0);
+  }
+}
+
+TEST(PipelinedCopyTest, KeepsSeveralWritesInFlight) {
+  Mixed m;
+  ListReader reader(m.size, m.runs, m.data);
+  ConcurrentSink sink(m.size);
+  sink.wait_for_company = true;
+  ASSERT_TRUE(Copy(reader, sink, nullptr, Pipelined()));
+  EXPECT_GE(sink.max_active, 2);
+  EXPECT_LE(sink.max_active, 4);
+  EXPECT_EQ(sink.bytes, m.expected);
+}
+
+TEST(PipelinedCopyTest, FirstErrorIsReturnedAfterEveryWriteFinished) {
+  Mixed m;
+  ListReader reader(m.size, m.runs, m.data);
+  ConcurrentSink sink(m.size);
+  sink.fail_at = 6 << 20;
+  auto r = Copy(reader, sink, nullptr, Pipelined());
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, EIO) << r.error().ToString();
+  std::lock_guard<std::mutex> l(sink.mu);
+  EXPECT_EQ(sink.active, 0) << "a write still running after Copy returned";
+}
+
+TEST(PipelinedCopyTest, ProgressCountsOnlyCompletedWrites) {
+  Mixed m;
+  ListReader reader(m.size, m.runs, m.data);
+  ConcurrentSink sink(m.size);
+  uint64_t last = 0;
+  int reports = 0;
+  auto r = Copy(
+      reader, sink,
+      [&](uint64_t done, uint64_t total) {
+        EXPECT_EQ(total, m.size);
+        EXPECT_LE(last, done);
+        // Every byte below `done` has been written (the target is not pre-zeroed).
+        EXPECT_TRUE(sink.CompletedPrefix(done)) << "reported " << done;
+        last = done;
+        ++reports;
+        return true;
+      },
+      Pipelined());
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_GT(reports, 1);
+  EXPECT_EQ(last, m.size);
+}
+
+TEST(PipelinedCopyTest, CancelStopsAndJoinsTheWriters) {
+  Mixed m;
+  ListReader reader(m.size, m.runs, m.data);
+  ConcurrentSink sink(m.size);
+  int reports = 0;
+  auto r = Copy(
+      reader, sink, [&](uint64_t, uint64_t) { return ++reports < 3; }, Pipelined());
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ECANCELED);
+  std::lock_guard<std::mutex> l(sink.mu);
+  EXPECT_EQ(sink.active, 0);
+  EXPECT_LT(sink.completed.size(), static_cast<size_t>(sink.calls + 1));
+}
+
+TEST(PipelinedCopyTest, LargeZeroRunsAreZeroedInBufferSizedPieces) {
+  const uint64_t size = 16 << 20;
+  Bytes data(size, 7);
+  std::vector<import::Run> runs = {{0, 4096, import::Run::Kind::Data, {}},
+                                   {4096, size - 4096, import::Run::Kind::Zero, {}}};
+  ListReader reader(size, runs, data);
+  ConcurrentSink sink(size);
+  ASSERT_TRUE(Copy(reader, sink, nullptr, Pipelined()));
+  Bytes expected(size, 0);
+  std::fill(expected.begin(), expected.begin() + 4096, 7);
+  EXPECT_EQ(sink.bytes, expected);
+  for (const auto& [off, len] : sink.completed) EXPECT_LE(len, 1u << 20) << "at " << off;
+}
+
+}  // namespace
+}  // namespace imaged::import::test
