@@ -56,6 +56,18 @@ inline std::map<std::string, std::string> LoopsUnder(const std::string& dir) {
   return out;
 }
 
+// Names of the device-mapper devices that exist (none on a host without device-mapper).
+inline std::vector<std::string> DmNames() {
+  std::vector<std::string> out;
+  for (const auto& name : ListDirNames("/sys/block")) {
+    if (name.rfind("dm-", 0) != 0) continue;
+    std::string n = ReadFileOrEmpty("/sys/block/" + name + "/dm/name");
+    while (!n.empty() && n.back() == '\n') n.pop_back();
+    out.push_back(n);
+  }
+  return out;
+}
+
 // FNV-1a 64 over the first `size` bytes of an image, read through its list file's pieces.
 inline std::optional<uint64_t> ImageHash(const std::string& data_dir, const std::string& name,
                                          uint64_t size) {
@@ -204,13 +216,27 @@ inline std::map<std::string, ImageState> ExpectConsistent(const DaemonSet& set,
       EXPECT_TRUE(v["ok"].get<bool>()) << context << ": " << v["name"] << ": " << v["problem"];
     }
   }
-  // Loops: exactly one per mapped (single-piece) image, none else.
-  std::set<std::string> mapped;
+  // Loops: only over pieces of mapped images (one per piece under the loop strategy).
+  std::set<std::string> mapped_pieces;
+  std::set<std::string> mapped_dm;
   for (const auto& [name, st] : images) {
-    if (!st.mapped_device.empty()) mapped.insert(st.mapped_device);
+    if (st.mapped_device.empty()) continue;
+    if (st.mapped_device.rfind("/dev/mapper/", 0) == 0)
+      mapped_dm.insert(st.mapped_device.substr(12));
+    std::ifstream listf(set.data_dir() + "/" + name + ".img");
+    std::string piece;
+    while (std::getline(listf, piece)) mapped_pieces.insert(set.data_dir() + "/" + piece);
   }
+  std::map<std::string, int> loops_per_piece;
   for (const auto& [loop, backing] : LoopsUnder(set.data_dir())) {
-    EXPECT_TRUE(mapped.count(loop)) << context << ": leaked " << loop << " over " << backing;
+    EXPECT_TRUE(mapped_pieces.count(backing))
+        << context << ": leaked " << loop << " over " << backing;
+    EXPECT_EQ(++loops_per_piece[backing], 1) << context << ": a second loop over " << backing;
+  }
+  // dm devices named like ours: only those of mapped images.
+  for (const auto& dm : DmNames()) {
+    if (dm.rfind("imaged-", 0) != 0) continue;
+    EXPECT_TRUE(mapped_dm.count(dm)) << context << ": leaked dm device " << dm;
   }
   // Data dir: list file + listed pieces of each image, nothing else.
   std::set<std::string> expected;
