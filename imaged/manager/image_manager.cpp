@@ -183,7 +183,7 @@ Result<void> ImageManager::Create(std::string_view name, uint64_t size_bytes,
 }
 
 Result<void> ImageManager::Impl::CreateLocked(std::string_view name, uint64_t size,
-                                              const CreateOptions& create) {
+                                              const CreateOptions& create, const FillFn& fill) {
   const auto fs = IMAGED_TRY(fiemap::InspectFilesystem(options.data_dir));
   IMAGED_TRY(CheckSize(size, fs));
   const auto md = IMAGED_TRY(ReadLp());
@@ -209,6 +209,8 @@ Result<void> ImageManager::Impl::CreateLocked(std::string_view name, uint64_t si
   fiemap::SplitFiemap::CreateOptions split_options;
   split_options.max_piece_size = options.max_piece_size;
   split_options.progress = create.progress;
+  // The filler writes every byte it has; zeroing first would write most of them twice.
+  split_options.defer_zeroing = static_cast<bool>(fill);
   if (manager::kCrashPointsArmed) {
     split_options.progress = [&create](uint64_t done, uint64_t total) {
       IMAGED_CRASH_POINT("create.piece_progress");
@@ -226,6 +228,12 @@ Result<void> ImageManager::Impl::CreateLocked(std::string_view name, uint64_t si
     }
   } rollback{list};
 
+  if (fill) {
+    IMAGED_TRY(fill(split));
+    // Until this, ranges the filler skipped are unwritten extents: lp_metadata must never
+    // record them (a raw mapping would read stale blocks there).
+    IMAGED_TRY(split.CompleteZeroing());
+  }
   const auto disk = manager::DiskFactsOf(fs);
   for (const auto& piece : split.pieces()) {
     if (piece.fs_dev() != fs.fs_dev) {

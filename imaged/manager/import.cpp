@@ -1,9 +1,11 @@
 // Import: a raw / Android sparse / qcow image file into a new (or an existing, unmapped) image.
-// Data goes into the pieces with O_DIRECT writes; a fresh image's pieces are already zero, so
-// zero runs are skipped and no byte is written twice.
+// Data goes into the pieces with O_DIRECT writes. A new image is written in one pass: its pieces
+// are allocated without zeroing, the import writes every byte (zero runs as zeros, several
+// writes in flight), and only then are its extents read and recorded (CreateLocked's fill).
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 
 #include "crash_point.h"
 #include "import/reader.h"
@@ -21,6 +23,7 @@ struct FreeDeleter {
 
 // A RunSink over the pieces of an image opened with O_DIRECT. Copy() hands it 4 KiB-aligned
 // writes; anything else (a tail, a foreign buffer) goes through an aligned read-modify-write.
+// Safe for concurrent calls on disjoint ranges (CopyOptions::max_in_flight).
 class SplitSink : public import::RunSink {
  public:
   SplitSink(fiemap::SplitFiemap& split, uint64_t size, uint32_t lbs)
@@ -56,17 +59,18 @@ class SplitSink : public import::RunSink {
   uint64_t size() const override { return size_; }
 
  private:
-  static constexpr size_t kZeroChunk = 1 << 20;
+  static constexpr size_t kZeroChunk = 4 << 20;
 
   bool Aligned(uint64_t offset, uint64_t length, const void* p) const {
     return offset % lbs_ == 0 && length % lbs_ == 0 && reinterpret_cast<uintptr_t>(p) % lbs_ == 0;
   }
 
   Result<void> EnsureZeros() {
-    if (zeros_) return Ok();
-    zeros_.reset(static_cast<uint8_t*>(std::aligned_alloc(4096, kZeroChunk)));
+    std::call_once(zeros_once_, [this] {
+      zeros_.reset(static_cast<uint8_t*>(std::aligned_alloc(4096, kZeroChunk)));
+      if (zeros_) std::memset(zeros_.get(), 0, kZeroChunk);
+    });
     if (!zeros_) return MakeError(ENOMEM, "allocate {} bytes", kZeroChunk);
-    std::memset(zeros_.get(), 0, kZeroChunk);
     return Ok();
   }
 
@@ -96,8 +100,21 @@ class SplitSink : public import::RunSink {
   fiemap::SplitFiemap& split_;
   uint64_t size_;
   uint32_t lbs_;
+  std::once_flag zeros_once_;
   std::unique_ptr<uint8_t, FreeDeleter> zeros_;
 };
+
+// A new image's one pass: every byte written (zero runs as zeros: the pieces are not pre-zeroed),
+// 8 MiB writes, 4 in flight (several O_DIRECT streams measured 1.2-1.7x one on the bench disk).
+imaged::import::CopyOptions SinglePassCopyOptions() {
+  imaged::import::CopyOptions o;
+  o.target_is_zeroed = false;
+  o.buffer_size = 8 << 20;
+  // Zero runs shorter than a buffer are cheaper inside one large data write.
+  o.min_zero_write = o.buffer_size;
+  o.max_in_flight = 4;
+  return o;
+}
 
 Result<import::Format> ToFormat(ImportFormat f, import::Source& source) {
   switch (f) {
@@ -133,7 +150,16 @@ Result<ImageInfo> ImageManager::Import(std::string_view name, const std::string&
     const auto fs = IMAGED_TRY(fiemap::InspectFilesystem(impl.options.data_dir));
     const uint32_t lbs = std::max<uint32_t>(fs.disk_logical_block_size, 512);
 
+    Progress copy_progress = options.progress;
+    if (manager::kCrashPointsArmed) {
+      copy_progress = [&](uint64_t done, uint64_t total) {
+        IMAGED_CRASH_POINT("import.copy_progress");
+        return options.progress ? options.progress(done, total) : true;
+      };
+    }
+
     bool created = false;
+    bool copied = false;
     if (options.into_existing) {
       const auto md = IMAGED_TRY(impl.ReadLp());
       const auto* p = md ? metadata::FindPartition(*md, name) : nullptr;
@@ -156,20 +182,31 @@ Result<ImageInfo> ImageManager::Import(std::string_view name, const std::string&
       // images that still carry the marker.
       IMAGED_TRY(impl.MarkIncomplete(name));
       IMAGED_CRASH_POINT("import.marked");
-      if (auto made = impl.CreateLocked(name, RoundUp(virtual_size, lbs), create); !made) {
+      const uint64_t size = RoundUp(virtual_size, lbs);
+      // The files are what the device reads (loop, or dm-linear over plaintext): write them
+      // before the image is recorded. Under dm-crypt only the mapped device shows what the image
+      // reads, so that path creates a zeroed image and writes through a mapping below.
+      Impl::FillFn fill;
+      auto view = impl.FileViewMatchesDevice(fs);
+      if (!view) {
+        (void)impl.ClearIncomplete(name);
+        return std::move(view).error();
+      }
+      if (*view) {
+        fill = [&](fiemap::SplitFiemap& split) -> Result<void> {
+          IMAGED_TRY(split.OpenForIo(/*direct=*/true));
+          SplitSink sink(split, size, lbs);
+          IMAGED_TRY(import::Copy(*reader, sink, copy_progress, SinglePassCopyOptions()));
+          return Ok();  // CompleteZeroing (in CreateLocked) fsyncs every piece
+        };
+      }
+      if (auto made = impl.CreateLocked(name, size, create, fill); !made) {
         (void)impl.ClearIncomplete(name);
         return std::move(made).error();
       }
       created = true;
+      copied = static_cast<bool>(fill);
       IMAGED_CRASH_POINT("import.created");
-    }
-
-    Progress copy_progress = options.progress;
-    if (manager::kCrashPointsArmed) {
-      copy_progress = [&](uint64_t done, uint64_t total) {
-        IMAGED_CRASH_POINT("import.copy_progress");
-        return options.progress ? options.progress(done, total) : true;
-      };
     }
 
     auto copy = [&]() -> Result<void> {
@@ -202,9 +239,9 @@ Result<ImageInfo> ImageManager::Import(std::string_view name, const std::string&
       IMAGED_TRY(import::Copy(*reader, sink, copy_progress, copy_options));
       return split->Sync();
     };
-    auto copied = copy();
-    if (!copied) {
-      Error e = std::move(copied).error();
+    auto result = copied ? Result<void>(Ok()) : copy();
+    if (!result) {
+      Error e = std::move(result).error();
       if (created) {
         if (auto undo = impl.DeleteLocked(name); !undo) {
           // The marker stays: the daemon's next Recover deletes the image.

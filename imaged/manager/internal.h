@@ -19,9 +19,9 @@
 #include "fiemap/split_file.h"
 #include "imaged/common/result.h"
 #include "imaged/common/unique_fd.h"
+#include "list_snapshot.h"
 #include "manager/image_manager.h"
 #include "metadata/lp_metadata.h"
-#include "list_snapshot.h"
 #include "metadata/status_file.h"
 
 namespace imaged::manager {
@@ -136,7 +136,13 @@ struct ImageManager::Impl {
   Result<bool> DmExists(const std::string& dm_name);
 
   // ---- the operations, under the caller's locks ----
-  Result<void> CreateLocked(std::string_view name, uint64_t size, const CreateOptions& options);
+  // `fill`, when given, writes the new image before it is recorded: the pieces are allocated
+  // without zeroing (SplitFiemap defer_zeroing), `fill` writes them, and whatever it did not
+  // write is zeroed (CompleteZeroing) before the extents are read, validated and recorded in
+  // lp_metadata. If `fill` fails, nothing of the image is left.
+  using FillFn = std::function<Result<void>(fiemap::SplitFiemap&)>;
+  Result<void> CreateLocked(std::string_view name, uint64_t size, const CreateOptions& options,
+                            const FillFn& fill = {});
   Result<void> DeleteLocked(std::string_view name);
   Result<ImageInfo> InfoLocked(std::string_view name, const metadata::LpMetadata& md);
 

@@ -40,6 +40,12 @@ class ImportTest : public ::testing::Test {
                static_cast<std::streamsize>(bytes.size()));
     return path;
   }
+  static bool WriteFileBytes(const std::string& path, const std::vector<uint8_t>& v) {
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(v.data()), static_cast<std::streamsize>(v.size()));
+    out.close();
+    return out.good();
+  }
   std::vector<uint8_t> ImageBytes(const std::string& name, size_t n) {
     auto split = fiemap::SplitFiemap::Open(set_->data(name + ".img"));
     if (!split) return {};
@@ -144,6 +150,37 @@ TEST_F(ImportTest, CancelledImportLeavesNoImage) {
   EXPECT_ERRNO(mgr().Import("cancel", WriteSource(SourceBytes(8 * kMiB)), o), ECANCELED);
   EXPECT_FALSE(*mgr().Exists("cancel"));
   EXPECT_TRUE(std::filesystem::is_empty(set_->options().data_dir));
+}
+
+// A new image is written once (no zero pass first): whatever the import did not write as data
+// must still be zeros on the disk itself, not what the blocks held before, and every recorded
+// extent must be a written one.
+TEST_F(ImportTest, NewImageHoldsTheSourceOnTheRawDiskNotStaleBlocks) {
+  {
+    // Stale data in blocks the new image will likely get.
+    const std::string junk = set_->fs().Path("junk");
+    std::vector<uint8_t> ee(24 * kMiB, 0xEE);
+    ASSERT_TRUE(WriteFileBytes(junk, ee));
+    ASSERT_EQ(unlink(junk.c_str()), 0);
+    sync();
+  }
+  const auto bytes = SourceBytes(16 * kMiB + 1000);
+  ASSERT_OK(mgr().Import("img", WriteSource(bytes), {}));
+  EXPECT_FALSE(std::filesystem::exists(set_->meta("img.incomplete")));
+  auto split = fiemap::SplitFiemap::Open(set_->data("img.img"));  // refuses unwritten extents
+  ASSERT_TRUE(split) << split.error().ToString();
+  std::vector<uint8_t> expected = bytes;
+  expected.resize(split->size(), 0);  // the slack past the image is zeros too
+  std::vector<uint8_t> raw(split->size(), 0x55);
+  for (const auto& e : split->extents()) {
+    auto part = DirectRead(set_->fs().loop_device(), e.length, e.physical);
+    ASSERT_EQ(part.size(), e.length) << "extent at " << e.logical;
+    std::copy(part.begin(), part.end(), raw.begin() + static_cast<long>(e.logical));
+  }
+  size_t first_bad = 0;
+  while (first_bad < raw.size() && raw[first_bad] == expected[first_bad]) ++first_bad;
+  EXPECT_EQ(first_bad, raw.size())
+      << "byte " << first_bad << " is " << static_cast<int>(raw[first_bad]) << " on the disk";
 }
 
 }  // namespace
