@@ -31,21 +31,23 @@ std::shared_ptr<const ListCache::Snapshot> ListCache::Current() {
   return snapshot_;
 }
 
-Result<std::vector<ImageInfo>> ListCache::Get(const std::function<Key()>& key,
-                                              const Compute& compute) {
-  if (refresh_.count() <= 0) return compute();
+Result<ListCache::Images> ListCache::Get(const std::function<Key()>& key, const Compute& compute) {
+  if (refresh_.count() <= 0) {
+    return Images(std::make_shared<const std::vector<ImageInfo>>(IMAGED_TRY(compute())));
+  }
+  // Points into the snapshot and keeps it alive.
+  auto images = [](const std::shared_ptr<const Snapshot>& s) { return Images(s, &s->images); };
   const uint64_t generation = generation_.load(std::memory_order_acquire);
   const Key now_key = key();
   auto snap = Current();
   const bool valid = snap && snap->generation == generation && snap->key == now_key;
   if (valid) {
-    if (Clock::now() - snap->taken < refresh_) return snap->images;
+    if (Clock::now() - snap->taken < refresh_) return images(snap);
     // Expired only by age: one caller refreshes, the others answer from the old snapshot
     // rather than queue behind the kernel scan.
     std::unique_lock<std::mutex> refreshing(refresh_mu_, std::try_to_lock);
-    if (!refreshing.owns_lock()) return snap->images;
-    auto fresh = IMAGED_TRY(Refresh(key, compute));
-    return fresh->images;
+    if (!refreshing.owns_lock()) return images(snap);
+    return images(IMAGED_TRY(Refresh(key, compute)));
   }
   // Something changed: nobody may be answered from before the change.
   std::lock_guard<std::mutex> refreshing(refresh_mu_);
@@ -53,10 +55,9 @@ Result<std::vector<ImageInfo>> ListCache::Get(const std::function<Key()>& key,
   // Another caller may have computed it while we waited, after the change we saw.
   if (snap && snap->generation == generation_.load(std::memory_order_acquire) &&
       snap->key == key() && Clock::now() - snap->taken < refresh_) {
-    return snap->images;
+    return images(snap);
   }
-  auto fresh = IMAGED_TRY(Refresh(key, compute));
-  return fresh->images;
+  return images(IMAGED_TRY(Refresh(key, compute)));
 }
 
 // Under refresh_mu_.
@@ -145,11 +146,16 @@ Result<std::vector<ImageInfo>> ImageManager::Impl::ListFresh() {
   return out;
 }
 
-Result<std::vector<ImageInfo>> ImageManager::List() {
+Result<std::shared_ptr<const std::vector<ImageInfo>>> ImageManager::ListShared() {
   auto& impl = *impl_;
   return IMAGED_TRY_CTX(
       impl.list_cache.Get([&impl] { return impl.ListKey(); }, [&impl] { return impl.ListFresh(); }),
       "list");
+}
+
+Result<std::vector<ImageInfo>> ImageManager::List() {
+  auto images = IMAGED_TRY(ListShared());
+  return *images;
 }
 
 }  // namespace imaged

@@ -48,9 +48,11 @@ class ListCache {
   void set_refresh(std::chrono::milliseconds refresh) { refresh_ = refresh; }
   void Invalidate() { generation_.fetch_add(1, std::memory_order_acq_rel); }
 
+  using Images = std::shared_ptr<const std::vector<ImageInfo>>;
   // The snapshot, recomputed with `compute` when it is invalid. `key` is called before
-  // `compute`, so a change made while computing is seen at the next call.
-  Result<std::vector<ImageInfo>> Get(const std::function<Key()>& key, const Compute& compute);
+  // `compute`, so a change made while computing is seen at the next call. The same pointer is
+  // returned for as long as the snapshot is reused.
+  Result<Images> Get(const std::function<Key()>& key, const Compute& compute);
 
  private:
   struct Snapshot {

@@ -119,6 +119,21 @@ TEST_F(ListTest, EveryOperationOfThisManagerShowsInTheNextList) {
   EXPECT_FALSE(Listed("imported")->mapped_device.has_value());
 }
 
+TEST_F(ListTest, ListSharedIsTheSameSnapshotUntilSomethingChanges) {
+  ASSERT_OK(mgr().Create("a", kMiB, {}));
+  auto first = mgr().ListShared();
+  ASSERT_OK(first);
+  auto again = mgr().ListShared();
+  ASSERT_OK(again);
+  EXPECT_EQ(first->get(), again->get());
+  ASSERT_OK(mgr().Create("b", kMiB, {}));
+  auto changed = mgr().ListShared();
+  ASSERT_OK(changed);
+  EXPECT_NE(first->get(), changed->get());
+  EXPECT_EQ((*changed)->size(), 2u);
+  EXPECT_EQ((*first)->size(), 1u);  // a snapshot handed out never changes
+}
+
 TEST_F(ListTest, ListMatchesInfoForEveryImage) {
   ASSERT_OK(mgr().Create("a", kMiB, {}));
   CreateOptions ro;

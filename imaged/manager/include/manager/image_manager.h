@@ -98,7 +98,12 @@ class ImageManager {
   Result<void> Create(std::string_view name, uint64_t size_bytes, const CreateOptions& options);
   Result<void> Delete(std::string_view name);
   Result<bool> Exists(std::string_view name);
+  // Every image. Answered from a snapshot (see ManagerOptions::list_refresh_interval).
   Result<std::vector<ImageInfo>> List();
+  // The same without a copy. The pointer stays the same while the snapshot is reused, so a
+  // caller that keeps the previous pointer may reuse what it derived from it (e.g. a serialized
+  // reply) while the two compare equal.
+  Result<std::shared_ptr<const std::vector<ImageInfo>>> ListShared();
   Result<ImageInfo> Info(std::string_view name);
 
   // Re-reads the live extents and refuses (EUCLEAN) if they differ from lp_metadata.
