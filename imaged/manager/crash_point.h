@@ -1,13 +1,5 @@
-// Test-only crash points: IMAGED_CRASH_POINT("create.pieces_done") SIGKILLs the process when the
-// environment says so, leaving the disk exactly as a crash at that step would. Used by
-// tests/reliability to prove every durable step of every operation recovers (docs/crash-safety.md).
-//
-//   IMAGED_CRASH_AT=<point>        kill at the first hit of <point>
-//   IMAGED_CRASH_AT=<point>:<n>    kill at the n-th hit (1-based) of <point> in this process
-//   IMAGED_CRASH_TRACE=<file>      append "<point>\n" to <file> at every hit (to enumerate them)
-//
-// The environment is read once, at static initialisation; with neither variable set a crash
-// point costs one load of a bool. Points (operation.step, in the order they are hit):
+// The manager's crash points (the mechanism and its environment variables are in
+// imaged/common/crash_point.h). Points (operation.step, in the order they are hit):
 //   create.checked          checks done, nothing durable yet
 //   create.piece_progress   each progress report while pieces are allocated and written
 //   create.pieces_done      pieces and list file written, no lp_metadata entry
@@ -40,15 +32,4 @@
 //   atomic.renamed          renamed over the target, directory not fsynced
 #pragma once
 
-namespace imaged::manager {
-
-// True when IMAGED_CRASH_AT or IMAGED_CRASH_TRACE was set at process start.
-extern const bool kCrashPointsArmed;
-void CrashPointHit(const char* point);
-
-}  // namespace imaged::manager
-
-#define IMAGED_CRASH_POINT(point)                                                      \
-  do {                                                                                 \
-    if (::imaged::manager::kCrashPointsArmed) ::imaged::manager::CrashPointHit(point); \
-  } while (0)
+#include "imaged/common/crash_point.h"

@@ -211,7 +211,7 @@ Result<void> ImageManager::Impl::CreateLocked(std::string_view name, uint64_t si
   split_options.progress = create.progress;
   // The filler writes every byte it has; zeroing first would write most of them twice.
   split_options.defer_zeroing = static_cast<bool>(fill);
-  if (manager::kCrashPointsArmed) {
+  if (CrashPoints().armed) {
     split_options.progress = [&create](uint64_t done, uint64_t total) {
       IMAGED_CRASH_POINT("create.piece_progress");
       return create.progress ? create.progress(done, total) : true;

@@ -151,7 +151,7 @@ Result<ImageInfo> ImageManager::Import(std::string_view name, const std::string&
     const uint32_t lbs = std::max<uint32_t>(fs.disk_logical_block_size, 512);
 
     Progress copy_progress = options.progress;
-    if (manager::kCrashPointsArmed) {
+    if (CrashPoints().armed) {
       copy_progress = [&](uint64_t done, uint64_t total) {
         IMAGED_CRASH_POINT("import.copy_progress");
         return options.progress ? options.progress(done, total) : true;

@@ -12,7 +12,7 @@
 #include <memory>
 #include <string_view>
 
-#include "crash_point.h"
+#include "imaged/common/crash_point.h"
 #include "imaged/common/unique_fd.h"
 
 namespace imaged::metadata {
@@ -119,14 +119,14 @@ Result<void> AtomicWriteFile(const std::string& path, std::span<const uint8_t> d
   IMAGED_TRY(step(AtomicWriteStep::kFsyncFile));
   if (::fsync(fd.get()) != 0) return ErrnoError("atomic write \"{}\": fsync", path);
   if (::close(fd.release()) != 0) return ErrnoError("atomic write \"{}\": close", path);
-  internal::CrashPoint("atomic.temp_written");
+  IMAGED_CRASH_POINT("atomic.temp_written");
 
   IMAGED_TRY(step(AtomicWriteStep::kRename));
   if (::rename(tmpl.c_str(), path.c_str()) != 0) {
     return ErrnoError("atomic write \"{}\": rename from \"{}\"", path, tmpl);
   }
   temp_exists = false;
-  internal::CrashPoint("atomic.renamed");
+  IMAGED_CRASH_POINT("atomic.renamed");
 
   // Past the commit point: the new content is visible; a failure here only means it may not yet
   // be durable, which the caller should still hear about.
