@@ -3,9 +3,15 @@
 // where the image's blocks are dm-error, so the image's own I/O fails with EIO while the
 // filesystem's metadata stays readable. And a device node that never appears (read-only
 // /dev/mapper, as with a broken udev) makes Map time out and tear down.
+#include <fcntl.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+
+#include <algorithm>
 
 #include "../vm/vm_env.h"
 #include "dm/device_mapper.h"
@@ -17,6 +23,34 @@
 
 namespace imaged::test {
 namespace {
+
+// (physical byte offset, length) of every extent of `path`, whatever its flags.
+std::vector<std::pair<uint64_t, uint64_t>> RawExtents(const std::string& path) {
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return out;
+  constexpr unsigned kBatch = 256;
+  std::vector<char> buf(sizeof(fiemap) + kBatch * sizeof(fiemap_extent));
+  uint64_t start = 0;
+  bool last = false;
+  while (!last) {
+    std::fill(buf.begin(), buf.end(), 0);
+    auto* fm = reinterpret_cast<fiemap*>(buf.data());
+    fm->fm_start = start;
+    fm->fm_length = FIEMAP_MAX_OFFSET - start;
+    fm->fm_flags = FIEMAP_FLAG_SYNC;
+    fm->fm_extent_count = kBatch;
+    if (ioctl(fd, FS_IOC_FIEMAP, fm) != 0 || fm->fm_mapped_extents == 0) break;
+    for (unsigned i = 0; i < fm->fm_mapped_extents; ++i) {
+      const fiemap_extent& e = fm->fm_extents[i];
+      out.emplace_back(e.fe_physical, e.fe_length);
+      start = e.fe_logical + e.fe_length;
+      if (e.fe_flags & FIEMAP_EXTENT_LAST) last = true;
+    }
+  }
+  close(fd);
+  return out;
+}
 
 constexpr uint64_t kMiB = 1 << 20;
 constexpr uint64_t kFsBytes = 96 * kMiB;
@@ -101,16 +135,22 @@ class VmFaultTest : public ::testing::Test {
     IMAGED_TRY(mapper_.Resume(dm_name_));
     return Ok();
   }
-  // Makes every block of `image` fail.
+  // Makes every block of `image` fail. The blocks come from the pieces themselves (raw FIEMAP,
+  // unwritten extents included): a new image's import writes its data before lp_metadata names
+  // it. The filesystem sits on a linear device at offset 0, so its sectors are the disk's.
   void BreakImage(const std::string& image) {
-    auto md = metadata::ReadImageFile(manager_->options().metadata_dir + "/lp_metadata");
-    ASSERT_TRUE(md) << md.error().ToString();
-    const auto* p = metadata::FindPartition(*md, image);
-    ASSERT_NE(p, nullptr);
     bad_.clear();
-    for (const auto& e : metadata::PartitionExtents(*md, *p)) {
-      bad_.emplace_back(e.target_data, e.num_sectors);
+    const std::string prefix = image + ".img.";
+    for (const auto& f : ListDirNames(manager_->options().data_dir)) {
+      if (f.rfind(prefix, 0) != 0) continue;
+      auto extents = RawExtents(manager_->options().data_dir + "/" + f);
+      ASSERT_FALSE(extents.empty()) << f << " has no extents";
+      for (const auto& [physical, length] : extents) {
+        bad_.emplace_back(physical / 512, (length + 511) / 512);
+      }
     }
+    ASSERT_FALSE(bad_.empty()) << "no pieces of " << image;
+    std::sort(bad_.begin(), bad_.end());
     auto swapped = Swap(FsTable(true));
     ASSERT_TRUE(swapped) << swapped.error().ToString();
     swapped_ = true;
@@ -145,13 +185,15 @@ class VmFaultTest : public ::testing::Test {
 
 TEST_F(VmFaultTest, ImportFailsWithEioWhenTheImagesBlocksFailMidwayAndLeavesNothing) {
   const std::string source = (dir_.path() / "src.raw").string();
-  WriteFile(source, Pattern(6 * kMiB, 5));
+  // Eight of the import's 8 MiB writes with at most 4 in flight (5 buffers): at the first
+  // progress report at least three writes have not been issued yet.
+  WriteFile(source, Pattern(64 * kMiB, 5));
   ImportOptions io;
   bool broke = false;
-  io.progress = [&](uint64_t done, uint64_t) {
-    if (done > 0 && !broke) {
+  io.progress = [&](uint64_t done, uint64_t total) {
+    if (done > 0 && done < total && !broke) {
       broke = true;
-      BreakImage("victim");  // the image exists now (lp_metadata names its blocks)
+      BreakImage("victim");  // the pieces exist and hold the first data
     }
     return true;
   };
