@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -152,5 +153,26 @@ inline ImportOutcome Import(const fs::path& path, const ReaderOptions& options =
   out.calls = sink.calls.size();
   return out;
 }
+
+// A reader that replays a fixed list of runs; Data runs point into `data` at their offset.
+class ListReader : public ImageReader {
+ public:
+  ListReader(uint64_t size, std::vector<Run> runs, Bytes data)
+      : size_(size), runs_(std::move(runs)), data_(std::move(data)) {}
+  Format format() const override { return Format::Raw; }
+  uint64_t virtual_size() const override { return size_; }
+  Result<std::optional<Run>> Next() override {
+    if (next_ == runs_.size()) return std::optional<Run>();
+    Run r = runs_[next_++];
+    if (r.kind == Run::Kind::Data) r.data = {data_.data() + r.offset, r.length};
+    return std::optional<Run>(r);
+  }
+
+ private:
+  uint64_t size_;
+  std::vector<Run> runs_;
+  Bytes data_;
+  size_t next_ = 0;
+};
 
 }  // namespace imaged::import::test

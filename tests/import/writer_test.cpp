@@ -6,27 +6,6 @@
 namespace imaged::import::test {
 namespace {
 
-// A reader that replays a fixed list of runs.
-class ListReader : public ImageReader {
- public:
-  ListReader(uint64_t size, std::vector<Run> runs, Bytes data)
-      : size_(size), runs_(std::move(runs)), data_(std::move(data)) {}
-  Format format() const override { return Format::Raw; }
-  uint64_t virtual_size() const override { return size_; }
-  Result<std::optional<Run>> Next() override {
-    if (next_ == runs_.size()) return std::optional<Run>();
-    Run r = runs_[next_++];
-    if (r.kind == Run::Kind::Data) r.data = {data_.data() + r.offset, r.length};
-    return std::optional<Run>(r);
-  }
-
- private:
-  uint64_t size_;
-  std::vector<Run> runs_;
-  Bytes data_;
-  size_t next_ = 0;
-};
-
 // Runs at awkward offsets: a 1-byte data run, a 3-byte zero run, a big zero run starting
 // mid-block, a gap, data spanning several buffers.
 struct Awkward {
