@@ -151,17 +151,23 @@ int RunLib(const bench::Args& args) {
   return 0;
 }
 
+// A new O_DIRECT file of `size` bytes, allocated but not written (the experiments write it).
+UniqueFd CreateAllocatedTarget(const std::string& target, uint64_t size) {
+  UniqueFd fd(open(target.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_DIRECT, 0600));
+  if (!fd) bench::Die(fmt::format("create {}: {}", target, std::strerror(errno)));
+  if (fallocate(fd.get(), 0, 0, static_cast<off_t>(size)) != 0) {
+    bench::Die(fmt::format("fallocate {}: {}", target, std::strerror(errno)));
+  }
+  return fd;
+}
+
 int RunSinglePass(const bench::Args& args) {
   const double t0 = bench::Now();
   Opened o = OpenSource(args.Str("source"));
   const double t1 = bench::Now();
   const std::string target = args.Str("target");
   const uint64_t size = Align4k(o.reader->virtual_size());
-  UniqueFd fd(open(target.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_DIRECT, 0600));
-  if (!fd) bench::Die(fmt::format("create {}: {}", target, std::strerror(errno)));
-  if (fallocate(fd.get(), 0, 0, static_cast<off_t>(size)) != 0) {
-    bench::Die(fmt::format("fallocate {}: {}", target, std::strerror(errno)));
-  }
+  UniqueFd fd = CreateAllocatedTarget(target, size);
   const double t2 = bench::Now();
   TimedReader reader(*o.reader);
   PwriteSink sink(
@@ -221,11 +227,7 @@ int RunPipelined(const bench::Args& args) {
   const double t1 = bench::Now();
   const std::string target = args.Str("target");
   const uint64_t size = Align4k(o.reader->virtual_size());
-  UniqueFd fd(open(target.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_DIRECT, 0600));
-  if (!fd) bench::Die(fmt::format("create {}: {}", target, std::strerror(errno)));
-  if (fallocate(fd.get(), 0, 0, static_cast<off_t>(size)) != 0) {
-    bench::Die(fmt::format("fallocate {}: {}", target, std::strerror(errno)));
-  }
+  UniqueFd fd = CreateAllocatedTarget(target, size);
   const double t2 = bench::Now();
 
   ChunkQueue full, free_buffers;
