@@ -121,7 +121,7 @@ StatusCode StatusCodeForErrno(int code) {
   }
 }
 
-Status ToStatus(ServerContext* context, const Error& error) {
+Status ToStatus(grpc::ServerContextBase* context, const Error& error) {
   if (context) context->AddTrailingMetadata("imaged-errno", std::to_string(error.code));
   return Status(StatusCodeForErrno(error.code), error.ToString());
 }
@@ -188,14 +188,30 @@ Status ImagedService::DeleteImage(ServerContext* context, const v1::ImageRequest
   return result ? Status::OK : ToStatus(context, result.error());
 }
 
-Status ImagedService::ListImages(ServerContext* context, const v1::ListImagesRequest*,
-                                 v1::ListImagesResponse* response) {
+Status ImagedService::EncodeList(grpc::ServerContextBase* context, grpc::ByteBuffer* reply) {
   // The shared snapshot avoids copying every ImageInfo per call (List is the hot read path).
   auto images = manager_->ListShared();
   if (!images) return ToStatus(context, images.error());
-  response->mutable_images()->Reserve(static_cast<int>((*images)->size()));
-  for (const auto& image : **images) FillInfo(image, response->add_images());
+  std::lock_guard lock(list_mu_);
+  if (list_cache_.snapshot != *images) {
+    v1::ListImagesResponse response;
+    response.mutable_images()->Reserve(static_cast<int>((*images)->size()));
+    for (const auto& image : **images) FillInfo(image, response.add_images());
+    grpc::Slice encoded(response.SerializeAsString());
+    list_cache_.reply = grpc::ByteBuffer(&encoded, 1);
+    list_cache_.snapshot = std::move(*images);
+  }
+  // Copies share the encoded slice (reference counted), not the bytes.
+  *reply = list_cache_.reply;
   return Status::OK;
+}
+
+grpc::ServerUnaryReactor* ImagedService::ListImages(grpc::CallbackServerContext* context,
+                                                    const grpc::ByteBuffer*,
+                                                    grpc::ByteBuffer* reply) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(EncodeList(context, reply));
+  return reactor;
 }
 
 Status ImagedService::GetImage(ServerContext* context, const v1::ImageRequest* request,

@@ -5,7 +5,12 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <memory>
+#include <mutex>
 #include <optional>
+#include <vector>
+
+#include <grpcpp/support/byte_buffer.h>
 
 #include "daemon/peer.h"
 #include "imaged.grpc.pb.h"
@@ -15,9 +20,12 @@ namespace imaged {
 
 // errno -> gRPC code, as documented in proto/imaged.proto.
 grpc::StatusCode StatusCodeForErrno(int code);
-grpc::Status ToStatus(grpc::ServerContext* context, const Error& error);
+grpc::Status ToStatus(grpc::ServerContextBase* context, const Error& error);
 
-class ImagedService final : public v1::Imaged::Service {
+// ListImages is served raw (callback API, pre-serialized bytes): every call between two
+// changes answers from the same encoded reply instead of rebuilding 1,000 messages.
+class ImagedService final
+    : public v1::Imaged::WithRawCallbackMethod_ListImages<v1::Imaged::Service> {
  public:
   ImagedService(ImageManager* manager, const PeerRegistry* peers, std::optional<gid_t> admin_group);
 
@@ -28,8 +36,8 @@ class ImagedService final : public v1::Imaged::Service {
   grpc::Status CreateImage(grpc::ServerContext*, const v1::CreateImageRequest*,
                            grpc::ServerWriter<v1::OperationUpdate>*) override;
   grpc::Status DeleteImage(grpc::ServerContext*, const v1::ImageRequest*, v1::Empty*) override;
-  grpc::Status ListImages(grpc::ServerContext*, const v1::ListImagesRequest*,
-                          v1::ListImagesResponse*) override;
+  grpc::ServerUnaryReactor* ListImages(grpc::CallbackServerContext*, const grpc::ByteBuffer*,
+                                       grpc::ByteBuffer*) override;
   grpc::Status GetImage(grpc::ServerContext*, const v1::ImageRequest*, v1::ImageInfo*) override;
   grpc::Status MapImage(grpc::ServerContext*, const v1::MapImageRequest*,
                         v1::MapImageResponse*) override;
@@ -55,7 +63,17 @@ class ImagedService final : public v1::Imaged::Service {
   // OK if the caller may change state, PERMISSION_DENIED otherwise.
   grpc::Status Authorize(grpc::ServerContext* context) const;
 
+  // The encoded ListImagesResponse for one manager snapshot (held, so its address cannot be
+  // reused by a later snapshot while it is the key).
+  struct EncodedList {
+    std::shared_ptr<const std::vector<ImageInfo>> snapshot;
+    grpc::ByteBuffer reply;
+  };
+  grpc::Status EncodeList(grpc::ServerContextBase* context, grpc::ByteBuffer* reply);
+
   ImageManager* manager_;
+  std::mutex list_mu_;
+  EncodedList list_cache_;
   const PeerRegistry* peers_;
   std::optional<gid_t> admin_group_;
   std::chrono::steady_clock::time_point started_;

@@ -154,6 +154,57 @@ TEST_F(ApiTest, ListShowsImagesAsTableAndJson) {
   EXPECT_EQ(images[1]["readonly"], true);
 }
 
+// The daemon answers ListImages from an encoded reply it keeps between changes: every change,
+// through the daemon or behind its back, must show in the very next list.
+TEST_F(ApiTest, ListFollowsEveryChange) {
+  auto names_and_devices = [&] {
+    auto list = Ctl({"--json", "list"});
+    EXPECT_EQ(list.exit_code, 0) << list.err;
+    std::vector<std::pair<std::string, std::string>> out;
+    for (const auto& image : json::parse(list.out)) {
+      out.emplace_back(image["name"], image["mapped_device"]);
+    }
+    return out;
+  };
+  using Images = std::vector<std::pair<std::string, std::string>>;
+  EXPECT_EQ(names_and_devices(), Images{});
+  ASSERT_EQ(Ctl({"create", "one", "1M"}).exit_code, 0);
+  EXPECT_EQ(names_and_devices(), (Images{{"one", ""}}));
+  ASSERT_EQ(Ctl({"create", "two", "1M"}).exit_code, 0);
+  EXPECT_EQ(names_and_devices(), (Images{{"one", ""}, {"two", ""}}));
+  auto mapped = Ctl({"map", "two"});
+  ASSERT_EQ(mapped.exit_code, 0) << mapped.err;
+  std::string device = mapped.out.substr(0, mapped.out.find('\n'));
+  EXPECT_EQ(names_and_devices(), (Images{{"one", ""}, {"two", device}}));
+  ASSERT_EQ(Ctl({"unmap", "two"}).exit_code, 0);
+  EXPECT_EQ(names_and_devices(), (Images{{"one", ""}, {"two", ""}}));
+  ASSERT_EQ(Ctl({"delete", "one"}).exit_code, 0);
+  EXPECT_EQ(names_and_devices(), (Images{{"two", ""}}));
+
+  // Behind the daemon's back: lp_metadata replaced by one without images.
+  const std::string lp = metadata_ + "/lp_metadata";
+  const std::string saved = lp + ".saved";
+  ASSERT_EQ(rename(lp.c_str(), saved.c_str()), 0);
+  EXPECT_EQ(names_and_devices(), Images{});
+  ASSERT_EQ(rename(saved.c_str(), lp.c_str()), 0);
+  EXPECT_EQ(names_and_devices(), (Images{{"two", ""}}));
+}
+
+TEST_F(ApiTest, ListOfCorruptMetadataFailsWithTheReason) {
+  ASSERT_EQ(Ctl({"create", "victim", "1M"}).exit_code, 0);
+  ASSERT_EQ(Ctl({"list"}).exit_code, 0);  // an encoded reply is now kept
+  const std::string lp = metadata_ + "/lp_metadata";
+  {
+    std::fstream f(lp, std::ios::in | std::ios::out | std::ios::binary);
+    ASSERT_TRUE(f.good());
+    const std::string junk(8192, 'X');  // over the geometry, wherever the layout puts it
+    f.write(junk.data(), static_cast<std::streamsize>(junk.size()));
+  }
+  auto list = Ctl({"list"});
+  EXPECT_EQ(list.exit_code, 1) << list.out;
+  EXPECT_NE(list.err.find("lp_metadata"), std::string::npos) << list.err;
+}
+
 TEST_F(ApiTest, CreateExistingIsRefusedWithExitCode1) {
   ASSERT_EQ(Ctl({"create", "dup", "1M"}).exit_code, 0);
   auto again = Ctl({"create", "dup", "1M"});
