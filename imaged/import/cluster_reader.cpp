@@ -105,11 +105,16 @@ Result<std::optional<Run>> ClusterReader::Materialize(Segment s) {
         ready_.push_front(rest);
         s.len = options_.max_data_run;
       }
+      run.kind = Run::Kind::Data;
+      run.length = s.len;
+      if (options_.defer_data_reads) {
+        run.source = &src_;
+        run.source_offset = s.host;
+        break;
+      }
       buf_.resize(options_.max_data_run);
       IMAGED_TRY_CTX(src_.ReadAt(buf_.data(), s.len, s.host),
                      "data for guest offset {} at file offset {}", s.guest, s.host);
-      run.kind = Run::Kind::Data;
-      run.length = s.len;
       run.data = {buf_.data(), s.len};
       break;
     }

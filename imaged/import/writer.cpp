@@ -37,6 +37,42 @@ struct FreeDeleter {
   void operator()(uint8_t* p) const { std::free(p); }
 };
 
+// Part of a staging buffer that is filled only right before the buffer is written (on the
+// writer thread when there is a pool): zeros, or bytes read from the source (deferred reads).
+struct Fill {
+  size_t at;  // offset in the buffer
+  size_t length;
+  Source* source;  // null: zeros
+  uint64_t source_offset;
+};
+
+// `buffer` will be written at `offset` of the target.
+Result<void> ApplyFills(uint8_t* buffer, uint64_t offset, const std::vector<Fill>& fills) {
+  for (const Fill& f : fills) {
+    if (!f.source) {
+      std::memset(buffer + f.at, 0, f.length);
+      continue;
+    }
+    IMAGED_TRY_CTX(f.source->ReadAt(buffer + f.at, f.length, f.source_offset),
+                   "data for guest offset {} at file offset {}", offset + f.at, f.source_offset);
+  }
+  return Ok();
+}
+
+// Appends a fill, merging it into the previous one when both continue each other.
+void AddFill(std::vector<Fill>& fills, const Fill& f) {
+  if (!fills.empty()) {
+    Fill& last = fills.back();
+    const bool continues = last.at + last.length == f.at && last.source == f.source &&
+                           (!f.source || last.source_offset + last.length == f.source_offset);
+    if (continues) {
+      last.length += f.length;
+      return;
+    }
+  }
+  fills.push_back(f);
+}
+
 // Writer threads for Copy with max_in_flight > 1: the caller fills one buffer while up to
 // max_in_flight others are being written. The buffers belong to the pool; the caller owns
 // current() until it submits it.
@@ -81,16 +117,17 @@ class WritePool {
 
   uint8_t* current() const { return buffers_[current_].get(); }
 
-  // Hands current() (len bytes for `offset`) to a writer and makes a free buffer current.
-  Result<void> SubmitData(uint64_t offset, size_t len) {
+  // Hands current() (len bytes for `offset`, to be completed by `fills`) to a writer and
+  // makes a free buffer current.
+  Result<void> SubmitData(uint64_t offset, size_t len, std::vector<Fill> fills) {
     if (!Aligned(offset, len)) {
       // The last, unaligned write: the sink may read-modify-write around it, so alone.
       IMAGED_TRY(Drain());
-      return Run({offset, len, current_});
+      return Run({offset, len, current_, std::move(fills)});
     }
     std::unique_lock<std::mutex> l(mu_);
     IMAGED_TRY(WaitForSlot(l));
-    Push(l, {offset, len, current_});
+    Push(l, {offset, len, current_, std::move(fills)});
     done_cv_.wait(l, [&] { return !free_.empty(); });
     current_ = free_.back();
     free_.pop_back();
@@ -102,11 +139,11 @@ class WritePool {
       const uint64_t n = std::min<uint64_t>(len, buffer_size_);
       if (!Aligned(offset, n)) {
         IMAGED_TRY(Drain());
-        IMAGED_TRY(Run({offset, n, -1}));
+        IMAGED_TRY(Run({offset, n, -1, {}}));
       } else {
         std::unique_lock<std::mutex> l(mu_);
         IMAGED_TRY(WaitForSlot(l));
-        Push(l, {offset, n, -1});
+        Push(l, {offset, n, -1, {}});
       }
       offset += n;
       len -= n;
@@ -132,6 +169,7 @@ class WritePool {
     uint64_t offset;
     uint64_t length;
     int buffer;  // -1: zeros
+    std::vector<Fill> fills;  // parts of the buffer still to fill before the write
   };
 
   static bool Aligned(uint64_t offset, uint64_t len) {
@@ -150,17 +188,18 @@ class WritePool {
     return FirstError();
   }
 
-  void Push(std::unique_lock<std::mutex>&, const Job& job) {
-    queue_.push_back(job);
+  void Push(std::unique_lock<std::mutex>&, Job job) {
     outstanding_.insert(job.offset);
+    queue_.push_back(std::move(job));
     work_cv_.notify_one();
   }
 
   Result<void> Run(const Job& job) {
     try {
       if (job.buffer < 0) return sink_.WriteZeroes(job.offset, job.length);
-      return sink_.Write(job.offset, {buffers_[static_cast<size_t>(job.buffer)].get(),
-                                      static_cast<size_t>(job.length)});
+      uint8_t* buffer = buffers_[static_cast<size_t>(job.buffer)].get();
+      IMAGED_TRY(ApplyFills(buffer, job.offset, job.fills));
+      return sink_.Write(job.offset, {buffer, static_cast<size_t>(job.length)});
     } catch (const std::exception& e) {
       return MakeError(EIO, "import write at {}: {}", job.offset, e.what());
     }
@@ -171,7 +210,7 @@ class WritePool {
     while (true) {
       work_cv_.wait(l, [&] { return stop_ || !queue_.empty(); });
       if (queue_.empty()) return;
-      Job job = queue_.front();
+      Job job = std::move(queue_.front());
       queue_.pop_front();
       // After a failure the rest is not written: the import fails anyway.
       const bool skip = first_error_.has_value();
@@ -244,6 +283,20 @@ class Stager {
     return Ok();
   }
 
+  // `len` bytes of `source` at `offset`, read when the buffer is written.
+  Result<void> DataFrom(Source& source, uint64_t offset, uint64_t len) {
+    IMAGED_TRY(ResolveZeros());
+    while (len > 0) {
+      const size_t n =
+          static_cast<size_t>(std::min<uint64_t>(len, options_.buffer_size - buf_len_));
+      AddFill(fills_, {buf_len_, n, &source, offset});
+      IMAGED_TRY(Advance(n));
+      offset += n;
+      len -= n;
+    }
+    return Ok();
+  }
+
   void Zero(uint64_t len) { pending_zero_ += len; }
 
   Result<void> Finish() {
@@ -265,7 +318,7 @@ class Stager {
   Result<void> AppendZeros(uint64_t len) {
     while (len > 0) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(len, options_.buffer_size - buf_len_));
-      std::memset(buf_ + buf_len_, 0, n);
+      AddFill(fills_, {buf_len_, n, nullptr, 0});  // memset by whoever writes the buffer
       IMAGED_TRY(Advance(n));
       len -= n;
     }
@@ -274,10 +327,12 @@ class Stager {
 
   Result<void> Flush() {
     if (buf_len_ > 0) {
+      std::vector<Fill> fills = std::exchange(fills_, {});
       if (pool_) {
-        IMAGED_TRY(pool_->SubmitData(buf_off_, buf_len_));
+        IMAGED_TRY(pool_->SubmitData(buf_off_, buf_len_, std::move(fills)));
         buf_ = pool_->current();
       } else {
+        IMAGED_TRY(ApplyFills(buf_, buf_off_, fills));
         IMAGED_TRY(sink_.Write(buf_off_, {buf_, buf_len_}));
       }
       buf_off_ += buf_len_;
@@ -327,7 +382,16 @@ class Stager {
   uint64_t buf_off_ = 0;
   uint64_t pos_ = 0;
   uint64_t pending_zero_ = 0;
+  std::vector<Fill> fills_;  // of the buffer being filled
 };
+
+// Data comes either in `data` or as a range of a source (checked against its size here, so a
+// bad range fails before the write it would belong to is queued).
+bool DataRunValid(const Run& run) {
+  if (!run.source) return run.data.size() == run.length;
+  return run.data.empty() && run.source_offset <= run.source->size() &&
+         run.length <= run.source->size() - run.source_offset;
+}
 
 }  // namespace
 
@@ -353,7 +417,7 @@ Result<ImportStats> Copy(ImageReader& reader, RunSink& sink, const ProgressFn& p
     const uint64_t pos = out.pos();
     if (run->offset < pos || run->length == 0 || run->offset > vsize ||
         run->length > vsize - run->offset ||
-        (run->kind == Run::Kind::Data && run->data.size() != run->length)) {
+        (run->kind == Run::Kind::Data && !DataRunValid(*run))) {
       return MakeError(EINVAL, "{} reader produced an invalid run at offset {} (length {})",
                        FormatName(reader.format()), run->offset, run->length);
     }
@@ -363,7 +427,11 @@ Result<ImportStats> Copy(ImageReader& reader, RunSink& sink, const ProgressFn& p
     }
     ++stats.runs;
     if (run->kind == Run::Kind::Data) {
-      IMAGED_TRY(out.Data(run->data));
+      if (run->source) {
+        IMAGED_TRY(out.DataFrom(*run->source, run->source_offset, run->length));
+      } else {
+        IMAGED_TRY(out.Data(run->data));
+      }
       stats.bytes_data += run->length;
     } else {
       out.Zero(run->length);

@@ -141,8 +141,11 @@ Result<ImageInfo> ImageManager::Import(std::string_view name, const std::string&
   auto run = [&]() -> Result<ImageInfo> {
     auto source = IMAGED_TRY(import::FileSource::Open(source_path));
     const import::Format format = IMAGED_TRY(ToFormat(options.format, *source));
-    auto reader = IMAGED_TRY_CTX(import::OpenReader(*source, format), "read {} \"{}\"",
-                                 import::FormatName(format), source_path);
+    import::ReaderOptions reader_options;
+    // Stored qcow clusters are read by Copy's writer threads straight into the write buffers.
+    reader_options.defer_data_reads = true;
+    auto reader = IMAGED_TRY_CTX(import::OpenReader(*source, format, reader_options),
+                                 "read {} \"{}\"", import::FormatName(format), source_path);
     const uint64_t virtual_size = reader->virtual_size();
     if (virtual_size == 0) return MakeError(EINVAL, "\"{}\" holds an empty image", source_path);
 

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <string>
@@ -81,7 +82,8 @@ inline Bytes MakeRawImage(const fs::path& path, size_t size = (4 << 20) + (12 <<
   return b;
 }
 
-// A sink that records every call and keeps the written bytes in memory.
+// A sink that records every call and keeps the written bytes in memory. Calls may come from
+// several writer threads at once (CopyOptions::max_in_flight), on disjoint ranges.
 class MemorySink : public RunSink {
  public:
   struct Call {
@@ -92,7 +94,7 @@ class MemorySink : public RunSink {
   };
   explicit MemorySink(uint64_t size, uint8_t fill = 0) : bytes(size, fill) {}
   Result<void> Write(uint64_t offset, std::span<const uint8_t> data) override {
-    calls.push_back({false, offset, data.size(), reinterpret_cast<uintptr_t>(data.data()) % 4096 == 0});
+    Record({false, offset, data.size(), reinterpret_cast<uintptr_t>(data.data()) % 4096 == 0});
     if (offset > bytes.size() || data.size() > bytes.size() - offset) {
       return MakeError(EINVAL, "write past end");
     }
@@ -100,7 +102,7 @@ class MemorySink : public RunSink {
     return Ok();
   }
   Result<void> WriteZeroes(uint64_t offset, uint64_t length) override {
-    calls.push_back({true, offset, length, true});
+    Record({true, offset, length, true});
     if (offset > bytes.size() || length > bytes.size() - offset) {
       return MakeError(EINVAL, "zero past end");
     }
@@ -111,6 +113,13 @@ class MemorySink : public RunSink {
 
   Bytes bytes;
   std::vector<Call> calls;
+
+ private:
+  void Record(const Call& call) {
+    std::lock_guard<std::mutex> lock(mu_);
+    calls.push_back(call);
+  }
+  std::mutex mu_;
 };
 
 struct ImportOutcome {
@@ -123,7 +132,8 @@ struct ImportOutcome {
 // Detects the format, opens the reader and copies into a memory target of the image's size
 // (prefilled with 0xA5 so unwritten ranges show up). Errors from any step land in `stats`.
 inline ImportOutcome Import(const fs::path& path, const ReaderOptions& options = {},
-                            std::optional<Format> format = std::nullopt) {
+                            std::optional<Format> format = std::nullopt,
+                            const CopyOptions& copy_options = {}) {
   ImportOutcome out;
   auto source = FileSource::Open(path);
   if (!source) {
@@ -148,13 +158,14 @@ inline ImportOutcome Import(const fs::path& path, const ReaderOptions& options =
   }
   out.virtual_size = (*reader)->virtual_size();
   MemorySink sink(out.virtual_size, 0xA5);
-  out.stats = Copy(**reader, sink, nullptr);
+  out.stats = Copy(**reader, sink, nullptr, copy_options);
   out.bytes = std::move(sink.bytes);
   out.calls = sink.calls.size();
   return out;
 }
 
-// A reader that replays a fixed list of runs; Data runs point into `data` at their offset.
+// A reader that replays a fixed list of runs; Data runs point into `data` at their offset,
+// or, after DeferTo(source), name the same offset of `source` (ReaderOptions::defer_data_reads).
 class ListReader : public ImageReader {
  public:
   ListReader(uint64_t size, std::vector<Run> runs, Bytes data)
@@ -164,15 +175,22 @@ class ListReader : public ImageReader {
   Result<std::optional<Run>> Next() override {
     if (next_ == runs_.size()) return std::optional<Run>();
     Run r = runs_[next_++];
-    if (r.kind == Run::Kind::Data) r.data = {data_.data() + r.offset, r.length};
+    if (r.kind == Run::Kind::Data && deferred_to_) {
+      r.source = deferred_to_;
+      r.source_offset = r.offset;
+    } else if (r.kind == Run::Kind::Data) {
+      r.data = {data_.data() + r.offset, r.length};
+    }
     return std::optional<Run>(r);
   }
+  void DeferTo(Source* source) { deferred_to_ = source; }
 
  private:
   uint64_t size_;
   std::vector<Run> runs_;
   Bytes data_;
   size_t next_ = 0;
+  Source* deferred_to_ = nullptr;
 };
 
 }  // namespace imaged::import::test

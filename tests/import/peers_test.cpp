@@ -33,6 +33,17 @@ class PeersTest : public ::testing::Test {
     ASSERT_TRUE(out.stats) << out.stats.error().ToString();
     EXPECT_EQ(out.virtual_size, expected.size());
     EXPECT_EQ(Sha256(out.bytes), Sha256(expected));
+
+    // As ImageManager::Import reads: stored clusters read by the writer threads, straight
+    // into small write buffers (so runs straddle buffers), several writes in flight.
+    ReaderOptions deferred;
+    deferred.defer_data_reads = true;
+    CopyOptions pipelined;
+    pipelined.max_in_flight = 4;
+    pipelined.buffer_size = 64 << 10;
+    auto out2 = Import(image, deferred, std::nullopt, pipelined);
+    ASSERT_TRUE(out2.stats) << out2.stats.error().ToString();
+    EXPECT_EQ(Sha256(out2.bytes), Sha256(expected)) << "with deferred reads";
   }
   void ExpectImports(const fs::path& image, Format format) { ExpectImports(image, format, raw_); }
 
@@ -90,6 +101,32 @@ TEST_F(PeersTest, Qcow2Compat010ImportsBitExact) {
   Tool({"qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-o", "compat=0.10", raw_path_,
        P("a.qcow2")});
   ExpectImports(P("a.qcow2"), Format::Qcow2);
+}
+
+TEST_F(PeersTest, Qcow2DeferredRunsNameWhereTheirBytesAreStored) {
+  Tool({"qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw_path_, P("a.qcow2")});
+  auto source = FileSource::Open(P("a.qcow2"));
+  ASSERT_TRUE(source) << source.error().ToString();
+  ReaderOptions options;
+  options.defer_data_reads = true;
+  auto reader = OpenReader(**source, Format::Qcow2, options);
+  ASSERT_TRUE(reader) << reader.error().ToString();
+  int deferred = 0;
+  while (true) {
+    auto run = (*reader)->Next();
+    ASSERT_TRUE(run) << run.error().ToString();
+    if (!*run) break;
+    if ((*run)->kind != Run::Kind::Data) continue;
+    // Stored clusters only: this image has no compressed ones.
+    ASSERT_EQ((*run)->source, source->get()) << "at " << (*run)->offset;
+    EXPECT_TRUE((*run)->data.empty());
+    Bytes stored((*run)->length);
+    ASSERT_TRUE((*source)->ReadAt(stored.data(), stored.size(), (*run)->source_offset));
+    EXPECT_TRUE(std::equal(stored.begin(), stored.end(), raw_.begin() + (*run)->offset))
+        << "at " << (*run)->offset;
+    ++deferred;
+  }
+  EXPECT_GT(deferred, 0);
 }
 
 TEST_F(PeersTest, Qcow2Compat11ImportsBitExact) {

@@ -201,5 +201,83 @@ TEST(PipelinedCopyTest, LargeZeroRunsAreZeroedInBufferSizedPieces) {
   for (const auto& [off, len] : sink.completed) EXPECT_LE(len, 1u << 20) << "at " << off;
 }
 
+// A source whose reads fail with EIO when they cover `fail_at`.
+class FailingSource : public Source {
+ public:
+  FailingSource(std::span<const uint8_t> bytes, uint64_t fail_at)
+      : inner_(bytes), fail_at_(fail_at) {}
+  Result<void> ReadAt(void* buf, size_t len, uint64_t offset) override {
+    if (fail_at_ >= offset && fail_at_ < offset + len) {
+      return MakeError(EIO, "injected read failure at {}", offset);
+    }
+    return inner_.ReadAt(buf, len, offset);
+  }
+  uint64_t size() const override { return inner_.size(); }
+
+ private:
+  MemorySource inner_;
+  uint64_t fail_at_;
+};
+
+TEST(DeferredReadsTest, WriteTheSameImageInlineAndPipelined) {
+  Mixed m;
+  MemorySource source(m.data);
+  for (int in_flight : {1, 4}) {
+    ListReader reader(m.size, m.runs, m.data);
+    reader.DeferTo(&source);
+    ConcurrentSink sink(m.size);
+    CopyOptions o = Pipelined();
+    o.max_in_flight = in_flight;
+    auto stats = Copy(reader, sink, nullptr, o);
+    ASSERT_TRUE(stats) << stats.error().ToString();
+    EXPECT_EQ(sink.bytes, m.expected) << "max_in_flight=" << in_flight;
+    EXPECT_FALSE(sink.overlapped);
+  }
+}
+
+TEST(DeferredReadsTest, ReadFailureNamesThePlaceAndItsBufferIsNeverWritten) {
+  Mixed m;
+  // Inside the first data run longer than a buffer, past the first buffer.
+  uint64_t fail_at = 0;
+  for (const auto& run : m.runs) {
+    if (run.kind == import::Run::Kind::Data && run.length > (1 << 20)) {
+      fail_at = run.offset + run.length / 2;
+      break;
+    }
+  }
+  ASSERT_GT(fail_at, 1u << 20);
+  FailingSource source(m.data, fail_at);
+  for (int in_flight : {1, 4}) {
+    ListReader reader(m.size, m.runs, m.data);
+    reader.DeferTo(&source);
+    ConcurrentSink sink(m.size);
+    CopyOptions o = Pipelined();
+    o.max_in_flight = in_flight;
+    auto r = Copy(reader, sink, nullptr, o);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, EIO) << r.error().ToString();
+    EXPECT_NE(r.error().ToString().find("guest offset"), std::string::npos) << r.error().ToString();
+    std::lock_guard<std::mutex> l(sink.mu);
+    EXPECT_EQ(sink.active, 0) << "a write still running after Copy returned";
+    for (const auto& [off, len] : sink.completed) {
+      EXPECT_FALSE(fail_at >= off && fail_at < off + len) << "the failed buffer was written";
+    }
+  }
+}
+
+TEST(DeferredReadsTest, RangeOutsideTheSourceIsRefusedBeforeAnyWrite) {
+  Mixed m;
+  Bytes shorter(m.data.begin(), m.data.begin() + 4096);  // the first run fits, nothing else
+  MemorySource source(shorter);
+  std::vector<import::Run> runs = {{0, 8192, import::Run::Kind::Data, {}}};
+  ListReader reader(8192, runs, m.data);
+  reader.DeferTo(&source);
+  ConcurrentSink sink(8192);
+  auto r = Copy(reader, sink, nullptr, Pipelined());
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, EINVAL) << r.error().ToString();
+  EXPECT_EQ(sink.calls, 0);
+}
+
 }  // namespace
 }  // namespace imaged::import::test

@@ -33,6 +33,11 @@ struct Run {
   Kind kind = Kind::Zero;
   // For Data: exactly `length` bytes, valid until the next call to Next().
   std::span<const uint8_t> data;
+  // For Data from a reader opened with ReaderOptions::defer_data_reads: `data` is empty and
+  // the bytes are `length` bytes of `source` at `source_offset`, for the consumer to read
+  // itself (into its own buffer, on any thread, while the source lives).
+  Source* source = nullptr;
+  uint64_t source_offset = 0;
 };
 
 class ImageReader {
@@ -59,6 +64,10 @@ struct ReaderOptions {
   // so malformed metadata anywhere fails before any run is produced (nothing gets written).
   // Only decompression failures, checksums and I/O errors can then surface from Next().
   bool prevalidate = true;
+  // qcow and qcow2: Data runs of stored (not compressed) clusters name their place in the
+  // source (Run::source) instead of being read, so Copy() reads them straight into its write
+  // buffers on its writer threads: no read and copy of every byte on the caller's thread.
+  bool defer_data_reads = false;
 };
 
 // The source must outlive the reader. Header errors are reported here.
