@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include <fmt/format.h>
+
 namespace imaged::import {
 
 Result<std::unique_ptr<FileSource>> FileSource::Open(const std::string& path) {
@@ -16,6 +18,28 @@ Result<std::unique_ptr<FileSource>> FileSource::Open(const std::string& path) {
   if (!fd) return ErrnoError("open \"{}\"", path);
   return FromFd(std::move(fd), path);
 }
+
+namespace {
+
+// The same open file again, with O_DIRECT: through /proc/self/fd (never the path, which may
+// name another file by now), and only if it is still the same inode. Invalid when the file
+// system refuses O_DIRECT (tmpfs) or /proc is missing.
+UniqueFd ReopenDirect(int fd, const struct stat& st) {
+  UniqueFd direct(
+      ::open(fmt::format("/proc/self/fd/{}", fd).c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT));
+  struct stat again {};
+  if (!direct || fstat(direct.get(), &again) != 0 || again.st_dev != st.st_dev ||
+      again.st_ino != st.st_ino) {
+    return UniqueFd();
+  }
+  return direct;
+}
+
+bool Aligned4k(uint64_t v) {
+  return v % 4096 == 0;
+}
+
+}  // namespace
 
 Result<std::unique_ptr<FileSource>> FileSource::FromFd(UniqueFd fd, std::string name) {
   struct stat st;
@@ -28,7 +52,9 @@ Result<std::unique_ptr<FileSource>> FileSource::FromFd(UniqueFd fd, std::string 
   } else {
     return MakeError(EINVAL, "\"{}\" is neither a regular file nor a block device", name);
   }
-  return std::unique_ptr<FileSource>(new FileSource(std::move(fd), size, std::move(name)));
+  UniqueFd direct = ReopenDirect(fd.get(), st);
+  return std::unique_ptr<FileSource>(
+      new FileSource(std::move(fd), std::move(direct), size, std::move(name)));
 }
 
 Result<void> FileSource::ReadAt(void* buf, size_t len, uint64_t offset) {
@@ -37,8 +63,32 @@ Result<void> FileSource::ReadAt(void* buf, size_t len, uint64_t offset) {
                      len, offset, size_);
   }
   auto* p = static_cast<uint8_t*>(buf);
+  if (len >= kMinDirectRead && direct() && Aligned4k(offset) && Aligned4k(len) &&
+      Aligned4k(reinterpret_cast<uintptr_t>(p))) {
+    ssize_t n;
+    do {
+      n = ::pread(direct_fd_.get(), p, len, static_cast<off_t>(offset));
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && errno == EINVAL) {
+      // Some file systems accept O_DIRECT at open and refuse the read: cache from now on.
+      direct_failed_ = true;
+    } else if (n < 0) {
+      return ErrnoError("read \"{}\" at offset {}", name_, offset);
+    } else if (n == 0) {
+      return MakeError(EINVAL, "\"{}\" truncated at offset {}", name_, offset);
+    } else {
+      // Whatever a short read left goes through the cache.
+      p += n;
+      len -= static_cast<size_t>(n);
+      offset += static_cast<uint64_t>(n);
+    }
+  }
+  return PreadAll(fd_.get(), p, len, offset);
+}
+
+Result<void> FileSource::PreadAll(int fd, uint8_t* p, size_t len, uint64_t offset) {
   while (len > 0) {
-    ssize_t n = ::pread(fd_.get(), p, len, static_cast<off_t>(offset));
+    ssize_t n = ::pread(fd, p, len, static_cast<off_t>(offset));
     if (n < 0) {
       if (errno == EINTR) continue;
       return ErrnoError("read \"{}\" at offset {}", name_, offset);

@@ -4,6 +4,7 @@
 // temporary file first and read through FileSource.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -20,13 +21,17 @@ class Source {
  public:
   virtual ~Source() = default;
   // Reads exactly `len` bytes at `offset`. A range past size() fails with EINVAL
-  // ("truncated"), never a short read.
+  // ("truncated"), never a short read. Safe to call from several threads at once.
   virtual Result<void> ReadAt(void* buf, size_t len, uint64_t offset) = 0;
   virtual uint64_t size() const = 0;
 };
 
 // pread() on a file or block device opened O_RDONLY|O_CLOEXEC. Only this one file is ever
 // read: a backing file named inside an image is never opened. The size is taken once at open.
+// Large reads with 4 KiB-aligned offset, length and buffer bypass the page cache (O_DIRECT,
+// on the same open file reopened through /proc/self/fd): an import reads every byte once, so
+// caching it would only cost a copy and push other data out of memory. Small reads, and every
+// read where O_DIRECT is not supported, go through the cache and its readahead.
 class FileSource : public Source {
  public:
   static Result<std::unique_ptr<FileSource>> Open(const std::string& path);
@@ -36,11 +41,18 @@ class FileSource : public Source {
   Result<void> ReadAt(void* buf, size_t len, uint64_t offset) override;
   uint64_t size() const override { return size_; }
   const std::string& name() const { return name_; }
+  // Reads at least this long (and aligned) use O_DIRECT when the file allows it.
+  static constexpr size_t kMinDirectRead = 256 << 10;
+  bool direct() const { return direct_fd_.get() >= 0 && !direct_failed_.load(); }
 
  private:
-  FileSource(UniqueFd fd, uint64_t size, std::string name)
-      : fd_(std::move(fd)), size_(size), name_(std::move(name)) {}
+  FileSource(UniqueFd fd, UniqueFd direct_fd, uint64_t size, std::string name)
+      : fd_(std::move(fd)), direct_fd_(std::move(direct_fd)), size_(size), name_(std::move(name)) {}
+  Result<void> PreadAll(int fd, uint8_t* p, size_t len, uint64_t offset);
+
   UniqueFd fd_;
+  UniqueFd direct_fd_;                      // invalid when O_DIRECT could not be opened
+  std::atomic<bool> direct_failed_{false};  // the fs refused an O_DIRECT read: cache only
   uint64_t size_;
   std::string name_;
 };
