@@ -219,16 +219,22 @@ class FailingSource : public Source {
   uint64_t fail_at_;
 };
 
+// Copies `m` with every data run deferred to `source`.
+Result<ImportStats> CopyDeferred(const Mixed& m, Source& source, int in_flight,
+                                 ConcurrentSink& sink) {
+  ListReader reader(m.size, m.runs, m.data);
+  reader.DeferTo(&source);
+  CopyOptions o = Pipelined();
+  o.max_in_flight = in_flight;
+  return Copy(reader, sink, nullptr, o);
+}
+
 TEST(DeferredReadsTest, WriteTheSameImageInlineAndPipelined) {
   Mixed m;
   MemorySource source(m.data);
   for (int in_flight : {1, 4}) {
-    ListReader reader(m.size, m.runs, m.data);
-    reader.DeferTo(&source);
     ConcurrentSink sink(m.size);
-    CopyOptions o = Pipelined();
-    o.max_in_flight = in_flight;
-    auto stats = Copy(reader, sink, nullptr, o);
+    auto stats = CopyDeferred(m, source, in_flight, sink);
     ASSERT_TRUE(stats) << stats.error().ToString();
     EXPECT_EQ(sink.bytes, m.expected) << "max_in_flight=" << in_flight;
     EXPECT_FALSE(sink.overlapped);
@@ -248,12 +254,8 @@ TEST(DeferredReadsTest, ReadFailureNamesThePlaceAndItsBufferIsNeverWritten) {
   ASSERT_GT(fail_at, 1u << 20);
   FailingSource source(m.data, fail_at);
   for (int in_flight : {1, 4}) {
-    ListReader reader(m.size, m.runs, m.data);
-    reader.DeferTo(&source);
     ConcurrentSink sink(m.size);
-    CopyOptions o = Pipelined();
-    o.max_in_flight = in_flight;
-    auto r = Copy(reader, sink, nullptr, o);
+    auto r = CopyDeferred(m, source, in_flight, sink);
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().code, EIO) << r.error().ToString();
     EXPECT_NE(r.error().ToString().find("guest offset"), std::string::npos) << r.error().ToString();
