@@ -23,8 +23,11 @@ namespace {
 
 // The same open file again, with O_DIRECT: through /proc/self/fd (never the path, which may
 // name another file by now), and only if it is still the same inode. Invalid when the file
-// system refuses O_DIRECT (tmpfs) or /proc is missing.
+// system refuses O_DIRECT (tmpfs) or /proc is missing. Never for an fd that cannot read: the
+// reopen must not grant more than the caller was given.
 UniqueFd ReopenDirect(int fd, const struct stat& st) {
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || (flags & O_ACCMODE) == O_WRONLY) return UniqueFd();
   UniqueFd direct(
       ::open(fmt::format("/proc/self/fd/{}", fd).c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT));
   struct stat again {};

@@ -121,5 +121,17 @@ TEST_F(FileSourceTest, AFileThatShrankAfterOpenFailsInsteadOfReadingShort) {
   EXPECT_TRUE((*source)->direct()) << "a short file is no reason to give up O_DIRECT";
 }
 
+TEST_F(FileSourceTest, AWriteOnlyFdIsNeverReopenedForReading) {
+  UniqueFd fd(::open(path_.c_str(), O_WRONLY | O_CLOEXEC));
+  ASSERT_TRUE(fd);
+  auto source = FileSource::FromFd(std::move(fd), path_);
+  ASSERT_TRUE(source) << source.error().ToString();
+  EXPECT_FALSE((*source)->direct());
+  auto buf = Aligned(1 << 20);
+  auto r = (*source)->ReadAt(buf.get(), 1 << 20, 0);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, EBADF) << r.error().ToString();
+}
+
 }  // namespace
 }  // namespace imaged::import::test
