@@ -2,7 +2,9 @@
 // of how the target maps to disk. Copy() stages data in an aligned bounce buffer so the sink
 // can use O_DIRECT: every Write/WriteZeroes it issues is 4096-aligned in offset and length,
 // except the very last call, whose length is unaligned only when the covered range ends
-// unaligned. The buffer address is 4096-aligned too.
+// unaligned. The buffer address is 4096-aligned too. Data runs that name a range of their
+// source (ReaderOptions::defer_data_reads) are read straight into the buffer, right before it
+// is written and by the thread that writes it.
 #pragma once
 
 #include <cstdint>
