@@ -86,12 +86,12 @@ Result<void> FileSource::ReadAt(void* buf, size_t len, uint64_t offset) {
       offset += static_cast<uint64_t>(n);
     }
   }
-  return PreadAll(fd_.get(), p, len, offset);
+  return PreadAll(p, len, offset);
 }
 
-Result<void> FileSource::PreadAll(int fd, uint8_t* p, size_t len, uint64_t offset) {
+Result<void> FileSource::PreadAll(uint8_t* p, size_t len, uint64_t offset) {
   while (len > 0) {
-    ssize_t n = ::pread(fd, p, len, static_cast<off_t>(offset));
+    ssize_t n = ::pread(fd_.get(), p, len, static_cast<off_t>(offset));
     if (n < 0) {
       if (errno == EINTR) continue;
       return ErrnoError("read \"{}\" at offset {}", name_, offset);

@@ -48,7 +48,8 @@ class FileSource : public Source {
  private:
   FileSource(UniqueFd fd, UniqueFd direct_fd, uint64_t size, std::string name)
       : fd_(std::move(fd)), direct_fd_(std::move(direct_fd)), size_(size), name_(std::move(name)) {}
-  Result<void> PreadAll(int fd, uint8_t* p, size_t len, uint64_t offset);
+  // pread() through the page cache until `len` bytes are in.
+  Result<void> PreadAll(uint8_t* p, size_t len, uint64_t offset);
 
   UniqueFd fd_;
   UniqueFd direct_fd_;                      // invalid when O_DIRECT could not be opened
