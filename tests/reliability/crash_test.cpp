@@ -1,4 +1,4 @@
-// Crash trials: the real daemon is SIGKILLed at every crash point (imaged/manager/crash_point.h)
+// Crash trials: the real daemon is SIGKILLed at every crash point (manager/crash_point.h)
 // of every operation, then restarted (its startup Recover runs) and the image set is checked:
 // no leaked loop devices, no stray files, lp_metadata readable and matching the files (validate),
 // the image that existed before untouched, and the interrupted operation fully done or fully

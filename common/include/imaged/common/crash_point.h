@@ -1,7 +1,7 @@
 // Test-only crash points: IMAGED_CRASH_POINT("create.pieces_done") SIGKILLs the process when the
 // environment says so, leaving the disk exactly as a crash at that step would. tests/reliability
 // uses them to prove that every durable step of every operation recovers
-// (docs/crash-safety.md; imaged/manager/crash_point.h lists the points).
+// (docs/crash-safety.md; manager/crash_point.h lists the points).
 //
 //   IMAGED_CRASH_AT=<point>        kill at the first hit of <point>
 //   IMAGED_CRASH_AT=<point>:<n>    kill at the n-th hit (1-based) of <point> in this process
