@@ -7,12 +7,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <memory>
 
 #include <imaged/common/size.h>
+#include <imaged/common/sysfs.h>
 #include <imaged/common/unique_fd.h>
 
 #include "internal.h"
@@ -30,40 +29,27 @@
 namespace imaged::fiemap {
 namespace {
 
-// Zero writes go in large aligned chunks: 4 KiB writes (AOSP) are an order of magnitude slower.
-constexpr size_t kZeroChunk = 8 << 20;
-
-const void* ZeroBuffer() {
-  static void* buffer = [] {
-    void* p = std::aligned_alloc(4096, kZeroChunk);
-    if (p) std::memset(p, 0, kZeroChunk);
-    return p;
-  }();
-  return buffer;
-}
-
-// Removes the file on destruction unless disarmed: every failure or cancel path of Create.
+// Removes the half-made file on destruction unless disarmed: every failure or cancel path of
+// Create.
 class RemoveOnError {
  public:
-  explicit RemoveOnError(std::string path) : path_(std::move(path)) {}
+  RemoveOnError(const Directory& dir, std::string_view name) : dir_(dir), name_(name) {}
   ~RemoveOnError() {
-    if (armed_) {
-      unlink(path_.c_str());
-      (void)internal::FsyncParentDir(path_);
-    }
+    if (armed_ && FiemapWriter::Remove(dir_, name_)) (void)dir_.Sync();
   }
   void Disarm() { armed_ = false; }
 
  private:
-  std::string path_;
+  const Directory& dir_;
+  std::string name_;
   bool armed_ = true;
 };
 
 // f2fs can pin a file before allocating it only with the pin_file feature; without it,
 // allocation happens unpinned and GC may move blocks before the later pin.
 bool F2fsCanPinBeforeAllocate(const FilesystemInfo& fs) {
-  std::string dev = internal::Basename(fs.fs_device);
-  if (auto features = internal::ReadSysfs("/sys/fs/f2fs/" + dev + "/features")) {
+  const std::string dev = Basename(fs.fs_device);
+  if (auto features = sysfs::Read("/sys/fs/f2fs/" + dev + "/features")) {
     if (features->find("pin_file") != std::string::npos) return true;
   }
   std::error_code ec;
@@ -128,39 +114,33 @@ Result<void> Fallocate(int fd, const std::string& path, const FilesystemInfo& fs
   }
 }
 
-// Writes zeros over [from, size) in kZeroChunk pieces, with O_DIRECT where the fs takes it, so
-// every extent is written (not unwritten) and holds no stale data. Reports progress after each
-// chunk except the last (the caller sends the final (total, total)).
-Result<void> WriteZeros(const std::string& path, uint64_t size, const ProgressFn& progress,
-                        uint64_t from = 0) {
-  const void* zeros = ZeroBuffer();
-  if (!zeros) return MakeError(ENOMEM, "zero buffer");
-  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC | O_DIRECT));
-  bool direct = fd.valid();
-  if (!direct) {
-    fd.reset(open(path.c_str(), O_WRONLY | O_CLOEXEC));
-    if (!fd) return ErrnoError("open \"{}\"", path);
-  }
-  uint64_t done = from;
-  while (done < size) {
-    size_t len = static_cast<size_t>(std::min<uint64_t>(kZeroChunk, size - done));
-    ssize_t n = pwrite(fd.get(), zeros, len, static_cast<off_t>(done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EINVAL && direct) {
-      // The fs or device refused this O_DIRECT geometry: finish buffered.
-      fd.reset(open(path.c_str(), O_WRONLY | O_CLOEXEC));
-      if (!fd) return ErrnoError("open \"{}\"", path);
-      direct = false;
-      continue;
+// Writes zeros over [from, to) of the file, with O_DIRECT where the fs takes it, so every
+// extent is written (not unwritten) and holds no stale data. `fd` is the file open for writing
+// without O_DIRECT, used where the fs or device refuses the O_DIRECT geometry.
+Result<void> ZeroFile(const Directory& dir, const std::string& name, int fd, uint64_t from,
+                      uint64_t to, const Progress& progress) {
+  auto direct = dir.OpenFile(name, O_WRONLY | O_DIRECT);
+  int target = direct ? direct->get() : fd;
+  auto write = [&](std::span<const uint8_t> zeros, uint64_t at) -> Result<void> {
+    auto written = FullPWrite(target, zeros.data(), zeros.size(), at);
+    if (!written && written.error().code == EINVAL && target != fd) {
+      target = fd;  // finish buffered
+      written = FullPWrite(target, zeros.data(), zeros.size(), at);
     }
-    if (n < 0) return ErrnoError("write zeros at {} of \"{}\"", done, path);
-    if (n == 0) return MakeError(EIO, "write zeros at {} of \"{}\": wrote nothing", done, path);
-    done += static_cast<uint64_t>(n);
-    if (progress && done < size && !progress(done, size)) {
-      return MakeError(ECANCELED, "create \"{}\"", path);
-    }
+    IMAGED_TRY_CTX(std::move(written), "write zeros to \"{}\"", dir.PathOf(name));
+    return Ok();
+  };
+  return WriteZeros(from, to - from, write, progress);
+}
+
+// Writes zeros wherever `fd` (of `size` bytes) holds no written data. Returns whether there was
+// any such range.
+Result<bool> ZeroUnwritten(const Directory& dir, const std::string& name, int fd, uint64_t size) {
+  const auto ranges = IMAGED_TRY(internal::UnwrittenRanges(fd, size));
+  for (const auto& r : ranges) {
+    IMAGED_TRY(ZeroFile(dir, name, fd, r.offset, r.offset + r.length, {}));
   }
-  return Ok();
+  return !ranges.empty();
 }
 
 // Every extent must be addressable on the disk in its logical blocks and lie inside it.
@@ -185,19 +165,50 @@ Result<void> CheckExtentsOnDisk(const std::vector<Extent>& extents, const Filesy
 
 }  // namespace
 
-Result<FiemapWriter> FiemapWriter::Create(const std::string& path, uint64_t size,
-                                          const ProgressFn& progress) {
-  CreateOptions options;
-  options.progress = progress;
-  return Create(path, size, options);
+namespace {
+
+// Allocates [0, total) of the new file `fd`, writing zeros unless `defer` allows leaving them
+// to CompleteZeroing. Returns whether zeroing was deferred.
+Result<bool> AllocateAndZero(const Directory& dir, const std::string& name, int fd,
+                             const FilesystemInfo& fs, uint64_t total, bool defer_wanted,
+                             const Progress& progress) {
+  const std::string path = dir.PathOf(name);
+  if (fs.type == FsType::F2fs && F2fsCanPinBeforeAllocate(fs)) IMAGED_TRY(F2fsPin(fd, path));
+  bool zeroed = false;
+  if (fs.type != FsType::Vfat) {
+    // One call that allocates written, zeroed blocks where the device offloads zeroing.
+    if (fallocate(fd, FALLOC_FL_WRITE_ZEROES, 0, static_cast<off_t>(total)) == 0) {
+      zeroed = true;
+    } else if (errno == ENOSPC) {
+      return ErrnoError("fallocate {}", HumanSize(total));
+    } else {
+      // EOPNOTSUPP / EINVAL (older kernels, fs or device without it): allocate, then zero.
+      IMAGED_TRY(Fallocate(fd, path, fs, total));
+    }
+  }
+  // Deferred: ext4 and xfs read unwritten extents as zeros, so nothing stale is readable through
+  // the file meanwhile, and CompleteZeroing finds what is left to write with FIEMAP. (f2fs has no
+  // unwritten extents to find that way, and its pin must cover written blocks.)
+  const bool defer =
+      defer_wanted && !zeroed && (fs.type == FsType::Ext4 || fs.type == FsType::Xfs);
+  // vfat has no fallocate that allocates clusters without writing them: the zero writes
+  // allocate. Elsewhere they convert unwritten extents into written ones and wipe stale data.
+  if (!zeroed && !defer) {
+    // The final (total, total) is Create's, once the extents are known.
+    auto partial = [&](uint64_t done, uint64_t) { return done >= total || progress(done, total); };
+    IMAGED_TRY(ZeroFile(dir, name, fd, 0, total, progress ? Progress(partial) : Progress()));
+  }
+  return defer;
 }
 
-Result<FiemapWriter> FiemapWriter::Create(const std::string& path, uint64_t size,
-                                          const CreateOptions& options) {
-  const ProgressFn& progress = options.progress;
+}  // namespace
+
+Result<FiemapWriter> FiemapWriter::Create(const Directory& dir, std::string_view name,
+                                          uint64_t size, const CreateOptions& options) {
+  const std::string path = dir.PathOf(name);
   if (size == 0) return MakeError(EINVAL, "create \"{}\": size is 0", path);
   FilesystemInfo fs =
-      IMAGED_TRY_CTX(InspectFilesystem(internal::Dirname(path)), "create \"{}\"", path);
+      IMAGED_TRY_CTX(InspectFilesystem(dir.fd(), dir.path()), "create \"{}\"", path);
   const uint64_t bs = fs.block_size;
   if (size > UINT64_MAX - bs) return MakeError(EFBIG, "create \"{}\": size overflows", path);
   const uint64_t total = (size + bs - 1) / bs * bs;
@@ -211,36 +222,12 @@ Result<FiemapWriter> FiemapWriter::Create(const std::string& path, uint64_t size
   }
 
   // O_EXCL: an existing file may be a live, mapped image; it is never truncated or reused.
-  UniqueFd fd(open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-  if (!fd) return ErrnoError("create \"{}\"", path);
-  RemoveOnError remove_on_error(path);
-
-  if (fs.type == FsType::F2fs && F2fsCanPinBeforeAllocate(fs)) {
-    IMAGED_TRY_CTX(F2fsPin(fd.get(), path), "create \"{}\"", path);
-  }
-
-  bool zeroed = false;
-  if (fs.type != FsType::Vfat) {
-    // One call that allocates written, zeroed blocks where the device offloads zeroing.
-    if (fallocate(fd.get(), FALLOC_FL_WRITE_ZEROES, 0, static_cast<off_t>(total)) == 0) {
-      zeroed = true;
-    } else if (errno == ENOSPC) {
-      return ErrnoError("create \"{}\": fallocate {}", path, HumanSize(total));
-    } else {
-      // EOPNOTSUPP / EINVAL (older kernels, fs or device without it): allocate, then zero.
-      IMAGED_TRY_CTX(Fallocate(fd.get(), path, fs, total), "create \"{}\"", path);
-    }
-  }
-  // Deferred: ext4 and xfs read unwritten extents as zeros, so nothing stale is readable through
-  // the file meanwhile, and CompleteZeroing finds what is left to write with FIEMAP. (f2fs has no
-  // unwritten extents to find that way, and its pin must cover written blocks.)
-  const bool defer =
-      options.defer_zeroing && !zeroed && (fs.type == FsType::Ext4 || fs.type == FsType::Xfs);
-  // vfat has no fallocate that allocates clusters without writing them: the zero writes
-  // allocate. Elsewhere they convert unwritten extents into written ones and wipe stale data.
-  if (!zeroed && !defer) IMAGED_TRY(WriteZeros(path, total, progress));
+  UniqueFd fd = IMAGED_TRY_CTX(dir.OpenFile(name, O_RDWR | O_CREAT | O_EXCL, 0600), "create");
+  RemoveOnError remove_on_error(dir, name);
+  const bool defer = IMAGED_TRY_CTX(AllocateAndZero(dir, std::string(name), fd.get(), fs, total,
+                                                    options.defer_zeroing, options.progress),
+                                    "create \"{}\"", path);
   if (fsync(fd.get()) != 0) return ErrnoError("create \"{}\": fsync", path);
-
   IMAGED_TRY_CTX(PinIfNeeded(fd.get(), path, fs), "create \"{}\"", path);
 
   struct stat st;
@@ -254,12 +241,16 @@ Result<FiemapWriter> FiemapWriter::Create(const std::string& path, uint64_t size
     extents = IMAGED_TRY_CTX(ReadExtents(fd.get(), fs.type, total), "create \"{}\"", path);
     IMAGED_TRY_CTX(CheckExtentsOnDisk(extents, fs, path), "create");
   }
-  IMAGED_TRY(internal::FsyncParentDir(path));
+  IMAGED_TRY_CTX(dir.Sync(), "create \"{}\"", path);
 
-  if (progress && !progress(total, total)) return MakeError(ECANCELED, "create \"{}\"", path);
+  if (options.progress && !options.progress(total, total)) {
+    return MakeError(ECANCELED, "create \"{}\"", path);
+  }
   remove_on_error.Disarm();
 
   FiemapWriter writer;
+  writer.dir_ = dir;
+  writer.name_ = std::string(name);
   writer.path_ = path;
   writer.size_ = total;
   writer.fs_ = std::move(fs);
@@ -271,8 +262,7 @@ Result<FiemapWriter> FiemapWriter::Create(const std::string& path, uint64_t size
 Result<void> FiemapWriter::CompleteZeroing() {
   if (!zeroing_deferred_) return Ok();
   auto ctx = [&] { return fmt::format("complete \"{}\"", path_); };
-  UniqueFd fd(open(path_.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
-  if (!fd) return ErrnoError("{}: open", ctx());
+  UniqueFd fd = IMAGED_TRY_CTX(OpenFile(O_RDWR), "{}", ctx());
   struct stat st;
   if (fstat(fd.get(), &st) != 0) return ErrnoError("{}: fstat", ctx());
   if (static_cast<uint64_t>(st.st_size) != size_) {
@@ -280,10 +270,7 @@ Result<void> FiemapWriter::CompleteZeroing() {
   }
   // Whatever the caller did not write: still unwritten (or a hole, should anything have punched
   // one). Written zeros make those blocks plain data that FIEMAP reports and a raw mapping reads.
-  const auto ranges = IMAGED_TRY_CTX(internal::UnwrittenRanges(fd.get(), size_), "{}", ctx());
-  for (const auto& r : ranges) {
-    IMAGED_TRY_CTX(WriteZeros(path_, r.offset + r.length, {}, r.offset), "{}", ctx());
-  }
+  IMAGED_TRY_CTX(ZeroUnwritten(dir_, name_, fd.get(), size_), "{}", ctx());
   if (fsync(fd.get()) != 0) return ErrnoError("{}: fsync", ctx());
   // ReadExtents refuses UNWRITTEN extents, holes and anything else a raw mapping cannot use.
   auto extents = IMAGED_TRY_CTX(ReadExtents(fd.get(), fs_.type, size_), "{}", ctx());
@@ -293,14 +280,43 @@ Result<void> FiemapWriter::CompleteZeroing() {
   return Ok();
 }
 
-Result<FiemapWriter> FiemapWriter::Open(const std::string& path) {
-  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-  if (!fd) return ErrnoError("open \"{}\"", path);
+Result<bool> FiemapWriter::EnsureWritten(const Directory& dir, std::string_view name) {
+  const std::string path = dir.PathOf(name);
+  UniqueFd fd = IMAGED_TRY(dir.OpenFile(name, O_RDWR));
   struct stat st;
   if (fstat(fd.get(), &st) != 0) return ErrnoError("fstat \"{}\"", path);
-  if (!S_ISREG(st.st_mode)) return MakeError(EINVAL, "\"{}\" is not a regular file", path);
+  const FilesystemInfo fs = IMAGED_TRY_CTX(InspectFilesystem(fd.get(), path), "\"{}\"", path);
+  // vfat can neither punch holes nor leave extents unwritten (and has no FIEMAP to ask).
+  if (fs.type == FsType::Vfat) return false;
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (IMAGED_TRY_CTX(internal::UnwrittenRanges(fd.get(), size), "\"{}\"", path).empty()) {
+    return false;
+  }
+  // Blocks first (a hole has none), so a full disk fails here and not half-way.
+  IMAGED_TRY_CTX(Fallocate(fd.get(), path, fs, size), "restore \"{}\"", path);
+  IMAGED_TRY_CTX(ZeroUnwritten(dir, std::string(name), fd.get(), size), "restore \"{}\"", path);
+  if (fsync(fd.get()) != 0) return ErrnoError("restore \"{}\": fsync", path);
+  return true;
+}
+
+Result<bool> FiemapWriter::Remove(const Directory& dir, std::string_view name) {
+  auto fd = dir.OpenFile(name, O_WRONLY);
+  if (!fd) {
+    if (fd.error().code == ENOENT) return false;
+    return std::move(fd).error().Wrap("remove");
+  }
+  // Truncating first makes f2fs release pinned blocks right away (AOSP a7b4a9d4f).
+  if (ftruncate(fd->get(), 0) != 0) return ErrnoError("remove \"{}\": truncate", dir.PathOf(name));
+  return dir.RemoveFile(name);
+}
+
+Result<FiemapWriter> FiemapWriter::Open(const Directory& dir, std::string_view name) {
+  const std::string path = dir.PathOf(name);
+  UniqueFd fd = IMAGED_TRY(dir.OpenFile(name, O_RDONLY));
+  struct stat st;
+  if (fstat(fd.get(), &st) != 0) return ErrnoError("fstat \"{}\"", path);
   if (st.st_size == 0) return MakeError(EINVAL, "\"{}\" is empty", path);
-  FilesystemInfo fs = IMAGED_TRY_CTX(InspectFilesystem(path), "open \"{}\"", path);
+  FilesystemInfo fs = IMAGED_TRY_CTX(InspectFilesystem(fd.get(), path), "open \"{}\"", path);
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size % fs.block_size != 0) {
     return MakeError(EINVAL, "\"{}\": size {} is not a multiple of the {}-byte fs block", path,
@@ -313,19 +329,13 @@ Result<FiemapWriter> FiemapWriter::Open(const std::string& path) {
     if (!pinned) return MakeError(EINVAL, "\"{}\" is not pinned; f2fs may move its blocks", path);
   }
   FiemapWriter writer;
+  writer.dir_ = dir;
+  writer.name_ = std::string(name);
   writer.path_ = path;
   writer.size_ = size;
   writer.fs_ = std::move(fs);
   writer.extents_ = std::move(extents);
   return writer;
-}
-
-Result<bool> HasPinnedExtents(const std::string& path) {
-  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-  if (!fd) return ErrnoError("open \"{}\"", path);
-  FilesystemInfo fs = IMAGED_TRY(InspectFilesystem(path));
-  if (fs.type != FsType::F2fs) return true;
-  return F2fsIsPinned(fd.get(), path);
 }
 
 }  // namespace imaged::fiemap

@@ -1,7 +1,6 @@
 #include "fiemap/filesystem.h"
 
 #include <fcntl.h>
-#include <linux/dm-ioctl.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -14,6 +13,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include <dm/device_mapper.h>
+#include <imaged/common/sysfs.h>
 #include <imaged/common/unique_fd.h>
 
 #include "internal.h"
@@ -80,16 +81,25 @@ std::string_view MagicName(uint32_t magic) {
   }
 }
 
-using internal::ReadSysfs;
+// The live table of dm device "dm-N" (its kernel name), through dm/.
+Result<std::vector<dm::TargetInfo>> LiveTable(const std::string& kernel_name) {
+  const std::string dm_name = IMAGED_TRY(sysfs::Read(fmt::format("/sys/block/{}/dm/name",
+                                                                 kernel_name)));
+  dm::DeviceMapper mapper;
+  return mapper.GetTable(dm_name);
+}
 
-Result<uint64_t> ReadSysfsU64(const std::string& path) {
-  std::string s = IMAGED_TRY(ReadSysfs(path));
-  uint64_t v = 0;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || p != s.data() + s.size()) {
-    return MakeError(EINVAL, "{}: not a number: \"{}\"", path, s);
+// The single device a dm device sits on, from sysfs, or nullopt when it has several (or none).
+Result<std::optional<std::string>> OnlySlave(const std::string& kernel_name) {
+  std::vector<std::string> slaves;
+  std::error_code ec;
+  // increment(ec), not ++: the range-for's ++ throws when readdir fails (device removed).
+  for (std::filesystem::directory_iterator it(fmt::format("/sys/block/{}/slaves", kernel_name), ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    slaves.push_back(it->path().filename().string());
   }
-  return v;
+  if (ec || slaves.size() != 1) return std::optional<std::string>();
+  return std::optional<std::string>(slaves[0]);
 }
 
 Result<dev_t> ParseDevNumber(std::string_view text) {
@@ -103,86 +113,6 @@ Result<dev_t> ParseDevNumber(std::string_view text) {
     return MakeError(EINVAL, "bad device number \"{}\"", text);
   }
   return makedev(maj, min);
-}
-
-// "dm-3", "sda5", "loop0" for a block device number, via sysfs.
-Result<std::string> BlockDeviceName(dev_t dev) {
-  std::string link = fmt::format("/sys/dev/block/{}:{}", major(dev), minor(dev));
-  std::error_code ec;
-  auto target = std::filesystem::read_symlink(link, ec);
-  if (ec) {
-    return MakeError(ec.value() == ENOENT ? ENODEV : ec.value(),
-                     "device {}:{} is not a block device (no {})", major(dev), minor(dev), link);
-  }
-  std::string name = target.filename().string();
-  if (name.empty() || name == fmt::format("{}:{}", major(dev), minor(dev))) {
-    return MakeError(ENODEV, "{} does not name a block device", link);
-  }
-  return name;
-}
-
-// The active table of a dm device in `dmsetup table` text form, via DM_TABLE_STATUS with the
-// table flag on /dev/mapper/control (fiemap/ must not depend on dm/).
-Result<std::string> ReadDmTable(const std::string& dm_name) {
-  UniqueFd control(open("/dev/mapper/control", O_RDWR | O_CLOEXEC));
-  if (!control) return ErrnoError("open /dev/mapper/control");
-  size_t size = 16 * 1024;
-  for (int attempt = 0; attempt < 8; ++attempt, size *= 4) {
-    std::vector<uint64_t> storage((size + 7) / 8);
-    auto* io = reinterpret_cast<dm_ioctl*>(storage.data());
-    io->version[0] = DM_VERSION_MAJOR;
-    io->version[1] = 0;
-    io->version[2] = 0;
-    io->data_size = static_cast<uint32_t>(size);
-    io->data_start = sizeof(dm_ioctl);
-    io->flags = DM_STATUS_TABLE_FLAG;
-    if (dm_name.size() >= sizeof(io->name)) return MakeError(EINVAL, "dm name too long");
-    std::memcpy(io->name, dm_name.c_str(), dm_name.size() + 1);
-    if (ioctl(control.get(), DM_TABLE_STATUS, io) != 0) {
-      return ErrnoError("DM_TABLE_STATUS \"{}\"", dm_name);
-    }
-    if (io->flags & DM_BUFFER_FULL_FLAG) continue;
-    const char* base = reinterpret_cast<const char*>(io);
-    size_t data_end = std::min<size_t>(io->data_size, size);
-    size_t cursor = io->data_start;
-    std::string text;
-    for (uint32_t i = 0; i < io->target_count; ++i) {
-      if (cursor + sizeof(dm_target_spec) > data_end) {
-        return MakeError(EIO, "DM_TABLE_STATUS \"{}\": truncated reply", dm_name);
-      }
-      dm_target_spec spec;
-      std::memcpy(&spec, base + cursor, sizeof(spec));
-      const char* params = base + cursor + sizeof(dm_target_spec);
-      size_t max_len = data_end - (cursor + sizeof(dm_target_spec));
-      std::string p(params, strnlen(params, max_len));
-      std::string type(spec.target_type, strnlen(spec.target_type, sizeof(spec.target_type)));
-      text += fmt::format("{} {} {} {}\n", spec.sector_start, spec.length, type, p);
-      cursor = io->data_start + spec.next;
-    }
-    return text;
-  }
-  return MakeError(E2BIG, "DM_TABLE_STATUS \"{}\": table too large", dm_name);
-}
-
-std::vector<std::string> SplitWords(std::string_view line) {
-  std::vector<std::string> words;
-  size_t i = 0;
-  while (i < line.size()) {
-    while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
-    size_t start = i;
-    while (i < line.size() && line[i] != ' ' && line[i] != '\t') ++i;
-    if (i > start) words.emplace_back(line.substr(start, i - start));
-  }
-  return words;
-}
-
-Result<uint64_t> ParseU64(std::string_view s, std::string_view what) {
-  uint64_t v = 0;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || p != s.data() + s.size() || s.empty()) {
-    return MakeError(EINVAL, "dm table: bad {} \"{}\"", what, s);
-  }
-  return v;
 }
 
 // ext4's maximum file size from its superblock: log block size and the extents/huge_file
@@ -277,41 +207,26 @@ uint64_t VfatMaxFileSize(uint32_t cluster_size) {
   return 0xFFFFFFFFull / cluster_size * cluster_size;
 }
 
-Result<std::optional<DmNextHop>> DmStackNextHop(std::string_view table, uint64_t device_sectors) {
-  std::vector<std::vector<std::string>> targets;
-  size_t pos = 0;
-  while (pos < table.size()) {
-    size_t nl = table.find('\n', pos);
-    if (nl == std::string_view::npos) nl = table.size();
-    auto words = SplitWords(table.substr(pos, nl - pos));
-    pos = nl + 1;
-    if (words.empty()) continue;
-    if (words.size() < 3) return MakeError(EINVAL, "dm table: short line");
-    targets.push_back(std::move(words));
-  }
-  if (targets.empty()) return MakeError(EINVAL, "dm table: no targets");
-  if (targets.size() != 1) return std::optional<DmNextHop>();
-  const auto& t = targets[0];
-  uint64_t start = IMAGED_TRY(ParseU64(t[0], "start"));
-  uint64_t length = IMAGED_TRY(ParseU64(t[1], "length"));
-  if (start != 0 || length != device_sectors) return std::optional<DmNextHop>();
+Result<std::optional<DmNextHop>> DmStackNextHop(const std::vector<dm::TargetInfo>& table,
+                                                uint64_t device_sectors) {
+  if (table.empty()) return MakeError(EINVAL, "dm table: no targets");
+  if (table.size() != 1) return std::optional<DmNextHop>();
+  const auto& t = table[0];
+  if (t.start != 0 || t.length != device_sectors) return std::optional<DmNextHop>();
   DmNextHop hop;
-  if (t[2] == "linear") {
-    // linear <device> <offset>
-    if (t.size() != 5) return MakeError(EINVAL, "dm table: linear wants 2 parameters");
-    hop.device = t[3];
-    hop.offset_bytes = IMAGED_TRY(ParseU64(t[4], "linear offset")) * 512;
-  } else if (t[2] == "crypt") {
-    // crypt <cipher> <key> <iv_offset> <device> <offset> [<#opt> <opt>...]. Sectors map 1:1
-    // (any sector_size option only changes the encryption unit), but the data is ciphertext.
-    if (t.size() < 8) return MakeError(EINVAL, "dm table: crypt wants at least 5 parameters");
-    hop.device = t[6];
-    hop.offset_bytes = IMAGED_TRY(ParseU64(t[7], "crypt offset")) * 512;
+  dm::TargetDevice below;
+  if (t.type == "linear") {
+    below = IMAGED_TRY(dm::LinearTargetDevice(t.params));
+  } else if (t.type == "crypt") {
+    // Sectors map 1:1 (a sector_size option only changes the encryption unit), but the data
+    // below is ciphertext.
+    below = IMAGED_TRY(dm::CryptTargetDevice(t.params));
     hop.ciphertext = true;
   } else {
     return std::optional<DmNextHop>();
   }
-  if (hop.offset_bytes / 512 > UINT64_MAX / 1024) return MakeError(EINVAL, "dm table: offset");
+  hop.device = std::move(below.device);
+  hop.offset_bytes = below.offset_sectors * 512;
   return std::optional<DmNextHop>(std::move(hop));
 }
 
@@ -338,106 +253,85 @@ Result<uint64_t> MaxFileSizeFor(FsType type, uint32_t block_size, const std::str
 
 }  // namespace internal
 
-Result<FilesystemInfo> InspectFilesystem(const std::string& path) {
-  struct statfs sfs;
-  if (statfs(path.c_str(), &sfs) != 0) return ErrnoError("statfs \"{}\"", path);
-  FilesystemInfo info;
+namespace {
+
+Result<FsType> FsTypeOf(const struct statfs& sfs, const std::string& what) {
   const auto magic = static_cast<uint32_t>(sfs.f_type);
   switch (magic) {
     case kExt4Magic:
-      info.type = FsType::Ext4;
-      break;
+      return FsType::Ext4;
     case kF2fsMagic:
-      info.type = FsType::F2fs;
-      break;
+      return FsType::F2fs;
     case kVfatMagic:
-      info.type = FsType::Vfat;
-      break;
+      return FsType::Vfat;
     case kXfsMagic:
-      info.type = FsType::Xfs;
-      break;
+      return FsType::Xfs;
     default:
       return MakeError(EOPNOTSUPP,
                        "\"{}\" is on {} (magic {:#x}); only ext4, f2fs, vfat and xfs are supported",
-                       path, MagicName(magic), magic);
+                       what, MagicName(magic), magic);
   }
+}
+
+// Pops device-mapper layers that map the whole device 1:1 onto a single device, accumulating
+// their offsets, and fills in the disk at the bottom.
+Result<void> FindDisk(std::string name, dev_t dev, FilesystemInfo& info) {
+  for (int depth = 0; depth < 16 && name.starts_with("dm-"); ++depth) {
+    const auto table = IMAGED_TRY(LiveTable(name));
+    const uint64_t sectors = IMAGED_TRY(sysfs::ReadU64(fmt::format("/sys/block/{}/size", name)));
+    auto hop = IMAGED_TRY_CTX(DmStackNextHop(table, sectors), "dm device \"{}\"", name);
+    if (!hop) break;
+    const auto slave = IMAGED_TRY(OnlySlave(name));
+    if (!slave) break;
+    const std::string slave_dev_text =
+        IMAGED_TRY(sysfs::Read(fmt::format("/sys/class/block/{}/dev", *slave)));
+    const dev_t slave_dev = IMAGED_TRY(ParseDevNumber(slave_dev_text));
+    // The table names its device as MAJ:MIN; it must be the one slave sysfs reports.
+    auto table_dev = ParseDevNumber(hop->device);
+    if (!table_dev || *table_dev != slave_dev) break;
+    info.disk_offset_bytes += hop->offset_bytes;
+    info.disk_holds_ciphertext |= hop->ciphertext;
+    name = *slave;
+    dev = slave_dev;
+  }
+  info.disk = "/dev/" + name;
+  info.disk_dev = dev;
+  info.through_device_mapper = info.disk != info.fs_device;
+  info.disk_size = IMAGED_TRY(sysfs::ReadU64("/sys/class/block/" + name + "/size")) * 512;
+  auto lbs = sysfs::LogicalBlockSize(dev);
+  info.disk_logical_block_size = lbs ? *lbs : 512;
+  return Ok();
+}
+
+}  // namespace
+
+Result<FilesystemInfo> InspectFilesystem(const std::string& path) {
+  UniqueFd fd(open(path.c_str(), O_PATH | O_CLOEXEC));
+  if (!fd) return ErrnoError("open \"{}\"", path);
+  return InspectFilesystem(fd.get(), path);
+}
+
+Result<FilesystemInfo> InspectFilesystem(int fd, const std::string& what) {
+  struct statfs sfs;
+  if (fstatfs(fd, &sfs) != 0) return ErrnoError("statfs \"{}\"", what);
+  FilesystemInfo info;
+  info.type = IMAGED_TRY(FsTypeOf(sfs, what));
   if (sfs.f_bsize <= 0 || (sfs.f_bsize & (sfs.f_bsize - 1)) != 0 || sfs.f_bsize < 512) {
-    return MakeError(EINVAL, "\"{}\": odd block size {}", path, sfs.f_bsize);
+    return MakeError(EINVAL, "\"{}\": odd block size {}", what, sfs.f_bsize);
   }
   info.block_size = static_cast<uint32_t>(sfs.f_bsize);
   info.free_bytes = static_cast<uint64_t>(sfs.f_bavail) * info.block_size;
   info.total_bytes = static_cast<uint64_t>(sfs.f_blocks) * info.block_size;
 
   struct stat st;
-  if (stat(path.c_str(), &st) != 0) return ErrnoError("stat \"{}\"", path);
+  if (fstat(fd, &st) != 0) return ErrnoError("stat \"{}\"", what);
   info.fs_dev = st.st_dev;
-  std::string name = IMAGED_TRY_CTX(BlockDeviceName(st.st_dev), "\"{}\"", path);
+  const std::string name = IMAGED_TRY_CTX(sysfs::BlockDeviceName(st.st_dev), "\"{}\"", what);
   info.fs_device = "/dev/" + name;
   info.max_file_size =
       IMAGED_TRY(internal::MaxFileSizeFor(info.type, info.block_size, info.fs_device));
-
-  // Pop device-mapper layers that map the whole device 1:1 onto a single slave.
-  dev_t dev = st.st_dev;
-  for (int depth = 0; depth < 16 && name.starts_with("dm-"); ++depth) {
-    std::string dm_name = IMAGED_TRY(ReadSysfs(fmt::format("/sys/block/{}/dm/name", name)));
-    std::string table = IMAGED_TRY(ReadDmTable(dm_name));
-    uint64_t sectors = IMAGED_TRY(ReadSysfsU64(fmt::format("/sys/block/{}/size", name)));
-    auto hop = IMAGED_TRY_CTX(DmStackNextHop(table, sectors), "dm device \"{}\"", dm_name);
-    if (!hop) break;
-    std::vector<std::string> slaves;
-    std::error_code ec;
-    // increment(ec), not ++: the range-for's ++ throws when readdir fails (device removed).
-    for (std::filesystem::directory_iterator it(fmt::format("/sys/block/{}/slaves", name), ec);
-         !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-      slaves.push_back(it->path().filename().string());
-    }
-    if (ec || slaves.size() != 1) break;
-    std::string slave_dev_text =
-        IMAGED_TRY(ReadSysfs(fmt::format("/sys/class/block/{}/dev", slaves[0])));
-    dev_t slave_dev = IMAGED_TRY(ParseDevNumber(slave_dev_text));
-    // The table names its device as MAJ:MIN; it must be the one slave sysfs reports.
-    auto table_dev = ParseDevNumber(hop->device);
-    if (!table_dev || *table_dev != slave_dev) break;
-    info.disk_offset_bytes += hop->offset_bytes;
-    info.disk_holds_ciphertext |= hop->ciphertext;
-    name = slaves[0];
-    dev = slave_dev;
-  }
-  info.disk = "/dev/" + name;
-  info.disk_dev = dev;
-  info.through_device_mapper = info.disk != info.fs_device;
-  const std::string sys = "/sys/class/block/" + name;
-  info.disk_size = IMAGED_TRY(ReadSysfsU64(sys + "/size")) * 512;
-  auto start = ReadSysfsU64(sys + "/start");  // only partitions have it
-  if (start) info.partition_start_bytes = *start * 512;
-  // A partition has no queue/ of its own; its parent's applies.
-  auto lbs = ReadSysfsU64(sys + "/queue/logical_block_size");
-  if (!lbs) lbs = ReadSysfsU64(sys + "/../queue/logical_block_size");
-  info.disk_logical_block_size = lbs ? static_cast<uint32_t>(*lbs) : 512;
+  IMAGED_TRY(FindDisk(name, st.st_dev, info));
   return info;
 }
 
-namespace internal {
-
-Result<std::string> ReadSysfs(const std::string& path) {
-  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return ErrnoError("read {}", path);
-  constexpr size_t kMax = 64 * 1024;
-  std::string s(kMax, '\0');
-  size_t got = 0;
-  while (got < s.size()) {
-    ssize_t n = pread(fd.get(), s.data() + got, s.size() - got, static_cast<off_t>(got));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError("read {}", path);
-    }
-    if (n == 0) break;
-    got += static_cast<size_t>(n);
-  }
-  s.resize(got);
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-  return s;
-}
-
-}  // namespace internal
 }  // namespace imaged::fiemap

@@ -1,5 +1,6 @@
 // The manager's crash points (the mechanism and its environment variables are in
-// imaged/common/crash_point.h). Points (operation.step, in the order they are hit):
+// imaged/common/crash_point.h; the grow.* points are in fiemap/split_file.cpp). Points
+// (operation.step, in the order they are hit):
 //   create.checked          checks done, nothing durable yet
 //   create.piece_progress   each progress report while pieces are allocated and written
 //   create.pieces_done      pieces and list file written, no lp_metadata entry
@@ -18,8 +19,8 @@
 //   unmap.status_removed    status file gone, allocation not yet restored
 //   unmap.done              unmapped, before the reply
 //   resize.checked          checks done, nothing durable yet
-//   resize.piece_created    after each new piece is created
-//   resize.list_written     list file names the new pieces, lp_metadata not yet grown
+//   grow.piece_created      after each new piece (SplitFiemap::Grow)
+//   grow.list_written       list file names the new pieces, lp_metadata not yet grown
 //   resize.lp_written       lp_metadata has the new size
 //   import.marked           <name>.incomplete written, image not yet created
 //   import.created          image created (empty), no data copied
@@ -27,7 +28,7 @@
 //   import.copied           data copied and synced, the incomplete marker still there
 //   import.done             marker removed, before the reply
 //   zero_fill.progress      each progress report while zeros are written
-// And in metadata::AtomicWriteFile (lp_metadata, status and list files), with the same variables:
+// And in Directory::AtomicWrite (lp_metadata, status and list files), with the same variables:
 //   atomic.temp_written     temp file written and fsynced, not renamed
 //   atomic.renamed          renamed over the target, directory not fsynced
 #pragma once

@@ -1,19 +1,16 @@
-// ImageManager: image set bookkeeping (create, delete, list, disable, validate, resize).
-// Mapping lives in mapping.cpp, recovery in recovery.cpp, import in import.cpp.
+// ImageManager: image set bookkeeping (open, create, delete, queries, disable, validate) and the
+// lookups every operation starts with. Mapping is in mapping.cpp, resize in resize.cpp,
+// recovery in recovery.cpp, import in import.cpp, List in list_snapshot.cpp.
 #include "manager/image_manager.h"
 
 #include <fcntl.h>
-#include <sys/stat.h>
+#include <sys/file.h>
 #include <unistd.h>
-
-#include <filesystem>
-#include <system_error>
 
 #include "crash_point.h"
 #include "fiemap/fiemap_writer.h"
 #include "imaged/common/size.h"
 #include "internal.h"
-#include "metadata/atomic_file.h"
 
 namespace imaged {
 
@@ -21,13 +18,6 @@ using manager::FileLock;
 using manager::RoundUp;
 
 namespace {
-
-Result<void> MakeDirs(const std::string& dir) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) return MakeError(ec.value(), "create directory \"{}\"", dir);
-  return Ok();
-}
 
 // Sizes are whole 512-byte sectors (liblp) and whole logical blocks of the disk (direct I/O and
 // loop devices); silently rounding would move an AVB footer or a filesystem's end.
@@ -45,44 +35,89 @@ Result<void> CheckSize(uint64_t size, const fiemap::FilesystemInfo& fs) {
   return Ok();
 }
 
-std::string PieceName(const std::string& base, size_t index) {
-  return fmt::format("{}.{:04d}", base, index);
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
 // Impl helpers
 
 Result<ImageManager::Impl::OpLocks> ImageManager::Impl::LockImage(std::string_view name) {
-  OpLocks locks;
+  OpLocks held;
   // Shared: many operations run at once; Recover takes it exclusively.
-  locks.set = IMAGED_TRY(FileLock::Acquire(set_lock_path(), /*exclusive=*/false));
-  locks.image = IMAGED_TRY(FileLock::Acquire(lock_path(name), /*exclusive=*/true));
-  locks.change = manager::ChangeNote(&list_cache);
-  return locks;
+  held.set = IMAGED_TRY(FileLock::Acquire(locks, imageset::kSetLock, /*exclusive=*/false));
+  held.image =
+      IMAGED_TRY(FileLock::Acquire(locks, imageset::ImageLockName(name), /*exclusive=*/true));
+  held.change = manager::ChangeNote(&list_cache);
+  held.impl = this;
+  held.name = std::string(name);
+  return held;
+}
+
+ImageManager::Impl::OpLocks::~OpLocks() {
+  // No list file, no image: lp_metadata names an image only while its list file exists.
+  if (!impl || !image.held() || impl->data.Exists(imageset::ListFileName(name))) return;
+  // Waiters re-check the lock file's identity after locking (FileLock), so this is safe.
+  (void)impl->locks.RemoveFile(imageset::ImageLockName(name));
 }
 
 Result<std::optional<metadata::LpMetadata>> ImageManager::Impl::ReadLp() const {
-  const std::string path = lp_path();
-  if (!manager::PathExists(path)) return std::optional<metadata::LpMetadata>();
-  auto md = metadata::ReadImageFile(path);
-  if (!md) {
-    Error e = std::move(md).error();
-    if (e.code == ENOENT) return std::optional<metadata::LpMetadata>();
-    // A damaged lp_metadata is corruption, whatever the parser's errno.
-    if (e.code == EINVAL || e.code == EBADMSG) e.code = EUCLEAN;
-    return std::move(e).Wrap("read lp_metadata");
-  }
-  return std::optional<metadata::LpMetadata>(std::move(*md));
+  return IMAGED_TRY_CTX(imageset::ReadLpMetadata(metadata), "read lp_metadata");
 }
 
-Result<void> ImageManager::Impl::EditLp(
-    const std::function<Result<metadata::LpMetadata>(std::optional<metadata::LpMetadata>)>& edit) {
-  auto lock = IMAGED_TRY(FileLock::Acquire(lp_lock_path(), true));
+Result<void> ImageManager::Impl::EditLp(const LpEdit& edit) {
+  auto lock = IMAGED_TRY(FileLock::Acquire(locks, imageset::kLpMetadataLock, true));
   auto current = IMAGED_TRY(ReadLp());
   auto updated = IMAGED_TRY(edit(std::move(current)));
-  IMAGED_TRY_CTX(metadata::WriteImageFile(lp_path(), updated), "write lp_metadata");
+  IMAGED_TRY_CTX(imageset::WriteLpMetadata(metadata, updated), "write lp_metadata");
+  return Ok();
+}
+
+Result<void> ImageManager::Impl::RecordExtents(std::string_view name, uint32_t attributes,
+                                               const std::vector<metadata::Extent>& extents) {
+  return EditLp([&](std::optional<metadata::LpMetadata> current) -> Result<metadata::LpMetadata> {
+    if (!current || !metadata::FindPartition(*current, name)) {
+      return MakeError(ENOENT, "no such image");
+    }
+    IMAGED_TRY(metadata::SetPartition(*current, name, attributes, extents));
+    return std::move(*current);
+  });
+}
+
+Result<ImageManager::Impl::Image> ImageManager::Impl::FindImage(std::string_view name) {
+  const auto md = IMAGED_TRY(ReadLp());
+  const auto* p = md ? metadata::FindPartition(*md, name) : nullptr;
+  if (!p) return MakeError(ENOENT, "no such image");
+  Image image;
+  image.partition = *p;
+  image.extents = metadata::PartitionExtents(*md, *p);
+  image.size = metadata::PartitionSizeBytes(*md, *p);
+  return image;
+}
+
+Result<ImageManager::Impl::Image> ImageManager::Impl::FindUnmappedImage(std::string_view name) {
+  Image image = IMAGED_TRY(FindImage(name));
+  if (auto device = IMAGED_TRY(MappedDeviceLocked(name))) {
+    return MakeError(EBUSY, "the image is mapped at {}", *device);
+  }
+  return image;
+}
+
+Result<void> ImageManager::Impl::MarkIncomplete(std::string_view name) {
+  // Never mark an image that exists: Recover deletes marked images.
+  const auto md = IMAGED_TRY(ReadLp());
+  if (md && metadata::FindPartition(*md, name)) return MakeError(EEXIST, "the image exists");
+  static constexpr std::string_view kContent = "incomplete\n";
+  IMAGED_TRY_CTX(
+      metadata.AtomicWrite(imageset::IncompleteMarkerName(name),
+                           {reinterpret_cast<const uint8_t*>(kContent.data()), kContent.size()},
+                           {.mode = 0600}),
+      "mark \"{}\" incomplete", name);
+  return Ok();
+}
+
+Result<void> ImageManager::Impl::ClearIncomplete(std::string_view name) {
+  if (IMAGED_TRY(metadata.RemoveFile(imageset::IncompleteMarkerName(name)))) {
+    IMAGED_TRY(metadata.Sync());
+  }
   return Ok();
 }
 
@@ -97,37 +132,60 @@ Result<dm::DeviceMapper*> ImageManager::Impl::Dm() {
   return dm.get();
 }
 
-Result<bool> ImageManager::Impl::DmExists(const std::string& dm_name) {
-  if (!manager::DeviceMapperAvailable()) return false;
-  auto* mapper = IMAGED_TRY(Dm());
-  auto info = IMAGED_TRY(mapper->Info(dm_name));
-  return info.has_value();
+Result<manager::KernelView> ImageManager::Impl::ScanKernel() {
+  dm::DeviceMapper* mapper = nullptr;
+  if (manager::DeviceMapperAvailable()) mapper = IMAGED_TRY(Dm());
+  return manager::KernelView::Scan(mapper);
 }
 
-Result<void> ImageManager::Impl::MarkIncomplete(std::string_view name) {
-  // Never mark an image that exists: Recover deletes marked images.
-  const auto md = IMAGED_TRY(ReadLp());
-  if (md && metadata::FindPartition(*md, name)) return MakeError(EEXIST, "the image exists");
-  static constexpr std::string_view kContent = "incomplete\n";
-  IMAGED_TRY_CTX(metadata::AtomicWriteFile(
-                     incomplete_path(name),
-                     {reinterpret_cast<const uint8_t*>(kContent.data()), kContent.size()}, 0600),
-                 "mark \"{}\" incomplete", name);
-  return Ok();
-}
-
-Result<void> ImageManager::Impl::ClearIncomplete(std::string_view name) {
-  const std::string path = incomplete_path(name);
-  if (unlink(path.c_str()) != 0) {
-    if (errno == ENOENT) return Ok();
-    return ErrnoError("remove \"{}\"", path);
+Result<std::vector<manager::FileId>> ImageManager::Impl::PieceIds(std::string_view name) {
+  std::vector<manager::FileId> ids;
+  for (const auto& file : IMAGED_TRY(data.List())) {
+    const auto f = imageset::ClassifyDataFile(file);
+    if (!f || f->kind != imageset::DataFile::Kind::kPiece || f->image != name) continue;
+    // Only regular files: a symlink planted at a piece's name names nothing of ours.
+    auto st = IMAGED_TRY(data.Stat(file));
+    if (st && S_ISREG(st->st_mode)) ids.push_back({st->st_dev, st->st_ino});
   }
-  IMAGED_TRY(metadata::FsyncDirectory(options.metadata_dir));
-  return Ok();
+  return ids;
+}
+
+Result<std::optional<std::string>> ImageManager::Impl::MappedDevice(
+    std::string_view name, const manager::KernelView& kernel) {
+  // The kernel is the truth: a status file can be stale after a crash, and images mapped by
+  // imaged-init at boot have a dm device but no status file.
+  if (kernel.HasDm(dm_name(name))) {
+    return std::optional<std::string>(dm::DeviceMapper::DevicePath(dm_name(name)));
+  }
+  std::optional<std::string> first;
+  for (const auto& id : IMAGED_TRY(PieceIds(name))) {
+    for (const auto& loop : kernel.LoopsOf(id)) {
+      if (!first || loop < *first) first = loop;
+    }
+  }
+  return first;
+}
+
+Result<std::optional<std::string>> ImageManager::Impl::MappedDeviceLocked(std::string_view name) {
+  const auto kernel = IMAGED_TRY(ScanKernel());
+  return MappedDevice(name, kernel);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Open
+
+Result<UniqueFd> ClaimImageSet(const std::string& metadata_dir) {
+  auto metadata = IMAGED_TRY(Directory::Open(metadata_dir, true));
+  auto locks = IMAGED_TRY(Directory::Open(metadata.PathOf(imageset::kLockDir), true));
+  UniqueFd fd = IMAGED_TRY(locks.OpenFile(imageset::kDaemonLock, O_RDWR | O_CREAT, 0600));
+  if (flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) {
+      return MakeError(EBUSY, "another imaged manages the image set in \"{}\"", metadata_dir);
+    }
+    return ErrnoError("lock \"{}\"", locks.PathOf(imageset::kDaemonLock));
+  }
+  return fd;
+}
 
 ImageManager::ImageManager(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ImageManager::~ImageManager() = default;
@@ -142,24 +200,21 @@ Result<std::unique_ptr<ImageManager>> ImageManager::Open(const ManagerOptions& o
   }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  std::error_code ec;
-  impl->options.data_dir = std::filesystem::absolute(options.data_dir, ec).lexically_normal();
-  impl->options.metadata_dir =
-      std::filesystem::absolute(options.metadata_dir, ec).lexically_normal();
-  for (std::string* dir : {&impl->options.data_dir, &impl->options.metadata_dir}) {
-    while (dir->size() > 1 && dir->back() == '/') dir->pop_back();
-  }
   if (impl->options.default_map_timeout.count() <= 0) {
     impl->options.default_map_timeout = std::chrono::milliseconds(10000);
   }
   impl->list_cache.set_refresh(impl->options.list_refresh_interval);
-  IMAGED_TRY_CTX(dm::DeviceMapper::ValidateName(options.dm_prefix + "x"),
-                 "open image set: dm_prefix \"{}\"", options.dm_prefix);
-  IMAGED_TRY_CTX(MakeDirs(impl->options.data_dir), "open image set");
-  IMAGED_TRY_CTX(MakeDirs(impl->options.metadata_dir), "open image set");
+  IMAGED_TRY_CTX(imageset::ValidateDmPrefix(options.dm_prefix), "open image set: dm_prefix \"{}\"",
+                 options.dm_prefix);
+  impl->data = IMAGED_TRY_CTX(Directory::Open(options.data_dir, true), "open image set");
+  impl->metadata = IMAGED_TRY_CTX(Directory::Open(options.metadata_dir, true), "open image set");
+  impl->locks = IMAGED_TRY_CTX(Directory::Open(impl->metadata.PathOf(imageset::kLockDir), true),
+                               "open image set");
+  impl->options.data_dir = impl->data.path();
+  impl->options.metadata_dir = impl->metadata.path();
   // Refuse unsupported filesystems up front rather than at the first create.
-  IMAGED_TRY_CTX(fiemap::InspectFilesystem(impl->options.data_dir), "open image set \"{}\"",
-                 impl->options.data_dir);
+  IMAGED_TRY_CTX(fiemap::InspectFilesystem(impl->data.fd(), impl->data.path()),
+                 "open image set \"{}\"", impl->data.path());
   return std::unique_ptr<ImageManager>(new ImageManager(std::move(impl)));
 }
 
@@ -168,13 +223,13 @@ Result<std::unique_ptr<ImageManager>> ImageManager::Open(const ManagerOptions& o
 
 Result<void> ImageManager::Create(std::string_view name, uint64_t size_bytes,
                                   const CreateOptions& options) {
-  IMAGED_TRY_CTX(ValidateImageName(name), "create");
+  IMAGED_TRY_CTX(imageset::ValidateImageName(name), "create");
   auto locks = IMAGED_TRY_CTX(impl_->LockImage(name), "create \"{}\"", name);
   // With zero-fill the image is not what was asked for until the zeros are in: a crash before
   // then must not leave it behind (Recover deletes images with an incomplete marker).
   const bool mark = options.zero_fill_bytes != 0;
-  if (mark) IMAGED_TRY_CTX(impl_->MarkIncomplete(name), "create \"{}\"", name);
-  auto created = impl_->CreateLocked(name, size_bytes, options);
+  auto created = mark ? impl_->MarkIncomplete(name) : Result<void>();
+  if (created) created = impl_->CreateLocked(name, size_bytes, options);
   if (mark && created) created = impl_->ClearIncomplete(name);
   if (mark && !created) (void)impl_->ClearIncomplete(name);  // CreateLocked rolled back
   IMAGED_TRY_CTX(std::move(created), "create \"{}\"", name);
@@ -182,28 +237,64 @@ Result<void> ImageManager::Create(std::string_view name, uint64_t size_bytes,
   return Ok();
 }
 
-Result<void> ImageManager::Impl::CreateLocked(std::string_view name, uint64_t size,
-                                              const CreateOptions& create, const FillFn& fill) {
-  const auto fs = IMAGED_TRY(fiemap::InspectFilesystem(options.data_dir));
+Result<void> ImageManager::Impl::CheckCreatable(std::string_view name, uint64_t size,
+                                                const fiemap::FilesystemInfo& fs) {
   IMAGED_TRY(CheckSize(size, fs));
   const auto md = IMAGED_TRY(ReadLp());
   if (md && metadata::FindPartition(*md, name)) return MakeError(EEXIST, "the image exists");
-  const std::string list = list_path(name);
-  if (manager::PathExists(list)) {
-    return MakeError(EEXIST, "\"{}\" exists (left by an interrupted create or delete?)", list);
+  const std::string list = imageset::ListFileName(name);
+  if (data.Exists(list)) {
+    return MakeError(EEXIST, "\"{}\" exists (left by an interrupted create or delete?)",
+                     data.PathOf(list));
   }
-  if (manager::PathExists(status_path(name))) {
+  const std::string status = imageset::StatusFileName(name);
+  if (metadata.Exists(status)) {
     return MakeError(EEXIST, "\"{}\" exists: devices of an image of that name may be mapped",
-                     status_path(name));
+                     metadata.PathOf(status));
   }
-  if (IMAGED_TRY(DmExists(dm_name(name)))) {
+  if (IMAGED_TRY(ScanKernel()).HasDm(dm_name(name))) {
     return MakeError(EEXIST, "device-mapper device \"{}\" exists", dm_name(name));
   }
   const uint64_t needed = RoundUp(size, fs.block_size ? fs.block_size : 4096);
   if (needed > fs.free_bytes) {
     return MakeError(ENOSPC, "{} needed, {} free on \"{}\"", HumanSize(needed),
-                     HumanSize(fs.free_bytes), options.data_dir);
+                     HumanSize(fs.free_bytes), data.path());
   }
+  return Ok();
+}
+
+Result<void> ImageManager::Impl::RecordNewImage(std::string_view name,
+                                                const fiemap::SplitFiemap& split,
+                                                const fiemap::FilesystemInfo& fs, uint64_t size,
+                                                bool readonly) {
+  const auto disk = imageset::DiskFactsOf(fs);
+  const auto extents = IMAGED_TRY(imageset::ComputeLpExtents(split, disk, size));
+  const uint32_t attributes = readonly ? metadata::kPartitionAttrReadonly : 0;
+  return EditLp([&](std::optional<metadata::LpMetadata> current) -> Result<metadata::LpMetadata> {
+    metadata::LpMetadata next;
+    if (current) {
+      next = std::move(*current);
+      if (metadata::FindPartition(next, name)) return MakeError(EEXIST, "the image exists");
+      // All images live on the data fs; the entry follows the disk it is on now.
+      if (!next.block_devices.empty()) {
+        next.block_devices[0].partition_name = Basename(disk.disk);
+        next.block_devices[0].size = disk.disk_size;
+      }
+    } else {
+      metadata::BlockDevice device;
+      device.partition_name = Basename(disk.disk);
+      device.size = disk.disk_size;
+      next = metadata::NewImageMetadata(device, disk.logical_block_size, 0);
+    }
+    IMAGED_TRY(metadata::SetPartition(next, name, attributes, extents));
+    return next;
+  });
+}
+
+Result<void> ImageManager::Impl::CreateLocked(std::string_view name, uint64_t size,
+                                              const CreateOptions& create, const FillFn& fill) {
+  const auto fs = IMAGED_TRY(fiemap::InspectFilesystem(data.fd(), data.path()));
+  IMAGED_TRY(CheckCreatable(name, size, fs));
   IMAGED_CRASH_POINT("create.checked");
 
   fiemap::SplitFiemap::CreateOptions split_options;
@@ -217,53 +308,23 @@ Result<void> ImageManager::Impl::CreateLocked(std::string_view name, uint64_t si
       return create.progress ? create.progress(done, total) : true;
     };
   }
-  auto split = IMAGED_TRY(fiemap::SplitFiemap::Create(list, size, split_options));
+  const std::string list = imageset::ListFileName(name);
+  auto split = IMAGED_TRY(fiemap::SplitFiemap::Create(data, list, size, split_options));
   IMAGED_CRASH_POINT("create.pieces_done");
 
-  struct Rollback {
-    std::string list;
-    bool armed = true;
-    ~Rollback() {
-      if (armed) (void)fiemap::SplitFiemap::Remove(list);
+  auto record = [&]() -> Result<void> {
+    if (fill) {
+      IMAGED_TRY(fill(split));
+      // Until this, ranges the filler skipped are unwritten extents: lp_metadata must never
+      // record them (a raw mapping would read stale blocks there).
+      IMAGED_TRY(split.CompleteZeroing());
     }
-  } rollback{list};
-
-  if (fill) {
-    IMAGED_TRY(fill(split));
-    // Until this, ranges the filler skipped are unwritten extents: lp_metadata must never
-    // record them (a raw mapping would read stale blocks there).
-    IMAGED_TRY(split.CompleteZeroing());
-  }
-  const auto disk = manager::DiskFactsOf(fs);
-  for (const auto& piece : split.pieces()) {
-    if (piece.fs_dev() != fs.fs_dev) {
-      return MakeError(EXDEV, "\"{}\" is not on the filesystem of \"{}\"", piece.path(),
-                       options.data_dir);
-    }
-  }
-  const auto extents = IMAGED_TRY(manager::ComputeLpExtents(split, disk, size));
-  const uint32_t attributes = create.readonly ? metadata::kPartitionAttrReadonly : 0;
-  auto add = [&](std::optional<metadata::LpMetadata> current) -> Result<metadata::LpMetadata> {
-    metadata::LpMetadata next;
-    if (current) {
-      next = std::move(*current);
-      if (metadata::FindPartition(next, name)) return MakeError(EEXIST, "the image exists");
-      // All images live on the data fs; the entry follows the disk it is on now.
-      if (!next.block_devices.empty()) {
-        next.block_devices[0].partition_name = manager::Basename(disk.disk);
-        next.block_devices[0].size = disk.disk_size;
-      }
-    } else {
-      metadata::BlockDevice device;
-      device.partition_name = manager::Basename(disk.disk);
-      device.size = disk.disk_size;
-      next = metadata::NewImageMetadata(device, disk.logical_block_size, 0);
-    }
-    IMAGED_TRY(metadata::SetPartition(next, name, attributes, extents));
-    return next;
+    return RecordNewImage(name, split, fs, size, create.readonly);
   };
-  IMAGED_TRY(EditLp(add));
-  rollback.armed = false;
+  if (auto recorded = record(); !recorded) {
+    (void)fiemap::SplitFiemap::Remove(data, list);
+    return recorded;
+  }
   IMAGED_CRASH_POINT("create.lp_written");
 
   if (create.zero_fill_bytes != 0) {
@@ -271,8 +332,9 @@ Result<void> ImageManager::Impl::CreateLocked(std::string_view name, uint64_t si
     if (!zeroed) {
       auto undo = DeleteLocked(name);
       Error e = std::move(zeroed).error();
-      if (!undo)
+      if (!undo) {
         e.message += fmt::format(" (and removing the image failed: {})", undo.error().ToString());
+      }
       return std::move(e).Wrap("zero-fill");
     }
   }
@@ -283,32 +345,28 @@ Result<void> ImageManager::Impl::CreateLocked(std::string_view name, uint64_t si
 // Delete
 
 Result<void> ImageManager::Delete(std::string_view name) {
-  IMAGED_TRY_CTX(ValidateImageName(name), "delete");
+  IMAGED_TRY_CTX(imageset::ValidateImageName(name), "delete");
   auto locks = IMAGED_TRY_CTX(impl_->LockImage(name), "delete \"{}\"", name);
   IMAGED_TRY_CTX(impl_->DeleteLocked(name), "delete \"{}\"", name);
   return Ok();
 }
 
 Result<void> ImageManager::Impl::DeleteLocked(std::string_view name) {
-  const auto md = IMAGED_TRY(ReadLp());
-  const bool in_lp = md && metadata::FindPartition(*md, name);
-  const std::string list = list_path(name);
-  if (!in_lp && !manager::PathExists(list)) return MakeError(ENOENT, "no such image");
+  auto image = FindImage(name);
+  if (!image && image.error().code != ENOENT) return std::move(image).error();
+  const std::string list = imageset::ListFileName(name);
+  if (!image && !data.Exists(list)) return MakeError(ENOENT, "no such image");
   if (auto device = IMAGED_TRY(MappedDeviceLocked(name))) {
     return MakeError(EBUSY, "the image is mapped at {}", *device);
   }
   // Nothing of the image is live (checked above): a status file is a crash leftover. Whatever
   // it names that is still ours goes too, before the blocks are freed.
-  if (manager::PathExists(status_path(name))) {
-    auto entries = metadata::ReadStatusFile(status_path(name));
-    std::vector<std::string> pieces;
-    if (auto listed = fiemap::SplitFiemap::ListPieces(list)) pieces = std::move(*listed);
-    IMAGED_TRY(TearDown(name, entries ? *entries : std::vector<metadata::StatusEntry>{}, pieces));
-  }
+  const std::string status = imageset::StatusFileName(name);
+  if (metadata.Exists(status)) IMAGED_TRY(TearDown(name));
   IMAGED_CRASH_POINT("delete.checked");
   // lp_metadata first: once the entry is gone nothing can map the blocks, and a crash before the
   // files are gone leaves only orphans that Recover removes.
-  if (in_lp) {
+  if (image) {
     IMAGED_TRY(
         EditLp([&](std::optional<metadata::LpMetadata> current) -> Result<metadata::LpMetadata> {
           if (!current) return MakeError(ENOENT, "lp_metadata vanished");
@@ -317,11 +375,9 @@ Result<void> ImageManager::Impl::DeleteLocked(std::string_view name) {
         }));
   }
   IMAGED_CRASH_POINT("delete.lp_removed");
-  IMAGED_TRY(fiemap::SplitFiemap::Remove(list));
+  IMAGED_TRY(fiemap::SplitFiemap::Remove(data, list));
   IMAGED_CRASH_POINT("delete.files_removed");
-  IMAGED_TRY(metadata::RemoveStatusFile(status_path(name)));
-  // Waiters re-check the lock file's identity after locking (FileLock), so this is safe.
-  unlink(lock_path(name).c_str());
+  IMAGED_TRY(metadata::RemoveStatusFile(metadata, status));
   return Ok();
 }
 
@@ -329,7 +385,7 @@ Result<void> ImageManager::Impl::DeleteLocked(std::string_view name) {
 // Queries
 
 Result<bool> ImageManager::Exists(std::string_view name) {
-  IMAGED_TRY_CTX(ValidateImageName(name), "exists");
+  IMAGED_TRY_CTX(imageset::ValidateImageName(name), "exists");
   const auto md = IMAGED_TRY_CTX(impl_->ReadLp(), "exists \"{}\"", name);
   return md && metadata::FindPartition(*md, name) != nullptr;
 }
@@ -339,27 +395,32 @@ Result<ImageInfo> ImageManager::Impl::InfoLocked(std::string_view name,
   const auto* p = metadata::FindPartition(md, name);
   if (!p) return MakeError(ENOENT, "no such image");
   ImageInfo info = manager::LpImageInfo(md, *p);
-  if (auto pieces = fiemap::SplitFiemap::ListPieces(list_path(name))) {
+  if (auto pieces = fiemap::SplitFiemap::ListPieces(data, imageset::ListFileName(name))) {
     info.pieces = static_cast<uint32_t>(pieces->size());
   }
   info.mapped_device = IMAGED_TRY(MappedDeviceLocked(name));
   return info;
 }
 
-// ImageManager::List is in list_snapshot.cpp.
-
 Result<ImageInfo> ImageManager::Info(std::string_view name) {
-  IMAGED_TRY_CTX(ValidateImageName(name), "info");
+  IMAGED_TRY_CTX(imageset::ValidateImageName(name), "info");
   const auto md = IMAGED_TRY_CTX(impl_->ReadLp(), "info \"{}\"", name);
   if (!md) return MakeError(ENOENT, "info \"{}\": no such image", name);
   return IMAGED_TRY_CTX(impl_->InfoLocked(name, *md), "info \"{}\"", name);
+}
+
+Result<std::optional<std::string>> ImageManager::GetMappedDevice(std::string_view name) {
+  IMAGED_TRY_CTX(imageset::ValidateImageName(name), "mapped device");
+  auto device = IMAGED_TRY_CTX(impl_->MappedDeviceLocked(name), "mapped device of \"{}\"", name);
+  if (!device) IMAGED_TRY_CTX(impl_->FindImage(name), "mapped device of \"{}\"", name);
+  return device;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Disable / RemoveDisabled
 
 Result<void> ImageManager::Disable(std::string_view name) {
-  IMAGED_TRY_CTX(ValidateImageName(name), "disable");
+  IMAGED_TRY_CTX(imageset::ValidateImageName(name), "disable");
   auto locks = IMAGED_TRY_CTX(impl_->LockImage(name), "disable \"{}\"", name);
   auto disable = [&](std::optional<metadata::LpMetadata> current) -> Result<metadata::LpMetadata> {
     const auto* p = current ? metadata::FindPartition(*current, name) : nullptr;
@@ -395,40 +456,36 @@ Result<std::vector<std::string>> ImageManager::RemoveDisabled() {
 // ---------------------------------------------------------------------------------------------
 // Validate
 
-Result<void> ImageManager::Impl::CheckExtentsLocked(std::string_view name,
-                                                    const metadata::LpMetadata& md,
-                                                    std::optional<fiemap::SplitFiemap>* opened) {
-  const auto* p = metadata::FindPartition(md, name);
-  if (!p) return MakeError(ENOENT, "no such image");
-  const uint64_t size = metadata::PartitionSizeBytes(md, *p);
-  auto split = fiemap::SplitFiemap::Open(list_path(name));
+Result<fiemap::SplitFiemap> ImageManager::Impl::CheckExtentsLocked(std::string_view name,
+                                                                   const Image& image) {
+  auto split = fiemap::SplitFiemap::Open(data, imageset::ListFileName(name));
   if (!split) {
     Error e = std::move(split).error();
-    if (e.code != ENOENT) e.code = EUCLEAN;
+    // The errno stays (EIO is an I/O error, not corruption); a file whose extents fail
+    // validation (EINVAL from FIEMAP's checks) no longer owns what was recorded.
+    if (e.code == EINVAL) e = std::move(e).As(ErrorKind::kExtentsChanged);
     return std::move(e).Wrap(fmt::format("extents of \"{}\" cannot be read", name));
   }
-  const auto fs = IMAGED_TRY(fiemap::InspectFilesystem(options.data_dir));
-  auto live = manager::ComputeLpExtents(*split, manager::DiskFactsOf(fs), size);
+  const auto fs = IMAGED_TRY(fiemap::InspectFilesystem(data.fd(), data.path()));
+  auto live = imageset::ComputeLpExtents(*split, imageset::DiskFactsOf(fs), image.size);
   if (!live) {
-    return MakeError(EUCLEAN, "extents of \"{}\" changed since creation: {}", name,
-                     live.error().ToString());
+    return std::move(live).error().Wrap(
+        fmt::format("extents of \"{}\" changed since creation", name));
   }
-  const auto recorded = metadata::PartitionExtents(md, *p);
-  if (*live != recorded) {
-    size_t i = 0;
-    while (i < live->size() && i < recorded.size() && (*live)[i] == recorded[i]) ++i;
-    auto describe = [](const std::vector<metadata::Extent>& v, size_t at) {
-      if (at >= v.size()) return std::string("none");
-      return fmt::format("{} sectors at sector {}", v[at].num_sectors, v[at].target_data);
-    };
-    return MakeError(EUCLEAN,
-                     "extents of \"{}\" changed since creation: extent {} is {} on disk, "
-                     "lp_metadata records {} ({} live extents, {} recorded)",
-                     name, i, describe(*live, i), describe(recorded, i), live->size(),
-                     recorded.size());
-  }
-  if (opened) opened->emplace(std::move(*split));
-  return Ok();
+  const auto& recorded = image.extents;
+  if (*live == recorded) return std::move(*split);
+  size_t i = 0;
+  while (i < live->size() && i < recorded.size() && (*live)[i] == recorded[i]) ++i;
+  auto describe = [](const std::vector<metadata::Extent>& v, size_t at) {
+    if (at >= v.size()) return std::string("none");
+    return fmt::format("{} sectors at sector {}", v[at].num_sectors, v[at].target_data);
+  };
+  return MakeError(EUCLEAN,
+                   "extents of \"{}\" changed since creation: extent {} is {} on disk, "
+                   "lp_metadata records {} ({} live extents, {} recorded)",
+                   name, i, describe(*live, i), describe(recorded, i), live->size(),
+                   recorded.size())
+      .As(ErrorKind::kExtentsChanged);
 }
 
 Result<std::vector<ValidationResult>> ImageManager::Validate() {
@@ -438,132 +495,17 @@ Result<std::vector<ValidationResult>> ImageManager::Validate() {
   for (const auto& p : md->partitions) {
     auto locks = IMAGED_TRY_CTX(impl_->LockImage(p.name), "validate \"{}\"", p.name);
     // Re-read under the lock: the image may have been resized or deleted meanwhile.
-    const auto now = IMAGED_TRY_CTX(impl_->ReadLp(), "validate");
-    if (!now || !metadata::FindPartition(*now, p.name)) continue;
+    auto image = impl_->FindImage(p.name);
+    if (!image && image.error().code == ENOENT) continue;
     ValidationResult r;
     r.name = p.name;
-    auto checked = impl_->CheckExtentsLocked(p.name, *now);
+    auto checked = image ? impl_->CheckExtentsLocked(p.name, *image)
+                         : Result<fiemap::SplitFiemap>(image.error());
     r.ok = checked.has_value();
     if (!r.ok) r.problem = checked.error().ToString();
     out.push_back(std::move(r));
   }
   return out;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Resize
-
-Result<void> ImageManager::Resize(std::string_view name, uint64_t new_size,
-                                  const Progress& progress) {
-  IMAGED_TRY_CTX(ValidateImageName(name), "resize");
-  auto locks = IMAGED_TRY_CTX(impl_->LockImage(name), "resize \"{}\"", name);
-  auto& impl = *impl_;
-  auto run = [&]() -> Result<void> {
-    const auto fs = IMAGED_TRY(fiemap::InspectFilesystem(impl.options.data_dir));
-    IMAGED_TRY(CheckSize(new_size, fs));
-    const auto md = IMAGED_TRY(impl.ReadLp());
-    const auto* p = md ? metadata::FindPartition(*md, name) : nullptr;
-    if (!p) return MakeError(ENOENT, "no such image");
-    if (auto device = IMAGED_TRY(impl.MappedDeviceLocked(name))) {
-      return MakeError(EBUSY, "the image is mapped at {}", *device);
-    }
-    const uint64_t old_size = metadata::PartitionSizeBytes(*md, *p);
-    if (new_size < old_size) {
-      return MakeError(EINVAL, "shrinking from {} to {} is not supported", old_size, new_size);
-    }
-    if (new_size == old_size) return Ok();
-    const uint32_t attributes = p->attributes;
-
-    // The existing pieces must still be where lp_metadata says before we extend the record.
-    std::optional<fiemap::SplitFiemap> split;
-    IMAGED_TRY(impl.CheckExtentsLocked(name, *md, &split));
-    const std::string list = impl.list_path(name);
-    const std::string base = manager::Basename(list);
-    const auto old_pieces = IMAGED_TRY(fiemap::SplitFiemap::ListPieces(list));
-
-    // New pieces are appended after the existing ones (whose sizes never change), so every
-    // recorded extent stays valid; the slack at the end of the last piece is used first.
-    struct Rollback {
-      std::vector<std::string> created;
-      std::string list;
-      std::string old_content;
-      bool list_rewritten = false;
-      bool armed = true;
-      ~Rollback() {
-        if (!armed) return;
-        if (list_rewritten) {
-          (void)metadata::AtomicWriteFile(
-              list, {reinterpret_cast<const uint8_t*>(old_content.data()), old_content.size()},
-              0640);
-        }
-        for (const auto& c : created) unlink(c.c_str());
-      }
-    } rollback;
-    rollback.list = list;
-    for (const auto& piece : old_pieces) rollback.old_content += manager::Basename(piece) + "\n";
-    IMAGED_CRASH_POINT("resize.checked");
-
-    if (new_size > split->size()) {
-      const uint64_t bs = fs.block_size ? fs.block_size : 4096;
-      const uint64_t extra = RoundUp(new_size - split->size(), bs);
-      if (extra > fs.free_bytes) {
-        return MakeError(ENOSPC, "{} more needed, {} free on \"{}\"", HumanSize(extra),
-                         HumanSize(fs.free_bytes), impl.options.data_dir);
-      }
-      uint64_t piece_size = fs.max_file_size;
-      if (impl.options.max_piece_size)
-        piece_size = std::min(piece_size, impl.options.max_piece_size);
-      piece_size = std::max<uint64_t>(piece_size / bs * bs, bs);
-      const uint64_t count = (extra + piece_size - 1) / piece_size;
-      if (old_pieces.size() + count > static_cast<uint64_t>(fiemap::kMaxPieces)) {
-        return MakeError(EFBIG, "growing needs {} more pieces, beyond {}", count,
-                         fiemap::kMaxPieces);
-      }
-      std::string content = rollback.old_content;
-      uint64_t done = 0;
-      for (uint64_t i = 0; i < count; ++i) {
-        const uint64_t chunk = std::min(piece_size, extra - done);
-        const std::string piece = PieceName(base, old_pieces.size() + i);
-        const std::string path = impl.options.data_dir + "/" + piece;
-        fiemap::ProgressFn piece_progress;
-        if (progress) {
-          piece_progress = [&](uint64_t d, uint64_t) {
-            return done + d >= extra ? true : progress(done + d, extra);
-          };
-        }
-        auto writer = fiemap::FiemapWriter::Create(path, chunk, piece_progress);
-        if (!writer) return std::move(writer).error();
-        rollback.created.push_back(path);
-        IMAGED_CRASH_POINT("resize.piece_created");
-        done += writer->size();
-        content += piece + "\n";
-      }
-      rollback.list_rewritten = true;
-      IMAGED_TRY_CTX(
-          metadata::AtomicWriteFile(
-              list, {reinterpret_cast<const uint8_t*>(content.data()), content.size()}, 0640),
-          "rewrite \"{}\"", list);
-      IMAGED_CRASH_POINT("resize.list_written");
-      split.emplace(IMAGED_TRY(fiemap::SplitFiemap::Open(list)));
-    }
-    const auto extents =
-        IMAGED_TRY(manager::ComputeLpExtents(*split, manager::DiskFactsOf(fs), new_size));
-    auto grow = [&](std::optional<metadata::LpMetadata> current) -> Result<metadata::LpMetadata> {
-      if (!current || !metadata::FindPartition(*current, name)) {
-        return MakeError(ENOENT, "no such image");
-      }
-      IMAGED_TRY(metadata::SetPartition(*current, name, attributes, extents));
-      return std::move(*current);
-    };
-    IMAGED_TRY(impl.EditLp(grow));
-    rollback.armed = false;
-    IMAGED_CRASH_POINT("resize.lp_written");
-    // Too late to cancel here: the image already has its new size.
-    if (progress) (void)progress(new_size - old_size, new_size - old_size);
-    return Ok();
-  };
-  IMAGED_TRY_CTX(run(), "resize \"{}\" to {}", name, new_size);
-  return Ok();
 }
 
 }  // namespace imaged

@@ -1,11 +1,13 @@
-// Private to the manager: paths of an image set, locks, the extent arithmetic shared by create,
-// map, validate and recovery, and the mapping primitives.
+// Private to the manager: the set's directories and locks, the kernel view, the lookups every
+// operation starts with, and the operations' building blocks. Methods named *Locked expect the
+// caller to hold the set lock (shared or exclusive) and the image's lock.
 #pragma once
 
 #include <sys/types.h>
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -17,8 +19,12 @@
 #include "dm/table.h"
 #include "fiemap/filesystem.h"
 #include "fiemap/split_file.h"
+#include "imaged/common/file_io.h"
 #include "imaged/common/result.h"
 #include "imaged/common/unique_fd.h"
+#include "imageset/layout.h"
+#include "imageset/names.h"
+#include "kernel_view.h"
 #include "list_snapshot.h"
 #include "manager/image_manager.h"
 #include "metadata/lp_metadata.h"
@@ -26,92 +32,61 @@
 
 namespace imaged::manager {
 
-inline constexpr const char* kLpMetadataName = "lp_metadata";
-// Image names never start with '.', so this cannot collide with `<name>.lock`.
-inline constexpr const char* kSetLockName = ".imaged-set.lock";
-
 // ---- flock-based locks ----
-// An flock on a lock file opened for this lock alone: threads of one process exclude each other
-// as well as processes do. Re-checks after locking that the path still names the locked inode,
-// so deleting a lock file under its lock (Delete) cannot split waiters across two inodes.
+// An flock on a file of the lock directory opened for this lock alone: threads of one process
+// exclude each other as well as processes do. Re-checks after locking that the name still
+// names the locked inode, so removing a lock file under its lock (no lock file outlives the
+// image it guards) cannot split waiters across two inodes.
 class FileLock {
  public:
   FileLock() = default;
   FileLock(FileLock&&) = default;
   FileLock& operator=(FileLock&&) = default;
   // LOCK_EX or LOCK_SH; blocks.
-  static Result<FileLock> Acquire(const std::string& path, bool exclusive);
+  static Result<FileLock> Acquire(const Directory& dir, std::string_view name, bool exclusive);
   // Not held() when someone else holds it.
-  static Result<FileLock> TryAcquire(const std::string& path, bool exclusive);
-  static FileLock Adopt(UniqueFd fd);
+  static Result<FileLock> TryAcquire(const Directory& dir, std::string_view name, bool exclusive);
   bool held() const { return fd_.valid(); }
   void Release() { fd_.reset(); }
 
  private:
   explicit FileLock(UniqueFd fd) : fd_(std::move(fd)) {}
+  static Result<FileLock> Lock(const Directory& dir, std::string_view name, bool exclusive,
+                               bool block);
   UniqueFd fd_;
 };
 
-// ---- the extents an image's lp_metadata entry must hold ----
-struct DiskFacts {
-  std::string disk;  // /dev node of the bottom device (FilesystemInfo::disk)
-  dev_t disk_dev = 0;
-  uint64_t disk_offset_bytes = 0;  // FIEMAP physical + this = offset on `disk`
-  uint64_t disk_size = 0;
-  uint32_t logical_block_size = 512;
-};
-DiskFacts DiskFactsOf(const fiemap::FilesystemInfo& fs);
-
-// LINEAR extents (512-byte sectors on the disk) covering exactly `size_bytes` of `split`, merged
-// like liblp merges them. EUCLEAN when an extent is misaligned to the disk's logical block size or
-// lies outside the disk; EUCLEAN when the pieces are shorter than size_bytes.
-Result<std::vector<metadata::Extent>> ComputeLpExtents(const fiemap::SplitFiemap& split,
-                                                       const DiskFacts& disk, uint64_t size_bytes);
-
-// The dm-linear table straight over the disk for lp extents.
-dm::Table DmLinearTable(const std::vector<metadata::Extent>& extents, dev_t disk_dev,
-                        bool readonly);
-
-// ---- misc ----
-std::string Basename(std::string_view path);
-bool PathExists(const std::string& path);
-bool DeviceMapperAvailable();
-// Rounds up to a multiple of `align` (a power of two or not); no overflow checks needed by
-// callers that validated the value first.
+// Rounds up to a multiple of `align`; callers validated the value first.
 inline uint64_t RoundUp(uint64_t v, uint64_t align) {
   return (v + align - 1) / align * align;
 }
+
+bool DeviceMapperAvailable();
 
 }  // namespace imaged::manager
 
 namespace imaged {
 
-// The implementation behind ImageManager. Methods named *Locked expect the caller to hold the set
-// lock (shared or exclusive) and the image's lock.
 struct ImageManager::Impl {
   ManagerOptions options;
+  Directory data;      // <name>.img list files and pieces
+  Directory metadata;  // lp_metadata, status files, incomplete markers
+  Directory locks;     // metadata/.locks
 
-  std::string list_path(std::string_view name) const {
-    return options.data_dir + "/" + std::string(name) + ".img";
+  std::string dm_name(std::string_view name) const {
+    return imageset::DmName(options.dm_prefix, name);
   }
-  std::string status_path(std::string_view name) const {
-    return options.metadata_dir + "/" + std::string(name) + ".status";
-  }
-  // Exists while a create that fills the image (import, zero-fill) is under way; Recover deletes
-  // an image that still has one.
-  std::string incomplete_path(std::string_view name) const {
-    return options.metadata_dir + "/" + std::string(name) + ".incomplete";
-  }
-  std::string lock_path(std::string_view name) const {
-    return options.metadata_dir + "/" + std::string(name) + ".lock";
-  }
-  std::string lp_path() const { return options.metadata_dir + "/" + manager::kLpMetadataName; }
-  std::string lp_lock_path() const { return lp_path() + ".lock"; }
-  std::string set_lock_path() const { return options.metadata_dir + "/" + manager::kSetLockName; }
-  std::string dm_name(std::string_view name) const { return options.dm_prefix + std::string(name); }
 
-  // Held for the duration of one public operation.
+  // Held for the duration of one public operation. When it ends and no image of that name is
+  // left (a failed create, a delete, an operation on a name that has no image), the image's
+  // lock file is removed while still held, so no lock file outlives its image.
   struct OpLocks {
+    OpLocks() = default;
+    OpLocks(OpLocks&&) = default;
+    OpLocks& operator=(OpLocks&&) = default;
+    ~OpLocks();
+    Impl* impl = nullptr;
+    std::string name;
     manager::FileLock set;
     manager::FileLock image;
     // Last member: invalidates List's snapshot before the locks are released.
@@ -121,10 +96,26 @@ struct ImageManager::Impl {
 
   // lp_metadata; a missing file reads as an empty set (nullopt).
   Result<std::optional<metadata::LpMetadata>> ReadLp() const;
-  // Read-modify-write of lp_metadata under lp_metadata.lock. `edit` gets the current metadata
-  // (nullopt if absent) and returns the metadata to write.
-  Result<void> EditLp(
-      const std::function<Result<metadata::LpMetadata>(std::optional<metadata::LpMetadata>)>& edit);
+  // Read-modify-write of lp_metadata under its lock. `edit` gets the current metadata (nullopt
+  // if absent) and returns the metadata to write.
+  using LpEdit = std::function<Result<metadata::LpMetadata>(std::optional<metadata::LpMetadata>)>;
+  Result<void> EditLp(const LpEdit& edit);
+  // Replaces the image's extents (and attributes) in lp_metadata.
+  Result<void> RecordExtents(std::string_view name, uint32_t attributes,
+                             const std::vector<metadata::Extent>& extents);
+
+  // An image as lp_metadata records it (a copy of its entry, not a pointer into a metadata).
+  struct Image {
+    metadata::Partition partition;
+    std::vector<metadata::Extent> extents;
+    uint64_t size = 0;
+    bool readonly() const { return imageset::IsReadonly(partition); }
+  };
+  // ENOENT "no such image" when lp_metadata does not list it.
+  Result<Image> FindImage(std::string_view name);
+  // The same, and EBUSY when it is mapped (naming the device): what every operation that
+  // changes an image's files starts with.
+  Result<Image> FindUnmappedImage(std::string_view name);
 
   // The incomplete marker: MarkIncomplete refuses (EEXIST) for an image in lp_metadata.
   Result<void> MarkIncomplete(std::string_view name);
@@ -132,8 +123,15 @@ struct ImageManager::Impl {
 
   // device-mapper, created on first use (the host may have none).
   Result<dm::DeviceMapper*> Dm();
-  // Whether a dm device of that name exists; false when device-mapper is unavailable.
-  Result<bool> DmExists(const std::string& dm_name);
+  // The kernel's devices now: one dm listing, one loop scan.
+  Result<manager::KernelView> ScanKernel();
+  // The identities of every piece file of `name` in the data dir, listed or not.
+  Result<std::vector<manager::FileId>> PieceIds(std::string_view name);
+  // The device node an image is mapped at: its dm device, else the first loop over one of its
+  // pieces; nullopt when neither exists.
+  Result<std::optional<std::string>> MappedDevice(std::string_view name,
+                                                  const manager::KernelView& kernel);
+  Result<std::optional<std::string>> MappedDeviceLocked(std::string_view name);
 
   // ---- the operations, under the caller's locks ----
   // `fill`, when given, writes the new image before it is recorded: the pieces are allocated
@@ -143,26 +141,32 @@ struct ImageManager::Impl {
   using FillFn = std::function<Result<void>(fiemap::SplitFiemap&)>;
   Result<void> CreateLocked(std::string_view name, uint64_t size, const CreateOptions& options,
                             const FillFn& fill = {});
+  Result<void> CheckCreatable(std::string_view name, uint64_t size,
+                              const fiemap::FilesystemInfo& fs);
+  Result<void> RecordNewImage(std::string_view name, const fiemap::SplitFiemap& split,
+                              const fiemap::FilesystemInfo& fs, uint64_t size, bool readonly);
   Result<void> DeleteLocked(std::string_view name);
   Result<ImageInfo> InfoLocked(std::string_view name, const metadata::LpMetadata& md);
+  Result<void> GrowUnmappedLocked(std::string_view name, uint64_t new_size,
+                                  const Progress& progress);
 
   struct MapRequest {
     std::chrono::milliseconds timeout{0};
     bool force_writable = false;  // internal writers (zero-fill, import) of read-only images
   };
   Result<std::string> MapLocked(std::string_view name, const MapRequest& request);
+  // The two strategies; `split` holds the pieces whose extents were just checked.
+  Result<std::string> MapDmLinear(std::string_view name, const Image& image,
+                                  const fiemap::FilesystemInfo& fs, bool readonly,
+                                  std::chrono::milliseconds timeout);
+  Result<std::string> MapLoops(std::string_view name, const Image& image,
+                               const fiemap::SplitFiemap& split, const fiemap::FilesystemInfo& fs,
+                               bool readonly, std::chrono::milliseconds timeout);
   Result<void> UnmapLocked(std::string_view name);
-  Result<std::optional<std::string>> MappedDeviceLocked(std::string_view name);
   Result<void> ZeroFillLocked(std::string_view name, uint64_t bytes, const Progress& progress);
-  Result<void> CheckExtentsLocked(std::string_view name, const metadata::LpMetadata& md,
-                                  std::optional<fiemap::SplitFiemap>* opened = nullptr);
-  // Recover's test: do the recorded devices exist, belong to this image and map it as Map would?
-  Result<bool> MappingMatches(std::string_view name,
-                              const std::vector<metadata::StatusEntry>& entries,
-                              const std::vector<std::string>& pieces,
-                              const metadata::LpMetadata& md);
-  // A dm-linear device over the disk with exactly the table Map would load for the image.
-  Result<bool> DmLinearMatches(std::string_view name, const metadata::LpMetadata& md);
+  // SAFETY RULE: the image's live extents are exactly the recorded ones (EUCLEAN, kind
+  // kExtentsChanged, otherwise; other failures keep their errno). Returns the opened pieces.
+  Result<fiemap::SplitFiemap> CheckExtentsLocked(std::string_view name, const Image& image);
 
   // The strategy Map would use now.
   Result<MapStrategy> ResolveStrategy(const fiemap::FilesystemInfo& fs);
@@ -170,16 +174,23 @@ struct ImageManager::Impl {
   // (loop strategy, or dm-linear over a disk that holds plaintext).
   Result<bool> FileViewMatchesDevice(const fiemap::FilesystemInfo& fs);
 
-  // Tears down the devices of an image that are ours: dm devices named dm_name(name), loops whose
-  // backing file is one of `pieces`. Entries that are not ours are skipped, never touched.
-  Result<void> TearDown(std::string_view name, const std::vector<metadata::StatusEntry>& entries,
-                        const std::vector<std::string>& pieces);
+  // Tears down the devices of an image that are ours: the dm device named dm_name(name), and
+  // loops holding one of the image's piece files (by device and inode, never by name).
+  Result<void> TearDown(std::string_view name);
   // A loop over a file turns discards and write-zeroes into hole punches (and zero-range into
   // unwritten extents) in our pieces. After a loop mapping is gone, re-allocate and write any
   // such range and record the pieces' extents again. Returns whether anything was restored.
   Result<bool> RestoreAllocationLocked(std::string_view name);
-  // Loops backed by any of the pieces.
-  Result<std::vector<std::string>> LoopsBacking(const std::vector<std::string>& pieces);
+
+  // Recovery's test: do the devices `entries` records exist, belong to this image and map it
+  // as Map would (or read-only)?
+  Result<bool> MappingMatches(std::string_view name,
+                              const std::vector<metadata::StatusEntry>& entries,
+                              const metadata::LpMetadata& md, const manager::KernelView& kernel);
+  Result<bool> DmLinearMatches(std::string_view name, const metadata::LpMetadata& md);
+  Result<bool> LoopsMatch(std::string_view name, const std::vector<std::string>& loops,
+                          bool dm_joined, const metadata::LpMetadata& md,
+                          const manager::KernelView& kernel);
 
   std::mutex dm_mu;
   std::unique_ptr<dm::DeviceMapper> dm;

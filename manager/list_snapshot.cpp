@@ -9,7 +9,6 @@
 #include <utility>
 
 #include "dm/device_mapper.h"
-#include "dm/loop_list.h"
 #include "fiemap/split_file.h"
 #include "internal.h"
 
@@ -87,57 +86,50 @@ int64_t Nanos(const struct timespec& ts) {
 
 manager::ListCache::Key ImageManager::Impl::ListKey() const {
   manager::ListCache::Key key;
-  struct stat st {};
-  if (stat(lp_path().c_str(), &st) == 0) {
+  if (auto st = metadata.Stat(imageset::kLpMetadataFile); st && *st) {
     key.lp_exists = true;
-    key.lp_dev = st.st_dev;
-    key.lp_ino = st.st_ino;
-    key.lp_mtime_ns = Nanos(st.st_mtim);
-    key.lp_size = st.st_size;
+    key.lp_dev = (*st)->st_dev;
+    key.lp_ino = (*st)->st_ino;
+    key.lp_mtime_ns = Nanos((*st)->st_mtim);
+    key.lp_size = (*st)->st_size;
   }
   // Status files are written by atomic rename and removed by unlink: both touch the dir.
-  if (stat(options.metadata_dir.c_str(), &st) == 0) key.dir_mtime_ns = Nanos(st.st_mtim);
+  struct stat st {};
+  if (fstat(metadata.fd(), &st) == 0) key.dir_mtime_ns = Nanos(st.st_mtim);
   return key;
 }
 
-// The whole list from disk and the kernel, with MappedDeviceLocked's answer for every image:
-// the dm device named dm_name(image) if it exists, else the first loop (by path) over the
-// first piece that has one.
+// The whole list from disk and the kernel, with MappedDevice's answer for every image from one
+// kernel view: the dm device named dm_name(image) if it exists, else the first loop (by path)
+// over one of its pieces.
 Result<std::vector<ImageInfo>> ImageManager::Impl::ListFresh() {
   const auto md = IMAGED_TRY(ReadLp());
   std::vector<ImageInfo> out;
   if (!md || md->partitions.empty()) return out;
-
-  std::set<std::string> dm_names;
-  if (manager::DeviceMapperAvailable()) {
-    dm::DeviceMapper* mapper = IMAGED_TRY(Dm());
-    for (auto& d : IMAGED_TRY_CTX(mapper->List(), "list device-mapper devices")) {
-      dm_names.insert(std::move(d.name));
+  const auto kernel = IMAGED_TRY(ScanKernel());
+  // Every piece file of every image in one directory listing.
+  std::map<std::string, std::vector<manager::FileId>, std::less<>> pieces_of;
+  for (const auto& file : IMAGED_TRY(data.List())) {
+    const auto f = imageset::ClassifyDataFile(file);
+    if (!f || f->kind != imageset::DataFile::Kind::kPiece) continue;
+    auto st = data.Stat(file);
+    if (st && *st && S_ISREG((*st)->st_mode)) {
+      pieces_of[f->image].push_back({(*st)->st_dev, (*st)->st_ino});
     }
   }
-  // (dev, inode) of backing file -> its loops, in path order.
-  std::map<std::pair<dev_t, ino_t>, std::vector<std::string>> loops;
-  for (auto& l : IMAGED_TRY(dm::ListAttachedLoops())) {
-    if (l.backing_ino == 0) continue;  // backing file deleted: not one of our pieces
-    loops[{l.backing_dev, l.backing_ino}].push_back(std::move(l.loop_path));
-  }
-
   out.reserve(md->partitions.size());
   for (const auto& p : md->partitions) {
     ImageInfo info = manager::LpImageInfo(*md, p);
-    auto pieces = fiemap::SplitFiemap::ListPieces(list_path(p.name));
-    if (pieces) info.pieces = static_cast<uint32_t>(pieces->size());
+    if (auto pieces = fiemap::SplitFiemap::ListPieces(data, imageset::ListFileName(p.name))) {
+      info.pieces = static_cast<uint32_t>(pieces->size());
+    }
     const std::string dm_dev = dm_name(p.name);
-    if (dm_names.count(dm_dev)) {
+    if (kernel.HasDm(dm_dev)) {
       info.mapped_device = dm::DeviceMapper::DevicePath(dm_dev);
-    } else if (pieces && !loops.empty()) {
-      for (const auto& piece : *pieces) {
-        struct stat st {};
-        if (stat(piece.c_str(), &st) != 0) continue;
-        auto it = loops.find({st.st_dev, st.st_ino});
-        if (it != loops.end()) {
-          info.mapped_device = it->second.front();
-          break;
+    } else if (auto it = pieces_of.find(p.name); it != pieces_of.end()) {
+      for (const auto& id : it->second) {
+        for (const auto& loop : kernel.LoopsOf(id)) {
+          if (!info.mapped_device || loop < *info.mapped_device) info.mapped_device = loop;
         }
       }
     }

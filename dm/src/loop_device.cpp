@@ -16,7 +16,8 @@
 
 #include <fmt/format.h>
 
-#include "sysfs.h"
+#include "imaged/common/sysfs.h"
+#include "dm/loop_list.h"
 
 #ifndef LOOP_CONFIGURE
 #define LOOP_CONFIGURE 0x4C0A
@@ -44,26 +45,13 @@ namespace {
 // (EBUSY); each retry asks for a new free loop, so this only bounds a pathological race.
 constexpr int kMaxAttachAttempts = 64;
 
-// Never throws: a loop detached by another process between open and read fails the read.
-using internal::ReadSysfs;
-
-std::string SysDevBlock(dev_t dev) {
-  return fmt::format("/sys/dev/block/{}:{}", major(dev), minor(dev));
-}
+using sysfs::DevBlockDir;
 
 // Logical block size of the disk holding a file; 512 when the filesystem has no single disk
 // (tmpfs, overlayfs, btrfs, network filesystems).
 uint32_t BackingLogicalBlockSize(dev_t st_dev) {
-  std::string base = SysDevBlock(st_dev);
-  // A partition has no queue/ of its own: its disk's is one level up.
-  for (const char* rel : {"/queue/logical_block_size", "/../queue/logical_block_size"}) {
-    if (auto s = ReadSysfs(base + rel)) {
-      char* end = nullptr;
-      unsigned long v = strtoul(s->c_str(), &end, 10);
-      if (end != s->c_str() && v >= 512 && v <= 65536) return static_cast<uint32_t>(v);
-    }
-  }
-  return 512;
+  auto lbs = sysfs::LogicalBlockSize(st_dev);
+  return lbs ? *lbs : 512;
 }
 
 // The loop's dev_t when `path` is a loop device node (its sysfs name is loopN), else EINVAL.
@@ -71,13 +59,7 @@ Result<dev_t> LoopDevOf(const std::string& path) {
   struct stat st {};
   if (stat(path.c_str(), &st) != 0) return ErrnoError("stat \"{}\"", path);
   if (!S_ISBLK(st.st_mode)) return MakeError(EINVAL, "\"{}\" is not a block device", path);
-  std::string sys = SysDevBlock(st.st_rdev);
-  std::string link(256, '\0');
-  ssize_t n = readlink(sys.c_str(), link.data(), link.size() - 1);
-  if (n <= 0) return ErrnoError("\"{}\": readlink {}", path, sys);
-  link.resize(static_cast<size_t>(n));
-  auto slash = link.rfind('/');
-  std::string name = slash == std::string::npos ? link : link.substr(slash + 1);
+  const std::string name = IMAGED_TRY_CTX(sysfs::BlockDeviceName(st.st_rdev), "\"{}\"", path);
   if (name.rfind("loop", 0) != 0 || name.size() == 4 ||
       name.find_first_not_of("0123456789", 4) != std::string::npos) {
     return MakeError(EINVAL, "\"{}\" is not a loop device ({})", path, name);
@@ -158,14 +140,25 @@ Result<Configured> ConfigureFreeLoop(int control_fd, int file_fd, const std::str
 }  // namespace
 
 Result<LoopDevice> LoopDevice::Attach(const std::string& backing_file, const LoopOptions& options) {
-  auto ctx = [&] { return fmt::format("attach loop to \"{}\"", backing_file); };
   UniqueFd file(
       open(backing_file.c_str(), (options.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOFOLLOW));
-  if (!file) return ErrnoError("{}: open", ctx());
+  if (!file) return ErrnoError("attach loop to \"{}\": open", backing_file);
+  return Attach(file.get(), backing_file, options);
+}
+
+Result<LoopDevice> LoopDevice::Attach(int file_fd, const std::string& backing_file,
+                                      const LoopOptions& options) {
+  auto ctx = [&] { return fmt::format("attach loop to \"{}\"", backing_file); };
   struct stat st {};
-  if (fstat(file.get(), &st) != 0) return ErrnoError("{}: fstat", ctx());
+  if (fstat(file_fd, &st) != 0) return ErrnoError("{}: fstat", ctx());
   if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
     return MakeError(EINVAL, "{}: not a regular file", ctx());
+  }
+  const int mode = fcntl(file_fd, F_GETFL);
+  if (mode < 0) return ErrnoError("{}: fcntl", ctx());
+  if (!options.read_only && (mode & O_ACCMODE) != O_RDWR) {
+    return MakeError(EBADF, "{}: a writable loop needs the file open for reading and writing",
+                     ctx());
   }
   uint32_t block_size = options.block_size;
   if (block_size == 0) block_size = BackingLogicalBlockSize(st.st_dev);
@@ -187,7 +180,9 @@ Result<LoopDevice> LoopDevice::Attach(const std::string& backing_file, const Loo
   // O_DIRECT asks the filesystem that really holds the data.
   bool want_dio = options.direct_io;
   if (want_dio) {
-    UniqueFd probe(open(backing_file.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC));
+    // The same open file, reopened: a path lookup could meet another file by now.
+    const std::string self = fmt::format("/proc/self/fd/{}", file_fd);
+    UniqueFd probe(open(self.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC));
     if (!probe) {
       if (errno != EINVAL) return ErrnoError("{}: open with O_DIRECT", ctx());
       if (!options.allow_buffered) {
@@ -203,7 +198,7 @@ Result<LoopDevice> LoopDevice::Attach(const std::string& backing_file, const Loo
   std::optional<Configured> configured;
   for (int attempt = 0; !configured; ++attempt) {
     bool hook_failed = false;
-    auto r = ConfigureFreeLoop(control.get(), file.get(), backing_file, options, block_size,
+    auto r = ConfigureFreeLoop(control.get(), file_fd, backing_file, options, block_size,
                                want_dio, &hook_failed);
     if (r) {
       configured = std::move(*r);
@@ -239,8 +234,7 @@ Result<LoopDevice> LoopDevice::Attach(const std::string& backing_file, const Loo
                      block_size);
   }
   if (options.no_discard) {
-    const std::string attr =
-        SysDevBlock(loop.dev_) + "/queue/discard_max_bytes";
+    const std::string attr = DevBlockDir(loop.dev_) + "/queue/discard_max_bytes";
     UniqueFd fd(open(attr.c_str(), O_WRONLY | O_CLOEXEC));
     if (!fd) return ErrnoError("{}: open \"{}\"", ctx(), attr);
     if (write(fd.get(), "0", 1) != 1) return ErrnoError("{}: write 0 to \"{}\"", ctx(), attr);
@@ -315,29 +309,21 @@ Result<void> LoopDevice::DetachPath(const std::string& loop_path) {
 
 Result<std::string> LoopDevice::BackingFile(const std::string& loop_path) {
   dev_t dev = IMAGED_TRY_CTX(LoopDevOf(loop_path), "backing file of loop");
-  auto s = ReadSysfs(SysDevBlock(dev) + "/loop/backing_file");
-  if (!s) return MakeError(ENXIO, "backing file of \"{}\": not attached", loop_path);
+  auto s = sysfs::Read(DevBlockDir(dev) + "/loop/backing_file");
+  if (!s || s->empty()) return MakeError(ENXIO, "backing file of \"{}\": not attached", loop_path);
   return *s;
 }
 
 Result<std::vector<std::string>> LoopDevice::FindByBackingFile(const std::string& file) {
+  // lstat: a symlink names no backing file of ours.
   struct stat want {};
-  if (stat(file.c_str(), &want) != 0) return ErrnoError("find loops of \"{}\": stat", file);
-  std::unique_ptr<DIR, int (*)(DIR*)> dir(opendir("/sys/block"), closedir);
-  if (!dir) return ErrnoError("find loops of \"{}\": open /sys/block", file);
+  if (lstat(file.c_str(), &want) != 0) return ErrnoError("find loops of \"{}\": stat", file);
   std::vector<std::string> out;
-  while (dirent* e = readdir(dir.get())) {
-    std::string name = e->d_name;
-    if (name.rfind("loop", 0) != 0) continue;
-    // The kernel records the path it was given (as seen now, renames included); the inode
-    // check rejects a different file that took over the path.
-    auto backing = ReadSysfs("/sys/block/" + name + "/loop/backing_file");
-    if (!backing) continue;
-    struct stat st {};
-    if (stat(backing->c_str(), &st) != 0) continue;
-    if (st.st_dev == want.st_dev && st.st_ino == want.st_ino) out.push_back("/dev/" + name);
+  for (auto& loop : IMAGED_TRY_CTX(ListAttachedLoops(), "find loops of \"{}\"", file)) {
+    if (loop.backing_dev == want.st_dev && loop.backing_ino == want.st_ino) {
+      out.push_back(std::move(loop.loop_path));
+    }
   }
-  std::sort(out.begin(), out.end());
   return out;
 }
 

@@ -1,5 +1,7 @@
 #include "dm/table.h"
 
+#include <charconv>
+
 #include <fmt/format.h>
 
 namespace imaged::dm {
@@ -44,6 +46,59 @@ Result<void> Table::Validate() const {
     next = t.end();
   }
   return Ok();
+}
+
+bool Table::Matches(const std::vector<TargetInfo>& live, bool live_readonly) const {
+  if (live_readonly != readonly_ || live.size() != targets_.size()) return false;
+  for (size_t i = 0; i < live.size(); ++i) {
+    const Target& t = *targets_[i];
+    if (live[i] != TargetInfo{t.start(), t.length(), t.type(), t.params()}) return false;
+  }
+  return true;
+}
+
+namespace {
+
+std::vector<std::string_view> Words(std::string_view text) {
+  std::vector<std::string_view> words;
+  size_t i = 0;
+  while (i < text.size()) {
+    while (i < text.size() && (text[i] == ' ' || text[i] == '\t')) ++i;
+    const size_t start = i;
+    while (i < text.size() && text[i] != ' ' && text[i] != '\t') ++i;
+    if (i > start) words.push_back(text.substr(start, i - start));
+  }
+  return words;
+}
+
+Result<TargetDevice> DeviceAt(std::string_view params, size_t device_word, size_t min_words,
+                              std::string_view type) {
+  const auto words = Words(params);
+  if (words.size() < min_words) {
+    return MakeError(EINVAL, "{} target \"{}\": too few parameters", type, params);
+  }
+  TargetDevice out;
+  out.device = std::string(words[device_word]);
+  const std::string_view offset = words[device_word + 1];
+  auto [p, ec] = std::from_chars(offset.data(), offset.data() + offset.size(), out.offset_sectors);
+  if (offset.empty() || ec != std::errc() || p != offset.data() + offset.size() ||
+      out.offset_sectors > UINT64_MAX / 512) {
+    return MakeError(EINVAL, "{} target \"{}\": bad offset \"{}\"", type, params, offset);
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<TargetDevice> LinearTargetDevice(std::string_view params) {
+  if (Words(params).size() != 2) {
+    return MakeError(EINVAL, "linear target \"{}\": wants <device> <offset>", params);
+  }
+  return DeviceAt(params, 0, 2, "linear");
+}
+
+Result<TargetDevice> CryptTargetDevice(std::string_view params) {
+  return DeviceAt(params, 3, 5, "crypt");
 }
 
 bool Table::operator==(const Table& other) const {

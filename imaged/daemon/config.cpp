@@ -39,10 +39,7 @@ Result<void> ApplySetting(std::string_view key, std::string_view value, DaemonCo
   } else if (key == "admin_group") {
     config.admin_group = std::string(value);
   } else if (key == "strategy") {
-    if (value != "auto" && value != "dm-linear" && value != "loop") {
-      return MakeError(EINVAL, "strategy must be auto, dm-linear or loop, got \"{}\"", value);
-    }
-    config.strategy = std::string(value);
+    config.strategy = IMAGED_TRY(ParseMapStrategy(value));
   } else if (key == "dm_prefix") {
     for (char c : value) {
       bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||

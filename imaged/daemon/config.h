@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "imaged/common/result.h"
+#include "manager/map_strategy.h"
 
 namespace imaged {
 
@@ -20,7 +21,7 @@ struct DaemonConfig {
   std::string metadata_dir = "/var/lib/imaged/metadata";
   std::string socket_path = "/run/imaged/imaged.sock";
   std::string admin_group;  // members may change state besides root; empty = root only
-  std::string strategy = "auto";
+  MapStrategy strategy = MapStrategy::kAuto;
   std::string dm_prefix = "imaged-";
   uint64_t max_piece_size = 0;
   uint32_t map_timeout_ms = 10000;

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "imaged/common/unique_fd.h"
+#include "imageset/names.h"
 #include "imaged/version.h"
 
 namespace imaged {
@@ -64,13 +65,22 @@ bool ProgressStreamer<Writer>::Done(const ImageInfo& info) {
   return writer_->Write(update);
 }
 
-ImportFormat FromProto(v1::ImportFormat format) {
+// The format the client asked for; nullopt for auto-detection. Values this build does not know
+// are refused rather than taken as auto.
+Result<std::optional<import::Format>> FromProto(v1::ImportFormat format) {
   switch (format) {
-    case v1::IMPORT_FORMAT_RAW: return ImportFormat::kRaw;
-    case v1::IMPORT_FORMAT_SPARSE: return ImportFormat::kSparse;
-    case v1::IMPORT_FORMAT_QCOW1: return ImportFormat::kQcow1;
-    case v1::IMPORT_FORMAT_QCOW2: return ImportFormat::kQcow2;
-    default: return ImportFormat::kAuto;
+    case v1::IMPORT_FORMAT_AUTO:
+      return std::optional<import::Format>();
+    case v1::IMPORT_FORMAT_RAW:
+      return std::optional<import::Format>(import::Format::Raw);
+    case v1::IMPORT_FORMAT_SPARSE:
+      return std::optional<import::Format>(import::Format::Sparse);
+    case v1::IMPORT_FORMAT_QCOW1:
+      return std::optional<import::Format>(import::Format::Qcow1);
+    case v1::IMPORT_FORMAT_QCOW2:
+      return std::optional<import::Format>(import::Format::Qcow2);
+    default:
+      return MakeError(EINVAL, "unknown import format {}", static_cast<int>(format));
   }
 }
 
@@ -121,9 +131,17 @@ StatusCode StatusCodeForErrno(int code) {
   }
 }
 
+StatusCode StatusCodeFor(const Error& error) {
+  // The kind first: an I/O error while reading an image's extents is still data at stake.
+  if (error.kind == ErrorKind::kExtentsChanged || error.kind == ErrorKind::kCorruptMetadata) {
+    return StatusCode::DATA_LOSS;
+  }
+  return StatusCodeForErrno(error.code);
+}
+
 Status ToStatus(grpc::ServerContextBase* context, const Error& error) {
   if (context) context->AddTrailingMetadata("imaged-errno", std::to_string(error.code));
-  return Status(StatusCodeForErrno(error.code), error.ToString());
+  return Status(StatusCodeFor(error), error.ToString());
 }
 
 ImagedService::ImagedService(ImageManager* manager, const PeerRegistry* peers,
@@ -301,8 +319,10 @@ Status ImagedService::ImportImage(ServerContext* context, const v1::ImportImageR
     return Status(StatusCode::INVALID_ARGUMENT, "source_path must be an absolute path");
   }
   ProgressStreamer progress(context, writer);
+  auto format = FromProto(request->format());
+  if (!format) return ToStatus(context, format.error());
   ImportOptions options;
-  options.format = FromProto(request->format());
+  options.format = *format;
   options.into_existing = request->into_existing();
   options.readonly = request->readonly();
   options.progress = [&](uint64_t d, uint64_t t) { return progress(d, t); };
@@ -321,7 +341,7 @@ Status ImagedService::UploadImage(
     return Status(StatusCode::INVALID_ARGUMENT, "upload must start with a header message");
   }
   const auto header = message.header();
-  auto name_ok = ValidateImageName(header.name());
+  auto name_ok = imageset::ValidateImageName(header.name());
   if (!name_ok) return ToStatus(context, name_ok.error());
 
   // The upload is spooled to an unnamed file on the data filesystem (O_TMPFILE: nothing to
@@ -353,8 +373,10 @@ Status ImagedService::UploadImage(
     return Status(StatusCode::INVALID_ARGUMENT,
                   fmt::format("upload ended after {} of {} bytes", received, header.total_bytes()));
   }
+  auto format = FromProto(header.format());
+  if (!format) return ToStatus(context, format.error());
   ImportOptions options;
-  options.format = FromProto(header.format());
+  options.format = *format;
   options.into_existing = header.into_existing();
   options.readonly = header.readonly();
   options.progress = [&](uint64_t d, uint64_t t) { return progress(d, t); };

@@ -20,6 +20,8 @@ namespace imaged {
 
 // errno -> gRPC code, as documented in proto/imaged.proto.
 grpc::StatusCode StatusCodeForErrno(int code);
+// The code for an error: DATA_LOSS for its kind when data is at stake, else by its errno.
+grpc::StatusCode StatusCodeFor(const Error& error);
 grpc::Status ToStatus(grpc::ServerContextBase* context, const Error& error);
 
 // ListImages is served raw (callback API, pre-serialized bytes): every call between two

@@ -8,6 +8,8 @@
 
 #include "dm/device_mapper.h"
 #include "imaged/common/size.h"
+#include "imageset/layout.h"
+#include "imageset/names.h"
 #include "init/offline_fs.h"
 #include "metadata/status_file.h"
 
@@ -19,12 +21,21 @@ using metadata::Partition;
 
 constexpr std::string_view kTool = "imaged-init";
 
-Result<LpMetadata> LoadMetadata(const Options& options) {
-  LpMetadata md = IMAGED_TRY(metadata::ReadImageFile(options.metadata_dir + "/lp_metadata"));
-  if (md.block_devices.empty()) {
-    return MakeError(EINVAL, "\"{}/lp_metadata\" has no block device entry", options.metadata_dir);
+Result<Directory> OpenMetadataDir(const Options& options) {
+  return Directory::Open(options.metadata_dir);
+}
+
+Result<LpMetadata> LoadMetadata(const Directory& dir) {
+  auto md = IMAGED_TRY(imageset::ReadLpMetadata(dir));
+  if (!md) {
+    return MakeError(ENOENT, "no \"{}\"", dir.PathOf(imageset::kLpMetadataFile));
   }
-  return md;
+  if (md->block_devices.empty()) {
+    return MakeError(EINVAL, "\"{}\" has no block device entry",
+                     dir.PathOf(imageset::kLpMetadataFile))
+        .As(ErrorKind::kCorruptMetadata);
+  }
+  return std::move(*md);
 }
 
 struct Selection {
@@ -56,204 +67,179 @@ Selection Select(const LpMetadata& md, const Options& options, std::ostream& err
   return s;
 }
 
-std::string StatusPath(const Options& options, const std::string& image) {
-  return options.metadata_dir + "/" + image + ".status";
-}
+// What one `map` run works with.
+struct MapContext {
+  MapContext(const Options& o, std::ostream& out_stream, std::ostream& err_stream)
+      : options(o), out(out_stream), err(err_stream) {}
+  const Options& options;
+  std::ostream& out;
+  std::ostream& err;
+  Directory metadata_dir;
+  LpMetadata md;
+  DataDisk disk;
+  std::unique_ptr<OfflineFs> fs;  // null: not verifying
+  dm::DeviceMapper dm;
+  std::set<std::string> existing;  // dm names
+  int failed = 0;
+};
 
-// The kernel's view of a table matches ours when every target has the same range, type and
-// parameters ("major:minor offset" for linear, which is how we build them).
-Result<bool> SameTable(dm::DeviceMapper& dm, const std::string& name, const dm::Table& table) {
-  auto live = IMAGED_TRY(dm.GetTable(name));
-  if (live.size() != table.targets().size()) return false;
-  for (size_t i = 0; i < live.size(); ++i) {
-    const auto& t = *table.targets()[i];
-    if (live[i] != dm::TargetInfo{t.start(), t.length(), t.type(), t.params()}) return false;
+// The offline view of the data filesystem for --verify (auto: when it can be had).
+Result<void> OpenVerifier(MapContext& c) {
+  if (c.options.verify == VerifyMode::kOff) return Ok();
+  Unverifiable why = Unverifiable::kNone;
+  auto opened = OfflineFs::Open(c.disk.path, c.options.fs_offset, &why);
+  if (opened) {
+    c.fs = std::move(*opened);
+    return Ok();
   }
-  auto info = IMAGED_TRY(dm.Info(name));
-  return info && info->readonly == table.readonly();
+  if (c.options.verify == VerifyMode::kOn) {
+    return std::move(opened).error().Wrap(
+        "--verify: cannot check the data filesystem, mapping nothing");
+  }
+  c.err << kTool << ": warning: mapping without verification: " << opened.error().ToString()
+        << "\n";
+  return Ok();
 }
 
 // Creates `name` with `table`; an existing device with the same table is fine (returns "").
-Result<std::string> MapOne(dm::DeviceMapper& dm, const std::string& name, const dm::Table& table,
-                           const std::set<std::string>& existing) {
-  if (existing.count(name)) {
-    if (!IMAGED_TRY(SameTable(dm, name, table))) {
-      return MakeError(EEXIST, "dm device \"{}\" already exists with a different table", name);
+Result<std::string> MapOne(MapContext& c, const std::string& name, const dm::Table& table) {
+  if (c.existing.count(name)) {
+    if (!IMAGED_TRY(imageset::MappingMatches(c.dm, name, table))) {
+      return MakeError(EEXIST,
+                       "dm device \"{}\" already exists with a different table; not "
+                       "touching it",
+                       name);
     }
     return std::string();
   }
-  return dm.Create(name, table);
+  return c.dm.Create(name, table);
+}
+
+void MapPassthrough(MapContext& c) {
+  // First, so that the data filesystem can be mounted even when some image fails.
+  dm::Table whole;
+  whole.Emplace<dm::LinearTarget>(0, c.disk.size / metadata::kSectorSize, c.disk.table_device, 0);
+  auto done = MapOne(c, c.options.passthrough, whole);
+  if (!done) {
+    c.err << kTool << ": map passthrough \"" << c.options.passthrough
+          << "\": " << done.error().ToString() << "\n";
+    ++c.failed;
+    return;
+  }
+  c.out << "data disk: " << (done->empty() ? "already mapped at " : "mapped at ")
+        << dm::DeviceMapper::DevicePath(c.options.passthrough) << "\n";
+}
+
+// Why `p` is not mapped at all (disabled, empty), or nullopt when it should be.
+std::optional<std::string> SkipReason(const Partition& p) {
+  if (p.attributes & metadata::kPartitionAttrDisabled) return "disabled";
+  if (p.num_extents == 0) return "no extents";
+  return std::nullopt;
+}
+
+// Maps one image: its table, an existing device with that table is fine, verification of its
+// files' blocks, the status file (--write-status) before the device, then the device.
+Result<std::string> MapImage(MapContext& c, const Partition& p) {
+  const std::string dm_name = imageset::DmName(c.options.prefix, p.name);
+  const bool readonly = c.options.readonly || imageset::IsReadonly(p);
+  const dm::Table table = IMAGED_TRY(imageset::TableFromLp(c.md, p, c.disk.table_device, readonly));
+  if (c.existing.count(dm_name)) {
+    IMAGED_TRY(MapOne(c, dm_name, table));
+    return "already mapped at " + dm::DeviceMapper::DevicePath(dm_name);
+  }
+  if (c.fs) {
+    IMAGED_TRY_CTX(VerifyImage(*c.fs, c.options.data_path_in_fs, c.options.search_depth, p.name,
+                               metadata::PartitionExtents(c.md, p)),
+                   "refusing to map: its files do not own the recorded blocks");
+  }
+  const std::string status = imageset::StatusFileName(p.name);
+  bool status_written = false;
+  if (c.options.write_status) {
+    auto written = metadata::WriteStatusFile(c.metadata_dir, status,
+                                             {{metadata::StatusEntry::Kind::Dm, dm_name}});
+    status_written = written.has_value();
+    if (!written) {
+      c.err << kTool << ": warning: \"" << p.name
+            << "\": no status file: " << written.error().ToString() << "\n";
+    }
+  }
+  auto path = c.dm.Create(dm_name, table);
+  if (!path) {
+    if (status_written) (void)metadata::RemoveStatusFile(c.metadata_dir, status);
+    return std::move(path).error();
+  }
+  return "mapped at " + *path + (readonly ? " (read-only)" : "") + (c.fs ? " (verified)" : "");
+}
+
+// The disk, the verifier and the dm devices that exist; an error means nothing can be mapped.
+Result<void> PrepareMap(MapContext& c, const DiskLookup& lookup) {
+  c.metadata_dir = IMAGED_TRY(OpenMetadataDir(c.options));
+  c.md = IMAGED_TRY(LoadMetadata(c.metadata_dir));
+  c.disk = IMAGED_TRY(ResolveDataDisk(c.md.block_devices[0], c.options.data_device, lookup));
+  if (!c.disk.is_block_device) {
+    return MakeError(ENOTBLK, "\"{}\" is not a block device", c.disk.path);
+  }
+  IMAGED_TRY(OpenVerifier(c));
+  for (const auto& info : IMAGED_TRY(c.dm.List())) c.existing.insert(info.name);
+  return Ok();
 }
 
 }  // namespace
 
-std::string DmName(const std::string& prefix, const std::string& image) {
-  return prefix + image;
-}
-
-Result<dm::Table> BuildTable(const LpMetadata& md, const Partition& partition,
-                             const std::string& table_device, bool readonly) {
-  auto extents = metadata::PartitionExtents(md, partition);
-  if (extents.empty()) return MakeError(EINVAL, "image \"{}\" has no extents", partition.name);
-  dm::Table table;
-  uint64_t start = 0;
-  for (size_t i = 0; i < extents.size(); ++i) {
-    const auto& e = extents[i];
-    if (e.num_sectors == 0) {
-      return MakeError(EINVAL, "image \"{}\": extent {} is empty", partition.name, i);
-    }
-    if (e.target_type == metadata::kTargetTypeLinear) {
-      if (e.target_source != 0) {
-        return MakeError(EINVAL, "image \"{}\": extent {} is on block device {}, not the data disk",
-                         partition.name, i, e.target_source);
-      }
-      table.Emplace<dm::LinearTarget>(start, e.num_sectors, table_device, e.target_data);
-    } else if (e.target_type == metadata::kTargetTypeZero) {
-      table.Emplace<dm::ZeroTarget>(start, e.num_sectors);
-    } else {
-      return MakeError(EINVAL, "image \"{}\": extent {} has unknown target type {}", partition.name,
-                       i, e.target_type);
-    }
-    start += e.num_sectors;
-  }
-  table.set_readonly(readonly || (partition.attributes & metadata::kPartitionAttrReadonly));
-  return table;
-}
-
 int RunMap(const Options& options, std::ostream& out, std::ostream& err, const DiskLookup& lookup) {
-  auto md = LoadMetadata(options);
-  if (!md) {
-    err << kTool << ": map: " << md.error().ToString() << "\n";
+  MapContext c(options, out, err);
+  if (auto prepared = PrepareMap(c, lookup); !prepared) {
+    err << kTool << ": map: " << prepared.error().ToString() << "\n";
     return 1;
   }
-  Selection sel = Select(*md, options, err, "map");
-  int failed = sel.unknown;
-
-  auto disk = ResolveDataDisk(md->block_devices[0], options.data_device, lookup);
-  if (!disk) {
-    err << kTool << ": map: " << disk.error().ToString() << "\n";
-    return 1;
-  }
-  if (!disk->is_block_device) {
-    err << kTool << ": map: \"" << disk->path << "\" is not a block device\n";
-    return 1;
-  }
-
-  std::unique_ptr<OfflineFs> fs;
-  if (options.verify != VerifyMode::kOff) {
-    Unverifiable why = Unverifiable::kNone;
-    auto opened = OfflineFs::Open(disk->path, options.fs_offset, &why);
-    if (opened) {
-      fs = std::move(*opened);
-    } else if (options.verify == VerifyMode::kOn) {
-      err << kTool << ": map: --verify: cannot check the data filesystem, mapping nothing: "
-          << opened.error().ToString() << "\n";
-      return 1;
-    } else {
-      err << kTool << ": warning: mapping without verification: " << opened.error().ToString()
-          << "\n";
-    }
-  }
-
-  dm::DeviceMapper dm;
-  auto listed = dm.List();
-  if (!listed) {
-    err << kTool << ": map: " << listed.error().ToString() << "\n";
-    return 1;
-  }
-  std::set<std::string> existing;
-  for (const auto& info : *listed) existing.insert(info.name);
-
-  if (!options.passthrough.empty()) {
-    // First, so that the data filesystem can be mounted even when some image fails.
-    dm::Table whole;
-    whole.Emplace<dm::LinearTarget>(0, disk->size / metadata::kSectorSize, disk->table_device, 0);
-    auto done = MapOne(dm, options.passthrough, whole, existing);
-    if (!done) {
-      err << kTool << ": map passthrough \"" << options.passthrough
-          << "\": " << done.error().ToString() << "\n";
-      ++failed;
-    } else {
-      out << "data disk: " << (done->empty() ? "already mapped at " : "mapped at ")
-          << dm::DeviceMapper::DevicePath(options.passthrough) << "\n";
-    }
-  }
-
+  const Selection sel = Select(c.md, options, err, "map");
+  c.failed = sel.unknown;
+  if (!options.passthrough.empty()) MapPassthrough(c);
   for (const Partition* p : sel.partitions) {
-    const std::string& name = p->name;
-    const std::string dm_name = DmName(options.prefix, name);
-    auto fail = [&](const std::string& why) {
-      err << kTool << ": map \"" << name << "\": " << why << "\n";
-      ++failed;
-    };
-    if (p->attributes & metadata::kPartitionAttrDisabled) {
+    if (auto skip = SkipReason(*p)) {
       if (sel.explicit_names) {
-        fail("image is disabled");
+        err << kTool << ": map \"" << p->name << "\": image is " << *skip << "\n";
+        ++c.failed;
       } else {
-        out << name << ": skipped (disabled)\n";
+        out << p->name << ": skipped (" << *skip << ")\n";
       }
       continue;
     }
-    if (p->num_extents == 0) {
-      if (sel.explicit_names) {
-        fail("image has no extents");
-      } else {
-        out << name << ": skipped (no extents)\n";
-      }
+    auto mapped = MapImage(c, *p);
+    if (!mapped) {
+      err << kTool << ": map \"" << p->name << "\": " << mapped.error().ToString() << "\n";
+      ++c.failed;
       continue;
     }
-    auto table = BuildTable(*md, *p, disk->table_device, options.readonly);
-    if (!table) {
-      fail(table.error().ToString());
-      continue;
-    }
-    if (existing.count(dm_name)) {
-      auto same = SameTable(dm, dm_name, *table);
-      if (!same) {
-        fail(same.error().ToString());
-      } else if (!*same) {
-        fail(fmt::format("dm device \"{}\" already exists with a different table; not touching it",
-                         dm_name));
-      } else {
-        out << name << ": already mapped at " << dm::DeviceMapper::DevicePath(dm_name) << "\n";
-      }
-      continue;
-    }
-    if (fs) {
-      auto verified = VerifyImage(*fs, options.data_path_in_fs, options.search_depth, name,
-                                  metadata::PartitionExtents(*md, *p));
-      if (!verified) {
-        fail("refusing to map: its files do not own the recorded blocks: " +
-             verified.error().ToString());
-        continue;
-      }
-    }
-    bool status_written = false;
-    if (options.write_status) {
-      auto written = metadata::WriteStatusFile(StatusPath(options, name),
-                                               {{metadata::StatusEntry::Kind::Dm, dm_name}});
-      if (written) {
-        status_written = true;
-      } else {
-        err << kTool << ": warning: \"" << name
-            << "\": no status file: " << written.error().ToString() << "\n";
-      }
-    }
-    dm::CreateOptions create;
-    auto path = dm.Create(dm_name, *table, create);
-    if (!path) {
-      if (status_written) (void)metadata::RemoveStatusFile(StatusPath(options, name));
-      fail(path.error().ToString());
-      continue;
-    }
-    out << name << ": mapped at " << *path << (table->readonly() ? " (read-only)" : "")
-        << (fs ? " (verified)" : "") << "\n";
+    out << p->name << ": " << *mapped << "\n";
   }
-  return failed ? 1 : 0;
+  return c.failed ? 1 : 0;
 }
+
+namespace {
+
+// Removes an image's dm device and the status file that records only it (--write-status).
+Result<bool> UnmapImage(dm::DeviceMapper& dm, const Directory& metadata_dir,
+                        const std::string& prefix, const Partition& p, std::ostream& err) {
+  const std::string dm_name = imageset::DmName(prefix, p.name);
+  const bool mapped = IMAGED_TRY(dm.Info(dm_name)).has_value();
+  if (mapped) IMAGED_TRY(dm.Remove(dm_name));
+  const std::string status = imageset::StatusFileName(p.name);
+  auto entries = metadata::ReadStatusFile(metadata_dir, status);
+  if (entries &&
+      *entries == std::vector<metadata::StatusEntry>{{metadata::StatusEntry::Kind::Dm, dm_name}}) {
+    if (auto r = metadata::RemoveStatusFile(metadata_dir, status); !r) {
+      err << kTool << ": warning: \"" << p.name << "\": " << r.error().ToString() << "\n";
+    }
+  }
+  return mapped;
+}
+
+}  // namespace
 
 int RunUnmap(const Options& options, std::ostream& out, std::ostream& err) {
-  auto md = LoadMetadata(options);
+  auto dir = OpenMetadataDir(options);
+  auto md = dir ? LoadMetadata(*dir) : Result<LpMetadata>(dir.error());
   if (!md) {
     err << kTool << ": unmap: " << md.error().ToString() << "\n";
     return 1;
@@ -273,32 +259,14 @@ int RunUnmap(const Options& options, std::ostream& out, std::ostream& err) {
     }
   }
   for (const Partition* p : sel.partitions) {
-    const std::string& name = p->name;
-    const std::string dm_name = DmName(options.prefix, name);
-    auto info = dm.Info(dm_name);
-    if (!info) {
-      err << kTool << ": unmap \"" << name << "\": " << info.error().ToString() << "\n";
+    auto unmapped = UnmapImage(dm, *dir, options.prefix, *p, err);
+    if (!unmapped) {
+      err << kTool << ": unmap \"" << p->name << "\": " << unmapped.error().ToString() << "\n";
       ++failed;
-      continue;
-    }
-    if (*info) {
-      auto removed = dm.Remove(dm_name);
-      if (!removed) {
-        err << kTool << ": unmap \"" << name << "\": " << removed.error().ToString() << "\n";
-        ++failed;
-        continue;
-      }
-      out << name << ": unmapped\n";
+    } else if (*unmapped) {
+      out << p->name << ": unmapped\n";
     } else if (sel.explicit_names) {
-      out << name << ": not mapped\n";
-    }
-    // A status file that records only our device (--write-status) goes with it.
-    auto status = metadata::ReadStatusFile(StatusPath(options, name));
-    if (status &&
-        *status == std::vector<metadata::StatusEntry>{{metadata::StatusEntry::Kind::Dm, dm_name}}) {
-      if (auto r = metadata::RemoveStatusFile(StatusPath(options, name)); !r) {
-        err << kTool << ": warning: \"" << name << "\": " << r.error().ToString() << "\n";
-      }
+      out << p->name << ": not mapped\n";
     }
   }
   return failed ? 1 : 0;
@@ -316,7 +284,7 @@ std::string FormatList(const LpMetadata& md, const std::string& prefix,
                              : nlohmann::json(nullptr);
     j["images"] = nlohmann::json::array();
     for (const auto& p : md.partitions) {
-      const std::string dm_name = DmName(prefix, p.name);
+      const std::string dm_name = imageset::DmName(prefix, p.name);
       nlohmann::json image{
           {"name", p.name},
           {"size", metadata::PartitionSizeBytes(md, p)},
@@ -345,7 +313,7 @@ std::string FormatList(const LpMetadata& md, const std::string& prefix,
   text +=
       fmt::format("{:<36} {:>12} {:>8} {:<5} {}\n", "NAME", "SIZE", "EXTENTS", "FLAGS", "DEVICE");
   for (const auto& p : md.partitions) {
-    const std::string dm_name = DmName(prefix, p.name);
+    const std::string dm_name = imageset::DmName(prefix, p.name);
     std::string flags;
     flags += (p.attributes & metadata::kPartitionAttrReadonly) ? 'r' : '-';
     flags += (p.attributes & metadata::kPartitionAttrDisabled) ? 'd' : '-';
@@ -359,7 +327,8 @@ std::string FormatList(const LpMetadata& md, const std::string& prefix,
 }
 
 int RunList(const Options& options, std::ostream& out, std::ostream& err) {
-  auto md = LoadMetadata(options);
+  auto dir = OpenMetadataDir(options);
+  auto md = dir ? LoadMetadata(*dir) : Result<LpMetadata>(dir.error());
   if (!md) {
     err << kTool << ": list: " << md.error().ToString() << "\n";
     return 1;

@@ -11,15 +11,42 @@ extern "C" {
 #include <limits>
 #include <mutex>
 
+#include "fiemap/list_file.h"
+#include "imageset/names.h"
 #include "imaged/common/size.h"
 
 namespace imaged::init {
 namespace {
 
-// libext2fs reports errno values as themselves and its own codes from a com_err table.
+// libext2fs reports errno values as themselves and its own codes from a com_err table; those
+// get the errno that says what kind of failure it is, and keep libext2fs's text.
+int ErrnoForExt2(errcode_t code) {
+  switch (code) {
+    case EXT2_ET_FILE_NOT_FOUND:
+      return ENOENT;
+    case EXT2_ET_NO_MEMORY:
+      return ENOMEM;
+    case EXT2_ET_UNSUPP_FEATURE:
+    case EXT2_ET_RO_UNSUPP_FEATURE:
+      return EOPNOTSUPP;
+    case EXT2_ET_SHORT_READ:
+    case EXT2_ET_SHORT_WRITE:
+      return EIO;
+    default:
+      // Bad magic, checksums, corrupt trees and the like: the filesystem is not what it claims.
+      return EUCLEAN;
+  }
+}
+
 Error Ext2Error(errcode_t code, std::string context) {
   if (code > 0 && code < 4096) return Error{static_cast<int>(code), std::move(context)};
-  return Error{0, fmt::format("{}: {}", context, error_message(code))};
+  return Error{ErrnoForExt2(code), fmt::format("{}: {}", context, error_message(code))};
+}
+
+// A file that cannot be the image's content as recorded.
+template <typename... Args>
+Error NotOwned(fmt::format_string<Args...> format, Args&&... args) {
+  return MakeError(EUCLEAN, format, std::forward<Args>(args)...).As(ErrorKind::kExtentsChanged);
 }
 
 void RegisterErrorTable() {
@@ -141,9 +168,9 @@ Result<std::vector<DiskRun>> OfflineFs::FileRuns(const std::string& path) {
   if (errcode_t err = ext2fs_read_inode(fs_, ino, &inode)) {
     return Ext2Error(err, fmt::format("read inode {} of \"{}\"", ino, path));
   }
-  if (!LINUX_S_ISREG(inode.i_mode)) return MakeError(0, "\"{}\" is not a regular file", path);
+  if (!LINUX_S_ISREG(inode.i_mode)) return NotOwned("\"{}\" is not a regular file", path);
   if (inode.i_flags & EXT4_INLINE_DATA_FL) {
-    return MakeError(0, "\"{}\" keeps its data inline in the inode (no blocks)", path);
+    return NotOwned("\"{}\" keeps its data inline in the inode (no blocks)", path);
   }
   const uint64_t bs = fs_->blocksize;
   const uint64_t size = EXT2_I_SIZE(&inode);
@@ -162,13 +189,12 @@ Result<std::vector<DiskRun>> OfflineFs::FileRuns(const std::string& path) {
     while (err == 0) {
       if (extent.e_flags & EXT2_EXTENT_FLAGS_LEAF) {
         if ((extent.e_flags & EXT2_EXTENT_FLAGS_UNINIT) && extent.e_lblk < walk.nblocks) {
-          return MakeError(0,
-                           "\"{}\" has an unwritten (uninitialized) extent at file block {}: its "
+          return NotOwned("\"{}\" has an unwritten (uninitialized) extent at file block {}: its "
                            "disk blocks hold stale data, not the file's zeros",
                            path, extent.e_lblk);
         }
         if (!walk.Add(extent.e_lblk, extent.e_pblk, extent.e_len)) {
-          return MakeError(0, "\"{}\" has a {}", path, walk.error);
+          return NotOwned("\"{}\" has a {}", path, walk.error);
         }
       }
       err = ext2fs_extent_get(handle, EXT2_EXTENT_NEXT_LEAF, &extent);
@@ -179,11 +205,11 @@ Result<std::vector<DiskRun>> OfflineFs::FileRuns(const std::string& path) {
   } else {
     errcode_t err = ext2fs_block_iterate3(fs_, ino, BLOCK_FLAG_READ_ONLY | BLOCK_FLAG_DATA_ONLY,
                                           nullptr, BlockIterateCallback, &walk);
-    if (!walk.error.empty()) return MakeError(0, "\"{}\" has a {}", path, walk.error);
+    if (!walk.error.empty()) return NotOwned("\"{}\" has a {}", path, walk.error);
     if (err != 0) return Ext2Error(err, fmt::format("walk blocks of \"{}\"", path));
   }
   if (walk.next_lblk != walk.nblocks) {
-    return MakeError(0, "\"{}\" has a hole at file block {}", path, walk.next_lblk);
+    return NotOwned("\"{}\" has a hole at file block {}", path, walk.next_lblk);
   }
 
   std::vector<DiskRun> runs;
@@ -201,7 +227,7 @@ Result<std::string> OfflineFs::ReadFile(const std::string& path, uint64_t max_si
   if (errcode_t err = ext2fs_read_inode(fs_, ino, &inode)) {
     return Ext2Error(err, fmt::format("read inode of \"{}\"", path));
   }
-  if (!LINUX_S_ISREG(inode.i_mode)) return MakeError(0, "\"{}\" is not a regular file", path);
+  if (!LINUX_S_ISREG(inode.i_mode)) return NotOwned("\"{}\" is not a regular file", path);
   uint64_t size = EXT2_I_SIZE(&inode);
   if (size > max_size) {
     return MakeError(EFBIG, "\"{}\" is {} bytes, more than {}", path, size, max_size);
@@ -227,25 +253,19 @@ Result<std::string> OfflineFs::ReadFile(const std::string& path, uint64_t max_si
 }
 
 Result<std::vector<DiskRun>> OfflineFs::ImageRuns(const std::string& dir, const std::string& name) {
-  const std::string list_path = JoinPath(NormalizeDir(dir), name + ".img");
-  std::string list = IMAGED_TRY_CTX(ReadFile(list_path), "read piece list");
+  const std::string list_name = imageset::ListFileName(name);
+  const std::string list_path = JoinPath(NormalizeDir(dir), list_name);
+  const std::string list = IMAGED_TRY_CTX(ReadFile(list_path, fiemap::kMaxListFileBytes),
+                                          "read piece list");
+  // The daemon's own rule for list files: exactly its piece names, in order.
+  const size_t pieces =
+      IMAGED_TRY_CTX(fiemap::ParseList(list, list_name), "piece list \"{}\"", list_path);
   std::vector<DiskRun> runs;
-  size_t pos = 0;
-  int pieces = 0;
-  while (pos < list.size()) {
-    size_t end = list.find('\n', pos);
-    if (end == std::string::npos) end = list.size();
-    std::string piece = list.substr(pos, end - pos);
-    pos = end + 1;
-    if (piece.empty() || piece == "." || piece == ".." || piece.find('/') != std::string::npos ||
-        piece.find('\0') != std::string::npos) {
-      return MakeError(0, "piece list \"{}\": bad piece name \"{}\"", list_path, piece);
-    }
-    auto piece_runs = IMAGED_TRY(FileRuns(JoinPath(NormalizeDir(dir), piece)));
+  for (size_t i = 0; i < pieces; ++i) {
+    auto piece_runs =
+        IMAGED_TRY(FileRuns(JoinPath(NormalizeDir(dir), fiemap::PieceName(list_name, i))));
     runs.insert(runs.end(), piece_runs.begin(), piece_runs.end());
-    ++pieces;
   }
-  if (pieces == 0) return MakeError(0, "piece list \"{}\" is empty", list_path);
   return runs;
 }
 
@@ -270,7 +290,8 @@ int DirCallback(ext2_ino_t, int, ext2_dir_entry* dirent, int, int, char*, void* 
                                          : EXT2_FT_UNKNOWN;
   }
   if (type == EXT2_FT_DIR) scan->subdirs.emplace_back(name, dirent->inode);
-  if (type == EXT2_FT_REG_FILE && name.size() > 4 && name.ends_with(".img")) {
+  const auto data_file = imageset::ClassifyDataFile(name);
+  if (type == EXT2_FT_REG_FILE && data_file && data_file->kind == imageset::DataFile::Kind::kList) {
     scan->regular_files.push_back(name);
   }
   return 0;
@@ -308,7 +329,7 @@ Result<std::vector<std::string>> OfflineFs::FindImageDirs(const std::string& nam
     }
     indexed_depth_ = max_depth;
   }
-  auto it = list_files_.find(name + ".img");
+  auto it = list_files_.find(imageset::ListFileName(name));
   if (it == list_files_.end()) return std::vector<std::string>{};
   return it->second;
 }
@@ -326,23 +347,22 @@ Result<void> CompareExtents(const std::vector<metadata::Extent>& extents,
   for (size_t i = 0; i < extents.size(); ++i) {
     const auto& e = extents[i];
     if (e.target_type != metadata::kTargetTypeLinear || e.target_source != 0) {
-      return MakeError(0, "lp_metadata extent {} is not a LINEAR extent on the data disk", i);
+      return MakeError(EINVAL, "lp_metadata extent {} is not a LINEAR extent on the data disk", i);
     }
     if (e.target_data > std::numeric_limits<uint64_t>::max() / metadata::kSectorSize) {
-      return MakeError(0, "lp_metadata extent {} starts beyond 2^64 bytes", i);
+      return MakeError(EINVAL, "lp_metadata extent {} starts beyond 2^64 bytes", i);
     }
     uint64_t disk = e.target_data * metadata::kSectorSize;
     uint64_t left = e.num_sectors * metadata::kSectorSize;
     while (left > 0) {
       if (r == runs.size()) {
-        return MakeError(0, "lp_metadata maps {} bytes but the files hold only {} bytes", lp_total,
+        return NotOwned("lp_metadata maps {} bytes but the files hold only {} bytes", lp_total,
                          files_total);
       }
       const DiskRun& run = runs[r];
       const uint64_t expect = run.disk_offset + in_run;
       if (disk != expect) {
-        return MakeError(0,
-                         "at image byte {}: lp_metadata extent {} maps disk sector {} but \"{}\" "
+        return NotOwned("at image byte {}: lp_metadata extent {} maps disk sector {} but \"{}\" "
                          "byte {} is at disk sector {}",
                          image_pos, i, disk / metadata::kSectorSize, run.file,
                          run.file_offset + in_run, expect / metadata::kSectorSize);
@@ -362,7 +382,7 @@ Result<void> CompareExtents(const std::vector<metadata::Extent>& extents,
   // to one block may be left over (an image ending 100 bytes into a block loses that block);
   // anything more means lp_metadata lost extents.
   if (files_total - image_pos > block_size) {
-    return MakeError(0, "lp_metadata maps only {} bytes of the {} bytes the files hold", image_pos,
+    return NotOwned("lp_metadata maps only {} bytes of the {} bytes the files hold", image_pos,
                      files_total);
   }
   return Ok();

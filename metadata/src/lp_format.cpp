@@ -6,7 +6,6 @@
 #include <set>
 
 #include "byte_io.h"
-#include "metadata/atomic_file.h"
 #include "metadata/lp_metadata.h"
 
 namespace imaged::metadata {
@@ -553,16 +552,16 @@ Result<LpMetadata> ParseAnyLayout(std::span<const uint8_t> data, uint32_t slot) 
   return MakeError(EINVAL, "no liblp geometry magic at offset 0, 4096 or 8192");
 }
 
-Result<LpMetadata> ReadImageFile(const std::string& path) {
-  // The image file is one metadata copy plus the geometry block.
-  std::vector<uint8_t> data = IMAGED_TRY_CTX(
-      ReadWholeFile(path, size_t{kGeometrySize} + kMaxMetadataMaxSize), "read lp_metadata");
-  return IMAGED_TRY_CTX(ParseImageFile(data), "read \"{}\"", path);
+Result<LpMetadata> ReadImageFile(const Directory& dir, std::string_view file) {
+  std::vector<uint8_t> data =
+      IMAGED_TRY_CTX(dir.ReadFile(file, kMaxImageFileBytes), "read lp_metadata");
+  return IMAGED_TRY_CTX(ParseImageFile(data), "read \"{}\"", dir.PathOf(file));
 }
 
-Result<void> WriteImageFile(const std::string& path, const LpMetadata& md) {
-  std::vector<uint8_t> data = IMAGED_TRY_CTX(SerializeImageFile(md), "write \"{}\"", path);
-  IMAGED_TRY_CTX(AtomicWriteFile(path, data, 0644), "write lp_metadata");
+Result<void> WriteImageFile(const Directory& dir, std::string_view file, const LpMetadata& md) {
+  std::vector<uint8_t> data =
+      IMAGED_TRY_CTX(SerializeImageFile(md), "write \"{}\"", dir.PathOf(file));
+  IMAGED_TRY_CTX(dir.AtomicWrite(file, data, {.mode = 0644}), "write lp_metadata");
   return {};
 }
 

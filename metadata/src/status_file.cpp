@@ -1,10 +1,7 @@
 #include "metadata/status_file.h"
 
-#include <unistd.h>
-
 #include <cerrno>
 
-#include "metadata/atomic_file.h"
 
 namespace imaged::metadata {
 
@@ -23,12 +20,6 @@ Result<void> CheckValue(std::string_view value) {
     return MakeError(EINVAL, "value contains a newline");
   if (value.find('\0') != std::string_view::npos) return MakeError(EINVAL, "value contains NUL");
   return {};
-}
-
-std::string DirOf(const std::string& path) {
-  size_t slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
 }
 
 }  // namespace
@@ -82,43 +73,41 @@ std::string SerializeStatus(const std::vector<StatusEntry>& entries) {
   return out;
 }
 
-Result<std::vector<StatusEntry>> ReadStatusFile(const std::string& path) {
+Result<std::vector<StatusEntry>> ReadStatusFile(const Directory& dir, std::string_view file) {
   std::vector<uint8_t> data =
-      IMAGED_TRY_CTX(ReadWholeFile(path, kMaxStatusFileBytes), "read status file");
+      IMAGED_TRY_CTX(dir.ReadFile(file, kMaxStatusFileBytes), "read status file");
   std::string_view text(reinterpret_cast<const char*>(data.data()), data.size());
-  return IMAGED_TRY_CTX(ParseStatus(text), "read status file \"{}\"", path);
+  return IMAGED_TRY_CTX(ParseStatus(text), "read status file \"{}\"", dir.PathOf(file));
 }
 
-Result<void> WriteStatusFile(const std::string& path, const std::vector<StatusEntry>& entries) {
+Result<void> WriteStatusFile(const Directory& dir, std::string_view file,
+                             const std::vector<StatusEntry>& entries) {
   for (const StatusEntry& e : entries) {
-    IMAGED_TRY_CTX(ValidateStatusEntry(e), "write status file \"{}\"", path);
+    IMAGED_TRY_CTX(ValidateStatusEntry(e), "write status file \"{}\"", dir.PathOf(file));
   }
   std::string text = SerializeStatus(entries);
   std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(text.data()), text.size());
-  IMAGED_TRY_CTX(AtomicWriteFile(path, bytes, 0644), "write status file");
+  IMAGED_TRY_CTX(dir.AtomicWrite(file, bytes, {.mode = 0644}), "write status file");
   return {};
 }
 
-Result<void> AppendStatusEntry(const std::string& path, const StatusEntry& entry) {
-  IMAGED_TRY_CTX(ValidateStatusEntry(entry), "append to status file \"{}\"", path);
+Result<void> AppendStatusEntry(const Directory& dir, std::string_view file,
+                               const StatusEntry& entry) {
+  IMAGED_TRY_CTX(ValidateStatusEntry(entry), "append to status file \"{}\"", dir.PathOf(file));
   std::vector<StatusEntry> entries;
-  Result<std::vector<StatusEntry>> existing = ReadStatusFile(path);
+  Result<std::vector<StatusEntry>> existing = ReadStatusFile(dir, file);
   if (existing) {
     entries = std::move(*existing);
   } else if (existing.error().code != ENOENT) {
     return std::move(existing).error().Wrap("append to status file");
   }
   entries.push_back(entry);
-  return WriteStatusFile(path, entries);
+  return WriteStatusFile(dir, file, entries);
 }
 
-Result<void> RemoveStatusFile(const std::string& path) {
-  if (::unlink(path.c_str()) != 0) {
-    if (errno != ENOENT) return ErrnoError("remove status file \"{}\"", path);
-    // Already gone (perhaps with its directory): nothing of ours to make durable.
-    return {};
-  }
-  IMAGED_TRY_CTX(FsyncDirectory(DirOf(path)), "remove status file \"{}\"", path);
+Result<void> RemoveStatusFile(const Directory& dir, std::string_view file) {
+  const bool removed = IMAGED_TRY_CTX(dir.RemoveFile(file), "remove status file");
+  if (removed) IMAGED_TRY_CTX(dir.Sync(), "remove status file \"{}\"", dir.PathOf(file));
   return {};
 }
 

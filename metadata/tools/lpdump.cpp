@@ -9,7 +9,7 @@
 #include <fmt/format.h>
 
 #include "imaged/common/size.h"
-#include "metadata/atomic_file.h"
+#include "imaged/common/file_io.h"
 #include "metadata/lp_metadata.h"
 
 namespace md = imaged::metadata;
@@ -164,7 +164,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   // A super layout holds slot_count * 2 copies; cap generously above a 64 MiB single copy.
-  auto data = md::ReadWholeFile(path, size_t{1} << 30);
+  auto data = imaged::ReadWholeFile(path, size_t{1} << 30);
   if (!data) {
     fmt::print(stderr, "imaged-lpdump: {}\n", data.error().ToString());
     return 1;

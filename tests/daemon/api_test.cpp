@@ -2,6 +2,7 @@
 // a loop device (label host: root). The loop map strategy works on this kernel.
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -101,6 +102,42 @@ uint64_t DeviceSize(const std::string& device) {
   off_t size = lseek(fd, 0, SEEK_END);
   close(fd);
   return size < 0 ? 0 : static_cast<uint64_t>(size);
+}
+
+// Names that were, or could be, the set's own files: the daemon's lock, lp_metadata and its
+// lock, the set lock, the lock directory. Each is an ordinary image, and the daemon still stops
+// on SIGTERM afterwards (an image named "imaged" used to take the daemon's own lock: create hung
+// forever and SIGTERM no longer stopped the daemon).
+TEST_F(ApiTest, ImagesNamedLikeTheSetsOwnFilesAreOrdinaryImages) {
+  const std::vector<std::string> names = {"imaged", "lp_metadata", "lp_metadata.lock", "set",
+                                          "daemon", "locks", "imaged-set.lock", "a.status",
+                                          "a.lock", "a.incomplete", "a.img"};
+  for (const auto& name : names) {
+    auto created = RunCommand({"timeout", "30", IMAGECTL_BIN, "--socket", socket_, "create", name,
+                               "1M"});
+    ASSERT_EQ(created.exit_code, 0) << name << ": " << created.err;
+    auto mapped = Ctl({"map", name});
+    ASSERT_EQ(mapped.exit_code, 0) << name << ": " << mapped.err;
+    ASSERT_EQ(Ctl({"unmap", name}).exit_code, 0) << name;
+  }
+  auto list = Ctl({"--json", "list"});
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  EXPECT_EQ(json::parse(list.out).size(), names.size());
+  // A restart recovers them all as they are (nothing mistaken for one of the set's files).
+  StartDaemon();
+  list = Ctl({"--json", "list"});
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  EXPECT_EQ(json::parse(list.out).size(), names.size());
+  for (const auto& name : names) ASSERT_EQ(Ctl({"delete", name}).exit_code, 0) << name;
+  const auto started = std::chrono::steady_clock::now();
+  const int status = daemon_->Stop(std::chrono::seconds(10));
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(10));
+  // Nothing of the deleted images is left, not even their lock files.
+  for (const auto& entry : std::filesystem::directory_iterator(metadata_ + "/.locks")) {
+    const std::string f = entry.path().filename().string();
+    EXPECT_TRUE(f == ".daemon" || f == ".set" || f == ".lp_metadata") << f;
+  }
 }
 
 TEST_F(ApiTest, CreateMapWriteReadUnmapDelete) {

@@ -11,7 +11,7 @@ TEST(ConfigTest, DefaultsAreKeptWhenTheFileIsEmpty) {
   DaemonConfig config;
   ASSERT_TRUE(ParseConfig("", config));
   EXPECT_EQ(config.socket_path, "/run/imaged/imaged.sock");
-  EXPECT_EQ(config.strategy, "auto");
+  EXPECT_EQ(config.strategy, MapStrategy::kAuto);
 }
 
 TEST(ConfigTest, SettingsCommentsAndBlankLines) {
@@ -33,7 +33,7 @@ TEST(ConfigTest, SettingsCommentsAndBlankLines) {
   EXPECT_EQ(config.metadata_dir, "/meta");
   EXPECT_EQ(config.socket_path, "/tmp/x.sock");
   EXPECT_EQ(config.admin_group, "disk");
-  EXPECT_EQ(config.strategy, "loop");
+  EXPECT_EQ(config.strategy, MapStrategy::kLoop);
   EXPECT_EQ(config.dm_prefix, "img-");
   EXPECT_EQ(config.max_piece_size, 4ull << 30);
   EXPECT_EQ(config.map_timeout_ms, 2500u);

@@ -16,7 +16,7 @@
 #include "dm/loop_list.h"
 #include "imaged/common/unique_fd.h"
 #include "process.h"
-#include "sysfs.h"
+#include "imaged/common/sysfs.h"
 #include "test_util.h"
 
 namespace imaged::dm {
@@ -87,9 +87,35 @@ TEST_F(LoopListTest, BackingFileAttributeOfALoopDetachedAfterOpenReadsAsNothing)
   UniqueFd fd(open(attr.c_str(), O_RDONLY | O_CLOEXEC));
   ASSERT_TRUE(fd.valid()) << attr;
   ASSERT_OK(loop->Detach());
-  std::optional<std::string> s;
-  EXPECT_NO_THROW(s = internal::ReadSysfsFd(fd.get()));
-  EXPECT_FALSE(s.has_value() && *s == file) << "read \"" << s.value_or("") << "\"";
+  Result<std::string> s = std::string();
+  EXPECT_NO_THROW(s = sysfs::ReadFd(fd.get(), attr));
+  EXPECT_FALSE(s && *s == file) << "read \"" << (s ? *s : s.error().ToString()) << "\"";
+}
+
+// The path the kernel reports may name another file by now (ours renamed away, a new one put
+// there): the identity is still the file the loop holds, so the newcomer matches no loop.
+TEST_F(LoopListTest, IdentityIsTheHeldFileNotWhatThePathNamesNow) {
+  const std::string file = MakeFile("a", 1 << 20);
+  struct stat held {};
+  ASSERT_EQ(stat(file.c_str(), &held), 0);
+  auto loop = LoopDevice::Attach(file, {});
+  ASSERT_OK(loop);
+  const std::string moved = file + ".moved";
+  ASSERT_EQ(rename(file.c_str(), moved.c_str()), 0);
+  const std::string impostor = MakeFile("a", 1 << 20);
+  ASSERT_EQ(impostor, file);
+  struct stat now {};
+  ASSERT_EQ(stat(file.c_str(), &now), 0);
+  ASSERT_NE(now.st_ino, held.st_ino);
+  auto loops = ListAttachedLoops();
+  ASSERT_OK(loops);
+  const AttachedLoop* found = Find(*loops, loop->path());
+  ASSERT_NE(found, nullptr);
+  EXPECT_EQ(found->backing_ino, held.st_ino);
+  EXPECT_EQ(found->backing_dev, held.st_dev);
+  auto by_path = LoopDevice::FindByBackingFile(file);
+  ASSERT_OK(by_path);
+  EXPECT_TRUE(by_path->empty());
 }
 
 // Scans racing with attach/detach of other loops never fail or throw, and always list the loop

@@ -16,6 +16,7 @@
 #include <fiemap/filesystem.h>
 #include <fiemap/split_file.h>
 
+#include "fiemap_at.h"
 #include "fs_fixture.h"
 
 namespace imaged::fiemap {
@@ -93,7 +94,7 @@ class DeferredZeroingTest : public ::testing::TestWithParam<std::string> {
 TEST_P(DeferredZeroingTest, DeferredFileHasNoExtentsAndCannotBeOpenedUntilCompleted) {
   FiemapWriter::CreateOptions o;
   o.defer_zeroing = true;
-  auto w = FiemapWriter::Create(path_, 4 * kMiB, o);
+  auto w = test::CreateAt(path_, 4 * kMiB, o);
   ASSERT_TRUE(w) << w.error().ToString();
   if (!Unwritten()) {
     EXPECT_FALSE(w->zeroing_deferred()) << GetParam() << " zeroes at creation";
@@ -103,10 +104,10 @@ TEST_P(DeferredZeroingTest, DeferredFileHasNoExtentsAndCannotBeOpenedUntilComple
   EXPECT_TRUE(w->zeroing_deferred());
   EXPECT_TRUE(w->extents().empty());
   // The extents are unwritten: nothing may map them yet.
-  EXPECT_FALSE(FiemapWriter::Open(path_));
+  EXPECT_FALSE(test::OpenAt(path_));
   ASSERT_TRUE(w->CompleteZeroing()) << path_;
   EXPECT_FALSE(w->zeroing_deferred());
-  auto opened = FiemapWriter::Open(path_);
+  auto opened = test::OpenAt(path_);
   ASSERT_TRUE(opened) << opened.error().ToString();
   EXPECT_EQ(opened->extents(), w->extents());
 }
@@ -115,7 +116,7 @@ TEST_P(DeferredZeroingTest, UnwrittenRangesReadAsZerosOnTheDeviceNotAsStaleData)
   LeaveStaleData(16 * kMiB);
   FiemapWriter::CreateOptions o;
   o.defer_zeroing = true;
-  auto w = FiemapWriter::Create(path_, 8 * kMiB, o);
+  auto w = test::CreateAt(path_, 8 * kMiB, o);
   ASSERT_TRUE(w) << w.error().ToString();
   // The caller writes some ranges, leaves others (head, middle, tail) alone.
   WriteDirect(path_, 1 * kMiB, 2 * kMiB, 0xA1);
@@ -135,7 +136,7 @@ TEST_P(DeferredZeroingTest, UnwrittenRangesReadAsZerosOnTheDeviceNotAsStaleData)
 TEST_P(DeferredZeroingTest, FullyWrittenFileNeedsNoZeroWrites) {
   FiemapWriter::CreateOptions o;
   o.defer_zeroing = true;
-  auto w = FiemapWriter::Create(path_, 2 * kMiB, o);
+  auto w = test::CreateAt(path_, 2 * kMiB, o);
   ASSERT_TRUE(w) << w.error().ToString();
   WriteDirect(path_, 0, 2 * kMiB, 0xC3);
   ASSERT_TRUE(w->CompleteZeroing());
@@ -148,7 +149,7 @@ TEST_P(DeferredZeroingTest, SplitImageCompletesEveryPiece) {
   o.max_piece_size = 1 * kMiB;
   o.defer_zeroing = true;
   const std::string list = fs_->Path("split.img");
-  auto split = SplitFiemap::Create(list, 3 * kMiB + 4096, o);
+  auto split = test::CreateSplitAt(list, 3 * kMiB + 4096, o);
   ASSERT_TRUE(split) << split.error().ToString();
   ASSERT_EQ(split->pieces().size(), 4u);
   EXPECT_EQ(split->zeroing_deferred(), Unwritten());
@@ -160,10 +161,10 @@ TEST_P(DeferredZeroingTest, SplitImageCompletesEveryPiece) {
   uint64_t covered = 0;
   for (const auto& e : split->extents()) covered += e.length;
   EXPECT_EQ(covered, split->size());
-  auto reopened = SplitFiemap::Open(list);
+  auto reopened = test::OpenSplitAt(list);
   ASSERT_TRUE(reopened) << reopened.error().ToString();
   EXPECT_EQ(reopened->extents(), split->extents());
-  ASSERT_TRUE(SplitFiemap::Remove(list));
+  ASSERT_TRUE(test::RemoveSplitAt(list));
 }
 
 INSTANTIATE_TEST_SUITE_P(Filesystems, DeferredZeroingTest,

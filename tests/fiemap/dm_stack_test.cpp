@@ -14,6 +14,7 @@
 #include <fiemap/fiemap_writer.h>
 #include <fiemap/filesystem.h>
 
+#include "fiemap_at.h"
 #include "../vm/vm_env.h"
 #include "fs_fixture.h"
 
@@ -130,7 +131,7 @@ TEST(DmStackPop, LinearWithOffsetResolvesToTheLoopDeviceAndAccumulatesTheOffset)
   EXPECT_EQ(info->disk_size, 96ull << 20);
   EXPECT_FALSE(info->disk_holds_ciphertext);
 
-  auto w = FiemapWriter::Create(stack.mnt() + "/image", 4 << 20);
+  auto w = test::CreateAt(stack.mnt() + "/image", 4 << 20);
   ASSERT_TRUE(w) << w.error().ToString();
   auto data = WritePattern(w->path(), w->size());
   for (const auto& e : w->extents()) {

@@ -19,6 +19,7 @@
 #include <fiemap/fiemap_writer.h>
 #include <fiemap/filesystem.h>
 
+#include "fiemap_at.h"
 #include "fs_fixture.h"
 
 namespace imaged::fiemap {
@@ -90,20 +91,20 @@ TEST_P(FiemapWriterTest, MaxFileSizeIsTheKernelLimit) {
 }
 
 TEST_P(FiemapWriterTest, CreateImpossiblyLargeFileFailsAndLeavesNoFile) {
-  auto w = FiemapWriter::Create(path_, 1099511627997184ull);
+  auto w = test::CreateAt(path_, 1099511627997184ull);
   ASSERT_FALSE(w);
   EXPECT_FALSE(Exists(path_));
 }
 
 TEST_P(FiemapWriterTest, CreateUnalignedFileRoundsUpToTheBlock) {
-  auto w = FiemapWriter::Create(path_, block_size_ + 1);
+  auto w = test::CreateAt(path_, block_size_ + 1);
   ASSERT_TRUE(w) << w.error().ToString();
   EXPECT_EQ(w->size(), 2 * block_size_);
   EXPECT_EQ(w->block_size(), block_size_);
 }
 
 TEST_P(FiemapWriterTest, CheckFilePath) {
-  auto w = FiemapWriter::Create(path_, block_size_);
+  auto w = test::CreateAt(path_, block_size_);
   ASSERT_TRUE(w) << w.error().ToString();
   EXPECT_EQ(w->size(), block_size_);
   EXPECT_EQ(w->path(), path_);
@@ -113,7 +114,7 @@ TEST_P(FiemapWriterTest, CheckFilePath) {
 }
 
 TEST_P(FiemapWriterTest, FileSizeOnDiskIsTheAlignedSize) {
-  auto w = FiemapWriter::Create(path_, 16 << 20);
+  auto w = test::CreateAt(path_, 16 << 20);
   ASSERT_TRUE(w) << w.error().ToString();
   struct stat st;
   ASSERT_EQ(stat(path_.c_str(), &st), 0);
@@ -124,7 +125,7 @@ TEST_P(FiemapWriterTest, FileSizeOnDiskIsTheAlignedSize) {
 
 TEST_P(FiemapWriterTest, ProgressForOneBlockIsExactlyOneCallAtTotal) {
   std::vector<std::pair<uint64_t, uint64_t>> calls;
-  auto w = FiemapWriter::Create(path_, block_size_, [&](uint64_t done, uint64_t total) {
+  auto w = test::CreateAt(path_, block_size_, [&](uint64_t done, uint64_t total) {
     calls.emplace_back(done, total);
     return true;
   });
@@ -135,7 +136,7 @@ TEST_P(FiemapWriterTest, ProgressForOneBlockIsExactlyOneCallAtTotal) {
 
 TEST_P(FiemapWriterTest, ProgressIsMonotonicAndEndsWithOneTotalCall) {
   std::vector<std::pair<uint64_t, uint64_t>> calls;
-  auto w = FiemapWriter::Create(path_, 40 << 20, [&](uint64_t done, uint64_t total) {
+  auto w = test::CreateAt(path_, 40 << 20, [&](uint64_t done, uint64_t total) {
     calls.emplace_back(done, total);
     return true;
   });
@@ -154,15 +155,15 @@ TEST_P(FiemapWriterTest, ProgressIsMonotonicAndEndsWithOneTotalCall) {
 }
 
 TEST_P(FiemapWriterTest, CheckPinning) {
-  auto w = FiemapWriter::Create(path_, 4096);
+  auto w = test::CreateAt(path_, 4096);
   ASSERT_TRUE(w) << w.error().ToString();
-  auto pinned = HasPinnedExtents(path_);
-  ASSERT_TRUE(pinned) << pinned.error().ToString();
-  EXPECT_TRUE(*pinned);
+  // Open refuses an f2fs file that is not pinned (its blocks could move).
+  auto reopened = test::OpenAt(path_);
+  ASSERT_TRUE(reopened) << reopened.error().ToString();
 }
 
 TEST_P(FiemapWriterTest, CheckFileCreated) {
-  auto w = FiemapWriter::Create(path_, 32768);
+  auto w = test::CreateAt(path_, 32768);
   ASSERT_TRUE(w) << w.error().ToString();
   int fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
   EXPECT_GE(fd, 0);
@@ -170,7 +171,7 @@ TEST_P(FiemapWriterTest, CheckFileCreated) {
 }
 
 TEST_P(FiemapWriterTest, ExtentsCoverTheWholeFileContiguously) {
-  auto w = FiemapWriter::Create(path_, 64 << 20);
+  auto w = test::CreateAt(path_, 64 << 20);
   ASSERT_TRUE(w) << w.error().ToString();
   ASSERT_FALSE(w->extents().empty());
   uint64_t expect = 0;
@@ -197,7 +198,7 @@ TEST_P(FiemapWriterTest, FileReadsBackAsZeros) {
     ASSERT_EQ(unlink(fs_->Path("old").c_str()), 0);
     sync();
   }
-  auto w = FiemapWriter::Create(path_, 8 << 20);
+  auto w = test::CreateAt(path_, 8 << 20);
   ASSERT_TRUE(w) << w.error().ToString();
   int fd = open(fs_->loop_device().c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
   ASSERT_GE(fd, 0);
@@ -217,9 +218,9 @@ TEST_P(FiemapWriterTest, FileReadsBackAsZeros) {
 }
 
 TEST_P(FiemapWriterTest, OpenExistingFileReturnsTheSameExtents) {
-  auto w = FiemapWriter::Create(path_, 8 << 20);
+  auto w = test::CreateAt(path_, 8 << 20);
   ASSERT_TRUE(w) << w.error().ToString();
-  auto o = FiemapWriter::Open(path_);
+  auto o = test::OpenAt(path_);
   ASSERT_TRUE(o) << o.error().ToString();
   EXPECT_EQ(o->size(), w->size());
   EXPECT_EQ(o->extents(), w->extents());
@@ -233,7 +234,7 @@ TEST_P(FiemapWriterTest, CreateRefusesAnExistingFileAndLeavesItUntouched) {
     ASSERT_EQ(write(fd, "keep", 4), 4);
     close(fd);
   }
-  auto w = FiemapWriter::Create(path_, 1 << 20);
+  auto w = test::CreateAt(path_, 1 << 20);
   ASSERT_FALSE(w);
   EXPECT_EQ(w.error().code, EEXIST);
   struct stat st;
@@ -242,7 +243,7 @@ TEST_P(FiemapWriterTest, CreateRefusesAnExistingFileAndLeavesItUntouched) {
 }
 
 TEST_P(FiemapWriterTest, FileDeletedOnCancel) {
-  auto w = FiemapWriter::Create(path_, block_size_, [](uint64_t, uint64_t) { return false; });
+  auto w = test::CreateAt(path_, block_size_, [](uint64_t, uint64_t) { return false; });
   ASSERT_FALSE(w);
   EXPECT_EQ(w.error().code, ECANCELED);
   EXPECT_FALSE(Exists(path_));
@@ -250,7 +251,7 @@ TEST_P(FiemapWriterTest, FileDeletedOnCancel) {
 
 TEST_P(FiemapWriterTest, CancelIsHonouredWithinOneChunk) {
   int calls = 0;
-  auto w = FiemapWriter::Create(path_, 64 << 20, [&](uint64_t done, uint64_t total) {
+  auto w = test::CreateAt(path_, 64 << 20, [&](uint64_t done, uint64_t total) {
     ++calls;
     return false;
   });
@@ -261,7 +262,7 @@ TEST_P(FiemapWriterTest, CancelIsHonouredWithinOneChunk) {
 }
 
 TEST_P(FiemapWriterTest, CheckEmptyFile) {
-  auto w = FiemapWriter::Create(path_, 0);
+  auto w = test::CreateAt(path_, 0);
   ASSERT_FALSE(w);
   EXPECT_EQ(w.error().code, EINVAL);
   EXPECT_FALSE(Exists(path_));
@@ -271,7 +272,7 @@ TEST_P(FiemapWriterTest, OpenRefusesAnEmptyFile) {
   int fd = open(path_.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
   ASSERT_GE(fd, 0);
   close(fd);
-  auto o = FiemapWriter::Open(path_);
+  auto o = test::OpenAt(path_);
   ASSERT_FALSE(o);
   EXPECT_EQ(o.error().code, EINVAL);
 }
@@ -282,7 +283,7 @@ TEST_P(FiemapWriterTest, OpenRefusesASparseFile) {
   ASSERT_GE(fd, 0);
   ASSERT_EQ(ftruncate(fd, 1 << 20), 0);
   close(fd);
-  auto o = FiemapWriter::Open(path_);
+  auto o = test::OpenAt(path_);
   ASSERT_FALSE(o);
   EXPECT_NE(o.error().message.find("extents"), std::string::npos) << o.error().ToString();
 }
@@ -295,7 +296,7 @@ TEST_P(FiemapWriterTest, OpenRefusesUnwrittenExtents) {
   ASSERT_GE(fd, 0);
   ASSERT_EQ(fallocate(fd, 0, 0, 1 << 20), 0);
   close(fd);
-  auto o = FiemapWriter::Open(path_);
+  auto o = test::OpenAt(path_);
   ASSERT_FALSE(o);
   EXPECT_NE(o.error().message.find("FIEMAP_EXTENT_UNWRITTEN"), std::string::npos)
       << o.error().ToString();
@@ -304,7 +305,7 @@ TEST_P(FiemapWriterTest, OpenRefusesUnwrittenExtents) {
 
 TEST_P(FiemapWriterTest, DataWrittenThroughTheFileIsAtThePhysicalOffsets) {
   // AOSP FibmapBlockAddressing, for every fs: the extents are what dm-linear will map.
-  auto w = FiemapWriter::Create(path_, 6 << 20);
+  auto w = test::CreateAt(path_, 6 << 20);
   ASSERT_TRUE(w) << w.error().ToString();
   std::vector<uint32_t> pattern(w->size() / 4);
   for (size_t i = 0; i < pattern.size(); ++i) pattern[i] = static_cast<uint32_t>(i * 2654435761u);
@@ -316,7 +317,7 @@ TEST_P(FiemapWriterTest, DataWrittenThroughTheFileIsAtThePhysicalOffsets) {
     close(fd);
   }
   // Extents must not have moved by writing over them.
-  auto again = FiemapWriter::Open(path_);
+  auto again = test::OpenAt(path_);
   ASSERT_TRUE(again) << again.error().ToString();
   EXPECT_EQ(again->extents(), w->extents());
   int fd = open(fs_->loop_device().c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
@@ -337,7 +338,7 @@ TEST_P(FiemapWriterTest, DataWrittenThroughTheFileIsAtThePhysicalOffsets) {
 TEST_P(FiemapWriterTest, FibmapAgreesWithFiemap) {
   if (GetParam() == "vfat") GTEST_SKIP() << "vfat has no FIEMAP to compare with";
   if (GetParam() == "xfs") GTEST_SKIP() << "xfs has no FIBMAP";
-  auto w = FiemapWriter::Create(path_, 4 << 20);
+  auto w = test::CreateAt(path_, 4 << 20);
   ASSERT_TRUE(w) << w.error().ToString();
   int fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
   ASSERT_GE(fd, 0);
@@ -372,7 +373,7 @@ TEST_P(FiemapWriterTest, ExtentsArePagedBeyondOneFiemapCall) {
   ASSERT_EQ(fsync(a), 0);
   close(a);
   close(b);
-  auto o = FiemapWriter::Open(path_);
+  auto o = test::OpenAt(path_);
   ASSERT_TRUE(o) << o.error().ToString();
   uint64_t covered = 0;
   for (const auto& e : o->extents()) covered += e.length;
@@ -400,7 +401,7 @@ TEST_P(LowSpaceTest, TooLargeForFreeSpaceIsENOSPCAndLeavesNoFile) {
   const uint64_t limit = std::max<uint64_t>(static_cast<uint64_t>(sfs.f_blocks) * (sfs.f_bsize - 1),
                                             static_cast<uint64_t>(sfs.f_bavail + 1) * sfs.f_bsize);
   const std::string path = fs.Path("big");
-  auto w = FiemapWriter::Create(path, limit);
+  auto w = test::CreateAt(path, limit);
   ASSERT_FALSE(w);
   EXPECT_EQ(w.error().code, ENOSPC) << w.error().ToString();
   EXPECT_FALSE(Exists(path));
@@ -414,7 +415,7 @@ TEST_P(LowSpaceTest, LargerThanTheFsMaximumIsNotENOSPC) {
   const uint64_t size = 16ull << 40;  // 16 TiB
   if (size <= info->max_file_size) GTEST_SKIP() << GetParam() << " accepts 16 TiB files";
   const std::string path = fs.Path("huge");
-  auto w = FiemapWriter::Create(path, size);
+  auto w = test::CreateAt(path, size);
   ASSERT_FALSE(w);
   EXPECT_NE(w.error().code, ENOSPC);
   EXPECT_EQ(w.error().code, EFBIG) << w.error().ToString();
@@ -428,7 +429,7 @@ INSTANTIATE_TEST_SUITE_P(Filesystems, LowSpaceTest,
 TEST(FiemapWriterRefusal, BtrfsIsRefused) {
   IMAGED_SKIP_UNLESS_FS("btrfs");
   LoopFilesystem fs("btrfs", 256ull << 20);
-  auto w = FiemapWriter::Create(fs.Path("x"), 1 << 20);
+  auto w = test::CreateAt(fs.Path("x"), 1 << 20);
   ASSERT_FALSE(w);
   EXPECT_EQ(w.error().code, EOPNOTSUPP);
   EXPECT_NE(w.error().message.find("btrfs"), std::string::npos);

@@ -3,9 +3,12 @@
 
 #include <gtest/gtest.h>
 
+#include <sstream>
+
 #include <fiemap/fiemap_writer.h>
 #include <fiemap/filesystem.h>
 
+#include "fiemap_at.h"
 #include "process.h"
 
 namespace imaged::fiemap {
@@ -55,8 +58,25 @@ TEST(VfatMaxFileSize, Is4GiBMinusOneRoundedDownToTheCluster) {
   EXPECT_EQ(VfatMaxFileSize(512), 4294966784ull);
 }
 
+// "<start> <len> <type> <params>" lines, as `dmsetup table` prints them, into live targets.
+std::vector<dm::TargetInfo> Table(std::string_view text) {
+  std::vector<dm::TargetInfo> out;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t nl = text.find('\n', pos);
+    if (nl == std::string_view::npos) nl = text.size();
+    std::istringstream line{std::string(text.substr(pos, nl - pos))};
+    pos = nl + 1;
+    dm::TargetInfo t;
+    if (!(line >> t.start >> t.length >> t.type)) continue;
+    std::getline(line >> std::ws, t.params);
+    out.push_back(t);
+  }
+  return out;
+}
+
 TEST(DmStackNextHop, PopsWholeDeviceLinearAndAccumulatesItsOffset) {
-  auto hop = DmStackNextHop("0 2048 linear 7:3 100\n", 2048);
+  auto hop = DmStackNextHop(Table("0 2048 linear 7:3 100\n"), 2048);
   ASSERT_TRUE(hop) << hop.error().ToString();
   ASSERT_TRUE(hop->has_value());
   EXPECT_EQ((*hop)->device, "7:3");
@@ -65,8 +85,7 @@ TEST(DmStackNextHop, PopsWholeDeviceLinearAndAccumulatesItsOffset) {
 }
 
 TEST(DmStackNextHop, PopsCryptUsingItsDeviceOffsetAndMarksCiphertext) {
-  auto hop = DmStackNextHop(
-      "0 409600 crypt aes-xts-plain64 :64:logon:cryptsetup:abc 0 8:2 32768 1 allow_discards\n",
+  auto hop = DmStackNextHop(Table("0 409600 crypt aes-xts-plain64 :64:logon:cryptsetup:abc 0 8:2 32768 1 allow_discards\n"),
       409600);
   ASSERT_TRUE(hop) << hop.error().ToString();
   ASSERT_TRUE(hop->has_value());
@@ -76,19 +95,19 @@ TEST(DmStackNextHop, PopsCryptUsingItsDeviceOffsetAndMarksCiphertext) {
 }
 
 TEST(DmStackNextHop, StopsAtSeveralTargets) {
-  auto hop = DmStackNextHop("0 1024 linear 7:3 0\n1024 1024 linear 7:4 0\n", 2048);
+  auto hop = DmStackNextHop(Table("0 1024 linear 7:3 0\n1024 1024 linear 7:4 0\n"), 2048);
   ASSERT_TRUE(hop);
   EXPECT_FALSE(hop->has_value());
 }
 
 TEST(DmStackNextHop, StopsAtTargetNotStartingAtZero) {
-  auto hop = DmStackNextHop("8 2040 linear 7:3 0\n", 2048);
+  auto hop = DmStackNextHop(Table("8 2040 linear 7:3 0\n"), 2048);
   ASSERT_TRUE(hop);
   EXPECT_FALSE(hop->has_value());
 }
 
 TEST(DmStackNextHop, StopsAtTargetNotCoveringTheDevice) {
-  auto hop = DmStackNextHop("0 1024 linear 7:3 0\n", 2048);
+  auto hop = DmStackNextHop(Table("0 1024 linear 7:3 0\n"), 2048);
   ASSERT_TRUE(hop);
   EXPECT_FALSE(hop->has_value());
 }
@@ -96,19 +115,19 @@ TEST(DmStackNextHop, StopsAtTargetNotCoveringTheDevice) {
 TEST(DmStackNextHop, StopsAtOtherTargetTypes) {
   for (const char* t : {"0 2048 striped 2 128 7:3 0 7:4 0", "0 2048 thin 253:2 1",
                         "0 2048 snapshot 7:3 7:4 P 8", "0 2048 zero", "0 2048 verity 1 2"}) {
-    auto hop = DmStackNextHop(t, 2048);
+    auto hop = DmStackNextHop(Table(t), 2048);
     ASSERT_TRUE(hop) << t;
     EXPECT_FALSE(hop->has_value()) << t;
   }
 }
 
 TEST(DmStackNextHop, RejectsMalformedTables) {
-  EXPECT_FALSE(DmStackNextHop("", 2048));
-  EXPECT_FALSE(DmStackNextHop("0 2048", 2048));
-  EXPECT_FALSE(DmStackNextHop("0 2048 linear 7:3", 2048));
-  EXPECT_FALSE(DmStackNextHop("0 2048 linear 7:3 x", 2048));
-  EXPECT_FALSE(DmStackNextHop("zero 2048 linear 7:3 0", 2048));
-  EXPECT_FALSE(DmStackNextHop("0 2048 crypt aes key 0 8:2", 2048));
+  EXPECT_FALSE(DmStackNextHop(Table(""), 2048));
+  EXPECT_FALSE(DmStackNextHop(Table("0 2048"), 2048));
+  EXPECT_FALSE(DmStackNextHop(Table("0 2048 linear 7:3"), 2048));
+  EXPECT_FALSE(DmStackNextHop(Table("0 2048 linear 7:3 x"), 2048));
+  EXPECT_FALSE(DmStackNextHop(Table("zero 2048 linear 7:3 0"), 2048));
+  EXPECT_FALSE(DmStackNextHop(Table("0 2048 crypt aes key 0 8:2"), 2048));
 }
 
 TEST(InspectFilesystem, RefusesTmpfsNamingIt) {
@@ -128,7 +147,7 @@ TEST(FiemapWriter, CreateOnTmpfsIsRefusedAndCreatesNothing) {
     GTEST_SKIP() << "/dev/shm is not tmpfs here";
   }
   std::string path = "/dev/shm/imaged-fiemap-tmpfs-refusal." + std::to_string(getpid());
-  auto w = FiemapWriter::Create(path, 1 << 20);
+  auto w = test::CreateAt(path, 1 << 20);
   ASSERT_FALSE(w);
   EXPECT_EQ(w.error().code, EOPNOTSUPP);
   EXPECT_FALSE(std::filesystem::exists(path));

@@ -14,6 +14,7 @@
 
 #include <fiemap/split_file.h>
 
+#include "fiemap_at.h"
 #include "fs_fixture.h"
 
 namespace imaged::fiemap {
@@ -42,7 +43,7 @@ class SplitFiemapTest : public ::testing::TestWithParam<std::string> {
   }
   void TearDown() override {
     if (fs_) {
-      auto r = SplitFiemap::Remove(list_);
+      auto r = test::RemoveSplitAt(list_);
       EXPECT_TRUE(r) << r.error().ToString();
     }
   }
@@ -76,13 +77,13 @@ class SplitFiemapTest : public ::testing::TestWithParam<std::string> {
 
 TEST_P(SplitFiemapTest, CreateMakesPiecesAndAListFileThatOutliveTheObject) {
   {
-    auto s = SplitFiemap::Create(list_, 768 * 1024, Pieces(32 * 1024));
+    auto s = test::CreateSplitAt(list_, 768 * 1024, Pieces(32 * 1024));
     ASSERT_TRUE(s) << s.error().ToString();
     EXPECT_EQ(s->pieces().size(), 24u);
     EXPECT_GE(s->extents().size(), 24u);
     EXPECT_EQ(s->size(), 768u * 1024);
   }
-  auto list = SplitFiemap::ListPieces(list_);
+  auto list = test::ListPiecesAt(list_);
   ASSERT_TRUE(list) << list.error().ToString();
   ASSERT_EQ(list->size(), 24u);
   for (int i = 0; i < 24; ++i) {
@@ -96,11 +97,11 @@ TEST_P(SplitFiemapTest, CreateMakesPiecesAndAListFileThatOutliveTheObject) {
 TEST_P(SplitFiemapTest, OpenRevalidatesEveryPiece) {
   std::vector<Extent> created;
   {
-    auto s = SplitFiemap::Create(list_, 768 * 1024, Pieces(32 * 1024));
+    auto s = test::CreateSplitAt(list_, 768 * 1024, Pieces(32 * 1024));
     ASSERT_TRUE(s) << s.error().ToString();
     created = s->extents();
   }
-  auto s = SplitFiemap::Open(list_);
+  auto s = test::OpenSplitAt(list_);
   ASSERT_TRUE(s) << s.error().ToString();
   EXPECT_EQ(s->pieces().size(), 24u);
   EXPECT_GE(s->extents().size(), 24u);
@@ -109,7 +110,7 @@ TEST_P(SplitFiemapTest, OpenRevalidatesEveryPiece) {
 }
 
 TEST_P(SplitFiemapTest, ExtentsAreLogicallyContiguousOverTheWholeImage) {
-  auto s = SplitFiemap::Create(list_, 3 << 20, Pieces(1 << 20));
+  auto s = test::CreateSplitAt(list_, 3 << 20, Pieces(1 << 20));
   ASSERT_TRUE(s) << s.error().ToString();
   uint64_t expect = 0;
   for (const auto& e : s->extents()) {
@@ -120,7 +121,7 @@ TEST_P(SplitFiemapTest, ExtentsAreLogicallyContiguousOverTheWholeImage) {
 }
 
 TEST_P(SplitFiemapTest, TooManyPiecesFailsWithoutCreatingAnything) {
-  auto s = SplitFiemap::Create(list_, 100 << 20, Pieces(1));
+  auto s = test::CreateSplitAt(list_, 100 << 20, Pieces(1));
   ASSERT_FALSE(s);
   EXPECT_FALSE(Exists(Piece(0)));
   EXPECT_FALSE(Exists(Piece(1)));
@@ -130,7 +131,7 @@ TEST_P(SplitFiemapTest, TooManyPiecesFailsWithoutCreatingAnything) {
 TEST_P(SplitFiemapTest, CancelDuringCreateRemovesEverything) {
   SplitFiemap::CreateOptions o = Pieces(1 << 20);
   o.progress = [](uint64_t done, uint64_t) { return done < (3 << 20) / 2; };
-  auto s = SplitFiemap::Create(list_, 3 << 20, o);
+  auto s = test::CreateSplitAt(list_, 3 << 20, o);
   ASSERT_FALSE(s);
   EXPECT_EQ(s.error().code, ECANCELED);
   for (int i = 0; i < 3; ++i) EXPECT_FALSE(Exists(Piece(i))) << i;
@@ -145,7 +146,7 @@ TEST_P(SplitFiemapTest, ProgressCoversTheWholeImageAndEndsOnceAtTotal) {
     done.push_back(d);
     return true;
   };
-  auto s = SplitFiemap::Create(list_, 3 << 20, o);
+  auto s = test::CreateSplitAt(list_, 3 << 20, o);
   ASSERT_TRUE(s) << s.error().ToString();
   ASSERT_FALSE(done.empty());
   EXPECT_EQ(done.back(), 3u << 20);
@@ -157,7 +158,7 @@ TEST_P(SplitFiemapTest, ProgressCoversTheWholeImageAndEndsOnceAtTotal) {
 
 TEST_P(SplitFiemapTest, CreateRefusesAnExistingListFile) {
   { std::ofstream(list_) << "image.img.0000\n"; }
-  auto s = SplitFiemap::Create(list_, 1 << 20, Pieces(0));
+  auto s = test::CreateSplitAt(list_, 1 << 20, Pieces(0));
   ASSERT_FALSE(s);
   EXPECT_EQ(s.error().code, EEXIST);
   EXPECT_EQ(ReadAll(list_), "image.img.0000\n");
@@ -165,7 +166,7 @@ TEST_P(SplitFiemapTest, CreateRefusesAnExistingListFile) {
 
 TEST_P(SplitFiemapTest, CreateRefusesAnExistingPieceAndKeepsIt) {
   { std::ofstream(Piece(1)) << "mine"; }
-  auto s = SplitFiemap::Create(list_, 2 << 20, Pieces(1 << 20));
+  auto s = test::CreateSplitAt(list_, 2 << 20, Pieces(1 << 20));
   ASSERT_FALSE(s);
   EXPECT_EQ(s.error().code, EEXIST);
   EXPECT_FALSE(Exists(Piece(0)));
@@ -181,21 +182,21 @@ TEST_P(SplitFiemapTest, RemoveToleratesACorruptOverlongLine) {
   }
   ASSERT_EQ(line.size(), 12600u);
   { std::ofstream(list_, std::ios::binary) << line << "\n"; }
-  auto r = SplitFiemap::Remove(list_);
+  auto r = test::RemoveSplitAt(list_);
   EXPECT_TRUE(r) << r.error().ToString();
   EXPECT_FALSE(Exists(list_));
 }
 
 TEST_P(SplitFiemapTest, RemoveToleratesMissingPiecesAndRemovesOrphans) {
   {
-    auto s = SplitFiemap::Create(list_, 3 << 20, Pieces(1 << 20));
+    auto s = test::CreateSplitAt(list_, 3 << 20, Pieces(1 << 20));
     ASSERT_TRUE(s) << s.error().ToString();
   }
   ASSERT_EQ(unlink(Piece(1).c_str()), 0);
   { std::ofstream(Piece(7)) << "orphan"; }
   { std::ofstream(fs_->Path("image.img.notapiece")) << "keep"; }
   { std::ofstream(fs_->Path("other.img.0000")) << "keep"; }
-  auto r = SplitFiemap::Remove(list_);
+  auto r = test::RemoveSplitAt(list_);
   ASSERT_TRUE(r) << r.error().ToString();
   for (int i : {0, 1, 2, 7}) EXPECT_FALSE(Exists(Piece(i))) << i;
   EXPECT_FALSE(Exists(list_));
@@ -206,25 +207,25 @@ TEST_P(SplitFiemapTest, RemoveToleratesMissingPiecesAndRemovesOrphans) {
 TEST_P(SplitFiemapTest, RemoveNeverFollowsForeignNamesInTheList) {
   { std::ofstream(fs_->Path("victim")) << "keep"; }
   { std::ofstream(list_) << "victim\n../victim\n" << fs_->Path("victim") << "\n"; }
-  auto r = SplitFiemap::Remove(list_);
+  auto r = test::RemoveSplitAt(list_);
   ASSERT_TRUE(r) << r.error().ToString();
   EXPECT_TRUE(Exists(fs_->Path("victim")));
   EXPECT_FALSE(Exists(list_));
 }
 
 TEST_P(SplitFiemapTest, RemoveOfAMissingImageSucceeds) {
-  EXPECT_TRUE(SplitFiemap::Remove(list_));
+  EXPECT_TRUE(test::RemoveSplitAt(list_));
 }
 
 TEST_P(SplitFiemapTest, ListPiecesRejectsACorruptList) {
   { std::ofstream(list_) << "image.img.0000\nvictim\n"; }
-  auto l = SplitFiemap::ListPieces(list_);
+  auto l = test::ListPiecesAt(list_);
   ASSERT_FALSE(l);
   EXPECT_EQ(l.error().code, EINVAL);
 }
 
 TEST_P(SplitFiemapTest, WriteWholeFile) {
-  auto s = SplitFiemap::Create(list_, 3 * 32768, Pieces(32768));
+  auto s = test::CreateSplitAt(list_, 3 * 32768, Pieces(32768));
   ASSERT_TRUE(s) << s.error().ToString();
   auto data = Pattern(3 * 32768);
   ASSERT_TRUE(s->PWrite(data.data(), data.size(), 0));
@@ -233,7 +234,7 @@ TEST_P(SplitFiemapTest, WriteWholeFile) {
 }
 
 TEST_P(SplitFiemapTest, WriteFileInChunksStraddlingPieceBoundaries) {
-  auto s = SplitFiemap::Create(list_, 3 * 32768, Pieces(32768));
+  auto s = test::CreateSplitAt(list_, 3 * 32768, Pieces(32768));
   ASSERT_TRUE(s) << s.error().ToString();
   auto data = Pattern(3 * 32768);
   for (size_t off = 0; off < data.size(); off += 1000) {
@@ -246,7 +247,7 @@ TEST_P(SplitFiemapTest, WriteFileInChunksStraddlingPieceBoundaries) {
 }
 
 TEST_P(SplitFiemapTest, WriteFileInChunksEndingOnBoundaries) {
-  auto s = SplitFiemap::Create(list_, 3 * 32768, Pieces(32768));
+  auto s = test::CreateSplitAt(list_, 3 * 32768, Pieces(32768));
   ASSERT_TRUE(s) << s.error().ToString();
   auto data = Pattern(3 * 32768);
   for (size_t off = 0; off < data.size(); off += 32768) {
@@ -257,7 +258,7 @@ TEST_P(SplitFiemapTest, WriteFileInChunksEndingOnBoundaries) {
 }
 
 TEST_P(SplitFiemapTest, WritesInAnyOrderAndReadsBackAcrossBoundaries) {
-  auto s = SplitFiemap::Create(list_, 3 * 32768, Pieces(32768));
+  auto s = test::CreateSplitAt(list_, 3 * 32768, Pieces(32768));
   ASSERT_TRUE(s) << s.error().ToString();
   auto data = Pattern(3 * 32768);
   // Backwards, in odd-sized chunks: a positioned API, not a cursor.
@@ -272,7 +273,7 @@ TEST_P(SplitFiemapTest, WritesInAnyOrderAndReadsBackAcrossBoundaries) {
 }
 
 TEST_P(SplitFiemapTest, WritePastEndFails) {
-  auto s = SplitFiemap::Create(list_, 3 * 32768, Pieces(32768));
+  auto s = test::CreateSplitAt(list_, 3 * 32768, Pieces(32768));
   ASSERT_TRUE(s) << s.error().ToString();
   auto data = Pattern(3 * 32768);
   ASSERT_TRUE(s->PWrite(data.data(), data.size(), 0));
@@ -285,7 +286,7 @@ TEST_P(SplitFiemapTest, WritePastEndFails) {
 }
 
 TEST_P(SplitFiemapTest, DirectIoWithAlignedBuffers) {
-  auto s = SplitFiemap::Create(list_, 2 << 20, Pieces(1 << 20));
+  auto s = test::CreateSplitAt(list_, 2 << 20, Pieces(1 << 20));
   ASSERT_TRUE(s) << s.error().ToString();
   ASSERT_TRUE(s->OpenForIo(true));
   void* raw = nullptr;
@@ -303,7 +304,7 @@ TEST_P(SplitFiemapTest, DirectIoWithAlignedBuffers) {
 }
 
 TEST_P(SplitFiemapTest, DefaultPieceSizeIsTheFsMaximum) {
-  auto s = SplitFiemap::Create(list_, 8 << 20, Pieces(0));
+  auto s = test::CreateSplitAt(list_, 8 << 20, Pieces(0));
   ASSERT_TRUE(s) << s.error().ToString();
   EXPECT_EQ(s->pieces().size(), 1u);
 }

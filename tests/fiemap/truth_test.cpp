@@ -11,6 +11,7 @@
 
 #include <fiemap/fiemap_writer.h>
 
+#include "fiemap_at.h"
 #include "fs_fixture.h"
 
 namespace imaged::fiemap {
@@ -36,7 +37,7 @@ std::vector<Extent> Merge(const std::vector<Extent>& in) {
 // Leaves free space fragmented: ten 2 MiB files, every other one deleted.
 void FragmentFreeSpace(const LoopFilesystem& fs) {
   for (int i = 0; i < 10; ++i) {
-    auto w = FiemapWriter::Create(fs.Path("frag" + std::to_string(i)), 2 << 20);
+    auto w = test::CreateAt(fs.Path("frag" + std::to_string(i)), 2 << 20);
     ASSERT_TRUE(w) << w.error().ToString();
   }
   for (int i = 0; i < 10; i += 2) ASSERT_EQ(unlink(fs.Path("frag" + std::to_string(i)).c_str()), 0);
@@ -97,9 +98,13 @@ TEST(Ext2fsTruth, ExtentsMatchTheInodeBlockMapOfTheUnmountedImage) {
   IMAGED_SKIP_UNLESS_FS("ext4");
   LoopFilesystem fs("ext4", 128ull << 20);
   ASSERT_NO_FATAL_FAILURE(FragmentFreeSpace(fs));
-  auto w = FiemapWriter::Create(fs.Path("image"), 24 << 20);
-  ASSERT_TRUE(w) << w.error().ToString();
-  const std::vector<Extent> reported = w->extents();
+  std::vector<Extent> reported;
+  {
+    // Scoped: the writer keeps its directory open, which would keep the fs busy.
+    auto w = test::CreateAt(fs.Path("image"), 24 << 20);
+    ASSERT_TRUE(w) << w.error().ToString();
+    reported = w->extents();
+  }
   EXPECT_GT(reported.size(), 1u) << "expected a fragmented file";
   fs.Unmount();
   EXPECT_EQ(Ext2fsExtents(fs.backing_file(), "image"), reported);
@@ -117,7 +122,7 @@ TEST_P(FilefragTruth, ExtentsMatchFilefrag) {
   LoopFilesystem fs(GetParam(),
                     GetParam() == "xfs" || GetParam() == "f2fs" ? 320ull << 20 : 128ull << 20);
   ASSERT_NO_FATAL_FAILURE(FragmentFreeSpace(fs));
-  auto w = FiemapWriter::Create(fs.Path("image"), 24 << 20);
+  auto w = test::CreateAt(fs.Path("image"), 24 << 20);
   ASSERT_TRUE(w) << w.error().ToString();
   EXPECT_EQ(FilefragExtents(fs.Path("image")), w->extents());
 }

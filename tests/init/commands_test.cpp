@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "dir.h"
 #include "init/commands.h"
 #include "init/disk.h"
 #include "metadata/lp_metadata.h"
@@ -32,53 +33,6 @@ metadata::LpMetadata SampleMetadata() {
   EXPECT_TRUE(metadata::SetPartition(md, "old", metadata::kPartitionAttrDisabled,
                                      {{8, kTargetTypeLinear, 9000, 0}}));
   return md;
-}
-
-TEST(BuildTableTest, OneLinearTargetPerExtentOverTheDisk) {
-  auto md = SampleMetadata();
-  auto table = BuildTable(md, *metadata::FindPartition(md, "system"), "254:16", false);
-  ASSERT_OK(table);
-  ASSERT_EQ(table->targets().size(), 2u);
-  EXPECT_EQ(table->targets()[0]->params(), "254:16 4096");
-  EXPECT_EQ(table->targets()[1]->start(), 2048u);
-  EXPECT_EQ(table->targets()[1]->length(), 1024u);
-  EXPECT_EQ(table->targets()[1]->params(), "254:16 100000");
-  EXPECT_FALSE(table->readonly());
-  ASSERT_OK(table->Validate());
-}
-
-TEST(BuildTableTest, ReadonlyAttributeMakesTheTableReadonly) {
-  auto md = SampleMetadata();
-  auto table = BuildTable(md, *metadata::FindPartition(md, "vendor"), "254:16", false);
-  ASSERT_OK(table);
-  EXPECT_TRUE(table->readonly());
-}
-
-TEST(BuildTableTest, ReadonlyOptionMakesEveryTableReadonly) {
-  auto md = SampleMetadata();
-  auto table = BuildTable(md, *metadata::FindPartition(md, "system"), "254:16", true);
-  ASSERT_OK(table);
-  EXPECT_TRUE(table->readonly());
-}
-
-TEST(BuildTableTest, ZeroExtentsBecomeZeroTargets) {
-  auto md = SampleMetadata();
-  md.extents.push_back({16, kTargetTypeZero, 0, 0});
-  metadata::Partition p{"z", 0, static_cast<uint32_t>(md.extents.size() - 1), 1, 0};
-  auto table = BuildTable(md, p, "254:16", false);
-  ASSERT_OK(table);
-  EXPECT_EQ(table->targets()[0]->type(), "zero");
-}
-
-TEST(BuildTableTest, RefusesExtentsOnAnotherBlockDevice) {
-  auto md = SampleMetadata();
-  md.extents.push_back({16, kTargetTypeLinear, 0, 1});
-  metadata::Partition p{"z", 0, static_cast<uint32_t>(md.extents.size() - 1), 1, 0};
-  EXPECT_FALSE(BuildTable(md, p, "254:16", false));
-}
-
-TEST(DmNameTest, IsPrefixPlusImageName) {
-  EXPECT_EQ(DmName("imaged-", "system"), "imaged-system");
 }
 
 class ResolveDiskTest : public ::testing::Test {
@@ -196,7 +150,8 @@ TEST(FormatListTest, JsonHasEveryField) {
 
 TEST(RunListTest, ReadsLpMetadataFromTheMetadataDir) {
   TempDir tmp;
-  ASSERT_OK(metadata::WriteImageFile((tmp.path() / "lp_metadata").string(), SampleMetadata()));
+  ASSERT_OK(metadata::WriteImageFile(imaged::test::OpenDir(tmp.path()), "lp_metadata",
+                                     SampleMetadata()));
   Options o;
   o.command = Command::kList;
   o.metadata_dir = tmp.path().string();

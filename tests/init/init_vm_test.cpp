@@ -25,6 +25,7 @@
 
 #include <gtest/gtest.h>
 
+#include "dir.h"
 #include "../vm/vm_env.h"
 #include "dm/device_mapper.h"
 #include "dm/loop_device.h"
@@ -162,7 +163,7 @@ class InitVmTest : public ::testing::Test {
     }
     ASSERT_OK(
         metadata::SetPartition(md_, name, attributes, test::LpExtentsFor(runs, content.size())));
-    ASSERT_OK(metadata::WriteImageFile(meta_ + "/lp_metadata", md_));
+    ASSERT_OK(metadata::WriteImageFile(imaged::test::OpenDir(meta_), "lp_metadata", md_));
   }
 
   imaged::test::CommandResult Init(std::vector<std::string> args) {
@@ -323,7 +324,7 @@ TEST_F(InitVmTest, WriteStatusRecordsTheDeviceAndUnmapRemovesIt) {
   CreateImage("alpha", 256 << 10, 1);
   Unmount();
   ASSERT_EQ(Init({"map", "--write-status"}).exit_code, 0);
-  auto status = metadata::ReadStatusFile(meta_ + "/alpha.status");
+  auto status = metadata::ReadStatusFile(imaged::test::OpenDir(meta_), "alpha.status");
   ASSERT_OK(status);
   EXPECT_EQ(
       *status,
@@ -377,7 +378,7 @@ TEST_F(InitVmTest, RefusesADiskOfTheWrongSize) {
   CreateImage("alpha", 256 << 10, 1);
   Unmount();
   md_.block_devices[0].size = kDiskSize * 2;
-  ASSERT_OK(metadata::WriteImageFile(meta_ + "/lp_metadata", md_));
+  ASSERT_OK(metadata::WriteImageFile(imaged::test::OpenDir(meta_), "lp_metadata", md_));
   auto r = Init({"map"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("not the disk the images were created on"), std::string::npos) << r.err;
@@ -426,7 +427,7 @@ TEST_F(InitVmTest, MapsAHundredImagesOfAHundredExtents) {
     }
     ASSERT_OK(metadata::SetPartition(md_, fmt::format("img{:03d}", i), 0, extents));
   }
-  ASSERT_OK(metadata::WriteImageFile(meta_ + "/lp_metadata", md_));
+  ASSERT_OK(metadata::WriteImageFile(imaged::test::OpenDir(meta_), "lp_metadata", md_));
   auto start = std::chrono::steady_clock::now();
   auto r = Init({"map", "--no-verify"});
   auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -506,6 +507,41 @@ TEST_F(InitDaemonVmTest, ImagesFromTheDaemonMapAtBootAndAreAdoptedLater) {
   auto unmap_beta = Ctl({"unmap", "beta"});
   EXPECT_EQ(unmap_beta.exit_code, 0) << unmap_beta.out << unmap_beta.err;
   EXPECT_FALSE(Exists("beta"));
+}
+
+// The daemon and imaged-init build and compare tables with the same code, read-only flag
+// included: a read-only mapping of a writable image (imaged-init --readonly) is a true view of
+// it and is adopted; a writable mapping of a read-only image is not what either would make and
+// is torn down (the daemon used to compare targets only and adopted it).
+TEST_F(InitDaemonVmTest, TheDaemonAdoptsWhatImagedInitMapsAndNothingWritableThatShouldNotBe) {
+  {
+    auto daemon = StartDaemon();
+    ASSERT_TRUE(daemon->ready());
+    ASSERT_EQ(Ctl({"create", "rw", "1M"}).exit_code, 0);
+    ASSERT_EQ(Ctl({"create", "ro", "1M", "--readonly"}).exit_code, 0);
+    EXPECT_EQ(WIFEXITED(daemon->Stop()) ? 0 : 1, 0);
+  }
+  Unmount();
+  auto map = Init({"map", "--readonly", "--passthrough", prefix_ + "data"});
+  ASSERT_EQ(map.exit_code, 0) << map.out << map.err;
+  // Replace imaged-init's read-only "ro" by a writable device over the same blocks.
+  dm::DeviceMapper dm;
+  auto live = dm.GetTable(prefix_ + "ro");
+  ASSERT_TRUE(live) << live.error().ToString();
+  dm::Table writable;
+  for (const auto& t : *live) writable.Emplace<dm::RawTarget>(t.start, t.length, t.type, t.params);
+  ASSERT_TRUE(dm.Remove(prefix_ + "ro"));
+  auto created = dm.Create(prefix_ + "ro", writable);
+  ASSERT_TRUE(created) << created.error().ToString();
+
+  Mount("/dev/mapper/" + prefix_ + "data");
+  auto daemon = StartDaemon();
+  ASSERT_TRUE(daemon->ready());
+  EXPECT_FALSE(Exists("ro")) << "a writable mapping of a read-only image was adopted";
+  EXPECT_TRUE(Exists("rw"));
+  auto unmap = Ctl({"unmap", "rw"});
+  EXPECT_EQ(unmap.exit_code, 0) << unmap.out << unmap.err;
+  EXPECT_FALSE(Exists("rw"));
 }
 #endif
 

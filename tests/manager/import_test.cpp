@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include "fiemap_at.h"
 #include "fiemap/split_file.h"
 #include "image_set.h"
 
@@ -47,7 +48,7 @@ class ImportTest : public ::testing::Test {
     return out.good();
   }
   std::vector<uint8_t> ImageBytes(const std::string& name, size_t n) {
-    auto split = fiemap::SplitFiemap::Open(set_->data(name + ".img"));
+    auto split = test::OpenSplitAt(set_->data(name + ".img"));
     if (!split) return {};
     std::vector<uint8_t> out(n);
     if (!split->PRead(out.data(), n, 0)) return {};
@@ -106,7 +107,7 @@ TEST_F(ImportTest, Qcow2FromQemuImgImportsBitExactThroughTheMappedDevice) {
 
 TEST_F(ImportTest, IntoExistingOverwritesAndZeroesTheRest) {
   ASSERT_OK(mgr().Create("target", 8 * kMiB, {}));
-  auto split = fiemap::SplitFiemap::Open(set_->data("target.img"));
+  auto split = test::OpenSplitAt(set_->data("target.img"));
   ASSERT_OK(split);
   const auto old = Pattern(8 * kMiB, 12);
   ASSERT_OK(split->PWrite(old.data(), old.size(), 0));
@@ -114,7 +115,7 @@ TEST_F(ImportTest, IntoExistingOverwritesAndZeroesTheRest) {
   const auto bytes = SourceBytes(4 * kMiB);
   ImportOptions o;
   o.into_existing = true;
-  o.format = ImportFormat::kRaw;
+  o.format = import::Format::Raw;
   auto info = mgr().Import("target", WriteSource(bytes), o);
   ASSERT_OK(info);
   EXPECT_EQ(info->size_bytes, 8 * kMiB);
@@ -167,7 +168,7 @@ TEST_F(ImportTest, NewImageHoldsTheSourceOnTheRawDiskNotStaleBlocks) {
   const auto bytes = SourceBytes(16 * kMiB + 1000);
   ASSERT_OK(mgr().Import("img", WriteSource(bytes), {}));
   EXPECT_FALSE(std::filesystem::exists(set_->meta("img.incomplete")));
-  auto split = fiemap::SplitFiemap::Open(set_->data("img.img"));  // refuses unwritten extents
+  auto split = test::OpenSplitAt(set_->data("img.img"));  // refuses unwritten extents
   ASSERT_TRUE(split) << split.error().ToString();
   std::vector<uint8_t> expected = bytes;
   expected.resize(split->size(), 0);  // the slack past the image is zeros too

@@ -12,6 +12,8 @@
 
 #include <gtest/gtest.h>
 
+#include "dir.h"
+#include "fiemap_at.h"
 #include "fiemap/split_file.h"
 #include "image_set.h"
 #include "metadata/lp_metadata.h"
@@ -70,10 +72,10 @@ TEST_F(ManagerTest, CreateAndMap) {
   ASSERT_OK(mgr().Create("test-image", kMiB, {}));
   auto path = mgr().Map("test-image", std::chrono::seconds(5));
   ASSERT_OK(path);
-  EXPECT_TRUE(*mgr().IsMapped("test-image"));
+  EXPECT_TRUE(mgr().GetMappedDevice("test-image")->has_value());
   EXPECT_EQ(BlockDeviceSize(*path), kMiB);
   ASSERT_OK(mgr().Unmap("test-image"));
-  EXPECT_FALSE(*mgr().IsMapped("test-image"));
+  EXPECT_FALSE(mgr().GetMappedDevice("test-image")->has_value());
   EXPECT_FALSE(std::filesystem::exists(set_->meta("test-image.status")));
 }
 
@@ -195,7 +197,7 @@ TEST_F(ManagerTest, DeleteRemovesFilesEntryAndLock) {
 
 TEST_F(ManagerTest, LpMetadataRecordsTheDiskAndExtentsInSectors) {
   ASSERT_OK(mgr().Create("img", 2 * kMiB, {}));
-  auto md = metadata::ReadImageFile(set_->meta("lp_metadata"));
+  auto md = metadata::ReadImageFile(imaged::test::OpenDir(set_->meta("")), "lp_metadata");
   ASSERT_OK(md);
   ASSERT_EQ(md->block_devices.size(), 1u);
   EXPECT_EQ("/dev/" + md->block_devices[0].partition_name, set_->fs().loop_device());
@@ -244,8 +246,8 @@ TEST_F(ManagerTest, MapAllMapsEnabledUnmappedImages) {
   auto mapped = mgr().MapAll();
   ASSERT_OK(mapped);
   EXPECT_EQ(*mapped, std::vector<std::string>{"two"});
-  EXPECT_TRUE(*mgr().IsMapped("two"));
-  EXPECT_FALSE(*mgr().IsMapped("off"));
+  EXPECT_TRUE(mgr().GetMappedDevice("two")->has_value());
+  EXPECT_FALSE(mgr().GetMappedDevice("off")->has_value());
   ASSERT_OK(mgr().Unmap("one"));
   ASSERT_OK(mgr().Unmap("two"));
 }
@@ -262,7 +264,7 @@ TEST_F(ManagerTest, ResizeGrowsAnUnmappedImageKeepingItsData) {
   ASSERT_OK(validation);
   ASSERT_EQ(validation->size(), 1u);
   EXPECT_TRUE((*validation)[0].ok) << (*validation)[0].problem;
-  auto split = fiemap::SplitFiemap::Open(set_->data("img.img"));
+  auto split = test::OpenSplitAt(set_->data("img.img"));
   ASSERT_OK(split);
   std::vector<uint8_t> back(kMiB);
   ASSERT_OK(split->PRead(back.data(), back.size(), 0));
@@ -345,7 +347,7 @@ TEST_F(ManagerTest, CreateRefusesAMappedImage) {
 TEST_F(ManagerTest, CreateRefusesBadNames) {
   for (std::string bad : {std::string("../x"), std::string("a/b"), std::string(""),
                           std::string(36, 'n'), std::string(".hidden"), std::string("a\0b", 3),
-                          std::string("sp ace"), std::string(".."), std::string("lp_metadata")}) {
+                          std::string("sp ace"), std::string("..")}) {
     EXPECT_ERRNO(mgr().Create(bad, kMiB, {}), EINVAL);
   }
   EXPECT_TRUE(DataFiles().empty());
@@ -424,7 +426,7 @@ TEST_F(ManagerTest, MapRefusesExtentsThatChangedSinceCreation) {
   EXPECT_EQ(mapped.error().code, EUCLEAN);
   EXPECT_NE(mapped.error().message.find("changed since creation"), std::string::npos)
       << mapped.error().ToString();
-  EXPECT_FALSE(*mgr().IsMapped("img"));
+  EXPECT_FALSE(mgr().GetMappedDevice("img")->has_value());
   EXPECT_FALSE(std::filesystem::exists(set_->meta("img.status")));
   auto validation = mgr().Validate();
   ASSERT_OK(validation);
@@ -489,6 +491,47 @@ TEST_F(ManagerTest, RecoverAdoptsAMappingThatStillExists) {
   ASSERT_OK(mgr().Unmap("img"));
 }
 
+// Image "a.img.b"'s pieces are called a.img.b.img.NNNN, which starts with "a.img.": matching
+// loops by backing-file name let a stale status file of "a" detach them. Loops are matched by
+// the identity of the file they hold.
+TEST_F(ManagerTest, UnmapAndRecoverOfAnImageNeverTouchAnotherImagesLoops) {
+  ASSERT_OK(mgr().Create("a", kMiB, {}));
+  ASSERT_OK(mgr().Create("a.img.b", kMiB, {}));
+  auto other = mgr().Map("a.img.b");
+  ASSERT_OK(other);
+  // A stale status file of "a" naming the other image's loop (its number reused after a crash).
+  ASSERT_OK(metadata::WriteStatusFile(imaged::test::OpenDir(set_->meta("")), "a.status",
+                                      {{metadata::StatusEntry::Kind::Loop, *other}}));
+  ASSERT_OK(mgr().Unmap("a"));
+  EXPECT_EQ(*mgr().GetMappedDevice("a.img.b"), std::optional<std::string>(*other));
+  ASSERT_OK(metadata::WriteStatusFile(imaged::test::OpenDir(set_->meta("")), "a.status",
+                                      {{metadata::StatusEntry::Kind::Loop, *other}}));
+  set_->Reopen();
+  auto report = mgr().Recover();
+  ASSERT_OK(report);
+  EXPECT_EQ(*mgr().GetMappedDevice("a.img.b"), std::optional<std::string>(*other));
+  EXPECT_TRUE(dm::LoopDevice::BackingFile(*other).has_value());
+  EXPECT_FALSE(mgr().GetMappedDevice("a")->has_value());
+  ASSERT_OK(mgr().Unmap("a.img.b"));
+}
+
+// A symlink planted at a piece's name names nothing of the image's: it is never followed to
+// decide what the image has mapped, and the loop over its target is not the image's.
+TEST_F(ManagerTest, APlantedSymlinkPieceIsNotTheImages) {
+  ASSERT_OK(mgr().Create("victim", kMiB, {}));
+  ASSERT_OK(mgr().Create("a", kMiB, {}));
+  auto victim = mgr().Map("victim");
+  ASSERT_OK(victim);
+  ASSERT_EQ(symlink(Piece("victim").c_str(), Piece("a", 1).c_str()), 0);
+  EXPECT_FALSE(mgr().GetMappedDevice("a")->has_value());
+  ASSERT_OK(metadata::WriteStatusFile(imaged::test::OpenDir(set_->meta("")), "a.status",
+                                      {{metadata::StatusEntry::Kind::Loop, *victim}}));
+  ASSERT_OK(mgr().Unmap("a"));
+  EXPECT_EQ(*mgr().GetMappedDevice("victim"), std::optional<std::string>(*victim));
+  ASSERT_OK(mgr().Unmap("victim"));
+  ASSERT_EQ(unlink(Piece("a", 1).c_str()), 0);
+}
+
 TEST_F(ManagerTest, RecoverDropsAStatusFileWhoseDevicesAreGone) {
   ASSERT_OK(mgr().Create("img", kMiB, {}));
   auto path = mgr().Map("img");
@@ -515,7 +558,7 @@ TEST_F(ManagerTest, RecoverDetachesALoopThatWasNeverRecorded) {
   auto still = dm::LoopDevice::FindByBackingFile(Piece("img"));
   ASSERT_OK(still);
   EXPECT_TRUE(still->empty()) << leaked;
-  EXPECT_FALSE(*mgr().IsMapped("img"));
+  EXPECT_FALSE(mgr().GetMappedDevice("img")->has_value());
 }
 
 TEST_F(ManagerTest, RecoverTearsDownAMappingWhoseImageWasDeletedFromLpMetadata) {
@@ -523,10 +566,10 @@ TEST_F(ManagerTest, RecoverTearsDownAMappingWhoseImageWasDeletedFromLpMetadata) 
   auto path = mgr().Map("img");
   ASSERT_OK(path);
   // lp_metadata lost the entry (crash of a Delete that was not refused, or an older tool).
-  auto md = metadata::ReadImageFile(set_->meta("lp_metadata"));
+  auto md = metadata::ReadImageFile(imaged::test::OpenDir(set_->meta("")), "lp_metadata");
   ASSERT_OK(md);
   metadata::RemovePartition(*md, "img");
-  ASSERT_OK(metadata::WriteImageFile(set_->meta("lp_metadata"), *md));
+  ASSERT_OK(metadata::WriteImageFile(imaged::test::OpenDir(set_->meta("")), "lp_metadata", *md));
   auto report = mgr().Recover();
   ASSERT_OK(report);
   EXPECT_EQ(report->torn_down, std::vector<std::string>{"img"});
@@ -539,7 +582,7 @@ TEST_F(ManagerTest, RecoverRemovesPiecesWithoutAnLpMetadataEntry) {
   // SIGKILL after SplitFiemap::Create, before lp_metadata: a whole set with no entry.
   fiemap::SplitFiemap::CreateOptions so;
   so.max_piece_size = 256 * 1024;
-  ASSERT_OK(fiemap::SplitFiemap::Create(set_->data("half.img"), kMiB, so));
+  ASSERT_OK(test::CreateSplitAt(set_->data("half.img"), kMiB, so));
   // SIGKILL in the middle of SplitFiemap::Create: pieces, no list file.
   { std::ofstream(set_->data("partial.img.0000")) << "x"; }
   { std::ofstream(set_->data("partial.img.0001")) << "y"; }
@@ -588,7 +631,7 @@ TEST_F(ManagerTest, SplitImageHasOnePiecePerMaxPieceSize) {
   if (!HaveDeviceMapper()) {
     // Joining the loops needs device-mapper: refused cleanly, nothing left attached.
     EXPECT_ERRNO((*split_mgr)->Map("split"), EOPNOTSUPP);
-    EXPECT_FALSE(*(*split_mgr)->IsMapped("split"));
+    EXPECT_FALSE((*split_mgr)->GetMappedDevice("split")->has_value());
     EXPECT_FALSE(std::filesystem::exists(set_->meta("split.status")));
   }
 }
@@ -613,7 +656,7 @@ TEST_P(FilesystemTest, CreateMapWriteUnmapReadBackDelete) {
   const auto data = Pattern(kMiB, 8);
   ASSERT_TRUE(DirectWrite(*path, data, 2 * kMiB));
   ASSERT_OK(set.mgr().Unmap("img"));
-  auto split = fiemap::SplitFiemap::Open(set.data("img.img"));
+  auto split = test::OpenSplitAt(set.data("img.img"));
   ASSERT_OK(split);
   std::vector<uint8_t> back(kMiB);
   ASSERT_OK(split->PRead(back.data(), back.size(), 2 * kMiB));

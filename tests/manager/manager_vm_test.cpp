@@ -10,6 +10,8 @@
 
 #include <gtest/gtest.h>
 
+#include "dir.h"
+#include "fiemap_at.h"
 #include "../vm/vm_env.h"
 #include "fiemap/split_file.h"
 #include "image_set.h"
@@ -115,7 +117,7 @@ void ExpectDeviceAndFileAgree(DmBackedSet& set, const std::string& expected_pref
   ASSERT_TRUE(DirectWrite(set.piece("img"), more, 0));
   EXPECT_EQ(DirectRead(*path, more.size(), 0), more);
   ASSERT_OK(set.mgr().Unmap("img"));
-  EXPECT_FALSE(*set.mgr().IsMapped("img"));
+  EXPECT_FALSE(set.mgr().GetMappedDevice("img")->has_value());
   ASSERT_OK(set.mgr().Delete("img"));
 }
 
@@ -180,13 +182,13 @@ TEST_F(VmTest, RecoverAdoptsADeviceMappedWithoutAStatusFile) {
   auto path = set.mgr().Map("boot");
   ASSERT_OK(path);
   ASSERT_EQ(unlink(set.status("boot").c_str()), 0);
-  EXPECT_TRUE(*set.mgr().IsMapped("boot"));
+  EXPECT_TRUE(set.mgr().GetMappedDevice("boot")->has_value());
   EXPECT_ERRNO(set.mgr().Delete("boot"), EBUSY);
   set.Reopen();
   auto report = set.mgr().Recover();
   ASSERT_OK(report);
   EXPECT_EQ(report->adopted, std::vector<std::string>{"boot"});
-  auto entries = metadata::ReadStatusFile(set.status("boot"));
+  auto entries = metadata::ReadStatusFile(imaged::test::OpenDir(set.options().metadata_dir), "boot.status");
   ASSERT_OK(entries);
   ASSERT_EQ(entries->size(), 1u);
   EXPECT_EQ((*entries)[0].value, set.options().dm_prefix + "boot");
@@ -203,7 +205,7 @@ TEST_F(VmTest, RecoverTearsDownADeviceOfOurNameThatMapsSomethingElse) {
   ASSERT_OK(report);
   EXPECT_EQ(report->torn_down, std::vector<std::string>{"img"});
   EXPECT_TRUE(report->adopted.empty());
-  EXPECT_FALSE(*set.mgr().IsMapped("img"));
+  EXPECT_FALSE(set.mgr().GetMappedDevice("img")->has_value());
 }
 
 TEST_F(VmTest, RecoverTearsDownAHalfMadeSplitMapping) {
@@ -221,7 +223,8 @@ TEST_F(VmTest, RecoverTearsDownAHalfMadeSplitMapping) {
     ASSERT_OK(loop);
     entries.push_back({metadata::StatusEntry::Kind::Loop, loop->release()});
   }
-  ASSERT_OK(metadata::WriteStatusFile(set.meta("split.status"), entries));
+  ASSERT_OK(metadata::WriteStatusFile(imaged::test::OpenDir(set.options().metadata_dir),
+                                      "split.status", entries));
   auto report = set.mgr().Recover();
   ASSERT_OK(report);
   EXPECT_EQ(report->torn_down, std::vector<std::string>{"split"});
@@ -249,7 +252,7 @@ TEST_F(VmTest, SplitImageIsLoopsJoinedByDmOfExactlyTheImageSize) {
   ASSERT_OK(report);
   EXPECT_EQ(report->adopted, std::vector<std::string>{"split"});
   ASSERT_OK(set.mgr().Unmap("split"));
-  auto split = fiemap::SplitFiemap::Open(set.data("split.img"));
+  auto split = test::OpenSplitAt(set.data("split.img"));
   ASSERT_OK(split);
   std::vector<uint8_t> back(data.size());
   ASSERT_OK(split->PRead(back.data(), back.size(), kMiB / 2));

@@ -4,7 +4,7 @@
 
 #include <filesystem>
 
-#include "metadata/atomic_file.h"
+#include "imaged/common/file_io.h"
 #include "metadata/lp_metadata.h"
 #include "metadata/status_file.h"
 

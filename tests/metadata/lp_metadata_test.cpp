@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "lp_test_util.h"
+#include "dir.h"
 #include "process.h"
 
 namespace imaged::metadata {
@@ -818,10 +819,10 @@ TEST(LpEdit, TwentyThousandExtentsGrowMetadataAndRoundTripThroughAFile) {
   EXPECT_GT(md.geometry.metadata_max_size, 262144u);
   EXPECT_LE(SerializedMetadataSize(md), md.geometry.metadata_max_size);
   imaged::test::TempDir dir;
-  std::string path = (dir.path() / "lp_metadata").string();
-  auto w = WriteImageFile(path, md);
+  Directory d = imaged::test::OpenDir(dir.path());
+  auto w = WriteImageFile(d, "lp_metadata", md);
   ASSERT_TRUE(w) << w.error().ToString();
-  auto r = ReadImageFile(path);
+  auto r = ReadImageFile(d, "lp_metadata");
   ASSERT_TRUE(r) << r.error().ToString();
   EXPECT_EQ(*r, md);
   // Also as a super layout that other liblp readers can open.
@@ -860,23 +861,23 @@ TEST(LpEdit, IsValidName) {
 
 TEST(LpFile, ReadMissingFileIsEnoent) {
   imaged::test::TempDir dir;
-  auto r = ReadImageFile((dir.path() / "nope").string());
+  auto r = ReadImageFile(imaged::test::OpenDir(dir.path()), "nope");
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, ENOENT);
 }
 
 TEST(LpFile, WriteRefusesOversizedMetadataAndKeepsOldFile) {
   imaged::test::TempDir dir;
-  std::string path = (dir.path() / "lp_metadata").string();
+  Directory d = imaged::test::OpenDir(dir.path());
   LpMetadata md = SampleMetadata();
-  ASSERT_TRUE(WriteImageFile(path, md));
+  ASSERT_TRUE(WriteImageFile(d, "lp_metadata", md));
   LpMetadata big = md;
   big.geometry.metadata_max_size = 512;
   for (int i = 0; i < 10; ++i) big.extents.push_back(Extent{8, kTargetTypeZero, 0, 0});
-  auto w = WriteImageFile(path, big);
+  auto w = WriteImageFile(d, "lp_metadata", big);
   ASSERT_FALSE(w);
   EXPECT_EQ(w.error().code, EFBIG);
-  auto r = ReadImageFile(path);
+  auto r = ReadImageFile(d, "lp_metadata");
   ASSERT_TRUE(r);
   EXPECT_EQ(*r, md);
 }

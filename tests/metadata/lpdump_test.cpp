@@ -4,7 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lp_test_util.h"
-#include "metadata/atomic_file.h"
+#include "dir.h"
 #include "metadata/lp_metadata.h"
 #include "process.h"
 
@@ -18,10 +18,11 @@ class LpdumpTest : public ::testing::Test {
     md_.partitions[1].attributes = kPartitionAttrDisabled;
     image_ = (dir_.path() / "lp_metadata").string();
     super_ = (dir_.path() / "super.img").string();
-    ASSERT_TRUE(WriteImageFile(image_, md_));
+    Directory d = imaged::test::OpenDir(dir_.path());
+    ASSERT_TRUE(WriteImageFile(d, "lp_metadata", md_));
     auto super = SerializeSuper(md_);
     ASSERT_TRUE(super);
-    ASSERT_TRUE(AtomicWriteFile(super_, *super));
+    ASSERT_TRUE(d.AtomicWrite("super.img", *super));
   }
   imaged::test::TempDir dir_;
   LpMetadata md_;
@@ -57,7 +58,7 @@ TEST_F(LpdumpTest, JsonOfSuperLayoutMatchesModel) {
 TEST_F(LpdumpTest, CorruptFileFailsWithReason) {
   std::string bad = (dir_.path() / "bad").string();
   std::vector<uint8_t> junk(5000, 0);
-  ASSERT_TRUE(AtomicWriteFile(bad, junk));
+  ASSERT_TRUE(imaged::test::OpenDir(dir_.path()).AtomicWrite("bad", junk));
   auto r = imaged::test::RunCommand({IMAGED_LPDUMP_BIN, bad});
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("no liblp geometry magic"), std::string::npos) << r.err;

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "dir.h"
 #include "process.h"
 
 namespace imaged::metadata {
@@ -100,7 +101,7 @@ TEST(StatusValidate, RejectsNewlineNulAndEmpty) {
 
 TEST(StatusFile, ReadMissingIsEnoent) {
   imaged::test::TempDir dir;
-  auto r = ReadStatusFile((dir.path() / "x.status").string());
+  auto r = ReadStatusFile(imaged::test::OpenDir(dir.path()), "x.status");
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, ENOENT);
 }
@@ -108,11 +109,13 @@ TEST(StatusFile, ReadMissingIsEnoent) {
 TEST(StatusFile, AppendCreatesThenAppendsInOrder) {
   imaged::test::TempDir dir;
   std::string path = (dir.path() / "system.status").string();
-  ASSERT_TRUE(AppendStatusEntry(path, {Kind::Loop, "/dev/loop1"}));
-  ASSERT_TRUE(AppendStatusEntry(path, {Kind::Loop, "/dev/loop2"}));
-  ASSERT_TRUE(AppendStatusEntry(path, {Kind::Dm, "system"}));
+  Directory d = imaged::test::OpenDir(dir.path());
+  const std::string file = "system.status";
+  ASSERT_TRUE(AppendStatusEntry(d, file, {Kind::Loop, "/dev/loop1"}));
+  ASSERT_TRUE(AppendStatusEntry(d, file, {Kind::Loop, "/dev/loop2"}));
+  ASSERT_TRUE(AppendStatusEntry(d, file, {Kind::Dm, "system"}));
   EXPECT_EQ(Slurp(path), "loop:/dev/loop1\nloop:/dev/loop2\ndm:system\n");
-  auto r = ReadStatusFile(path);
+  auto r = ReadStatusFile(d, file);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->size(), 3u);
 }
@@ -120,24 +123,30 @@ TEST(StatusFile, AppendCreatesThenAppendsInOrder) {
 TEST(StatusFile, AppendRefusesInvalidEntryAndKeepsFile) {
   imaged::test::TempDir dir;
   std::string path = (dir.path() / "a.status").string();
-  ASSERT_TRUE(AppendStatusEntry(path, {Kind::Dm, "a"}));
-  EXPECT_FALSE(AppendStatusEntry(path, {Kind::Dm, "b\nloop:/dev/loop0"}));
+  Directory d = imaged::test::OpenDir(dir.path());
+  const std::string file = "a.status";
+  ASSERT_TRUE(AppendStatusEntry(d, file, {Kind::Dm, "a"}));
+  EXPECT_FALSE(AppendStatusEntry(d, file, {Kind::Dm, "b\nloop:/dev/loop0"}));
   EXPECT_EQ(Slurp(path), "dm:a\n");
 }
 
 TEST(StatusFile, AppendToCorruptFileFailsWithoutOverwriting) {
   imaged::test::TempDir dir;
   std::string path = (dir.path() / "a.status").string();
+  Directory d = imaged::test::OpenDir(dir.path());
+  const std::string file = "a.status";
   std::ofstream(path) << "garbage\n";
-  EXPECT_FALSE(AppendStatusEntry(path, {Kind::Dm, "a"}));
+  EXPECT_FALSE(AppendStatusEntry(d, file, {Kind::Dm, "a"}));
   EXPECT_EQ(Slurp(path), "garbage\n");
 }
 
 TEST(StatusFile, WriteReplacesAtomicallyAndLeavesNoTemp) {
   imaged::test::TempDir dir;
   std::string path = (dir.path() / "a.status").string();
-  ASSERT_TRUE(WriteStatusFile(path, {{Kind::Dm, "a"}, {Kind::Loop, "/dev/loop9"}}));
-  ASSERT_TRUE(WriteStatusFile(path, {{Kind::Dm, "b"}}));
+  Directory d = imaged::test::OpenDir(dir.path());
+  const std::string file = "a.status";
+  ASSERT_TRUE(WriteStatusFile(d, file, {{Kind::Dm, "a"}, {Kind::Loop, "/dev/loop9"}}));
+  ASSERT_TRUE(WriteStatusFile(d, file, {{Kind::Dm, "b"}}));
   EXPECT_EQ(Slurp(path), "dm:b\n");
   size_t files = 0;
   for (auto& e : std::filesystem::directory_iterator(dir.path())) {
@@ -150,15 +159,26 @@ TEST(StatusFile, WriteReplacesAtomicallyAndLeavesNoTemp) {
 TEST(StatusFile, RemoveDeletesAndMissingIsOk) {
   imaged::test::TempDir dir;
   std::string path = (dir.path() / "a.status").string();
-  ASSERT_TRUE(WriteStatusFile(path, {{Kind::Dm, "a"}}));
-  ASSERT_TRUE(RemoveStatusFile(path));
+  Directory d = imaged::test::OpenDir(dir.path());
+  const std::string file = "a.status";
+  ASSERT_TRUE(WriteStatusFile(d, file, {{Kind::Dm, "a"}}));
+  ASSERT_TRUE(RemoveStatusFile(d, file));
   EXPECT_FALSE(std::filesystem::exists(path));
-  EXPECT_TRUE(RemoveStatusFile(path));
+  EXPECT_TRUE(RemoveStatusFile(d, file));
 }
 
-TEST(StatusFile, RemoveInMissingDirectoryIsOk) {
+TEST(StatusFile, SymlinkIsNeverFollowed) {
   imaged::test::TempDir dir;
-  EXPECT_TRUE(RemoveStatusFile((dir.path() / "nodir" / "a.status").string()));
+  imaged::test::TempDir other;
+  std::ofstream(other.path() / "target") << "dm:someone-else\n";
+  std::filesystem::create_symlink(other.path() / "target", dir.path() / "a.status");
+  Directory d = imaged::test::OpenDir(dir.path());
+  auto r = ReadStatusFile(d, "a.status");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ELOOP);
+  EXPECT_FALSE(RemoveStatusFile(d, "a.status"));
+  EXPECT_TRUE(std::filesystem::is_symlink(dir.path() / "a.status"));
+  EXPECT_EQ(Slurp(other.path() / "target"), "dm:someone-else\n");
 }
 
 }  // namespace

@@ -471,14 +471,14 @@ std::vector<Scenario> AllScenarios() {
                {"resize", kVictim, "5M"},
                5 * kMiB,
                0,
-               {"resize.piece_created"}});
+               {"grow.piece_created"}});
   v.push_back({"resize_add_pieces",
                Kind::kResize,
                import_victim("raw1"),
                {"resize", kVictim, "3M"},
                3 * kMiB,
                0,
-               {"resize.piece_created", "resize.list_written", "resize.lp_written"}});
+               {"grow.piece_created", "grow.list_written", "resize.lp_written"}});
   v.push_back({"resize_half_piece",
                Kind::kResize,
                import_victim("raw1"),

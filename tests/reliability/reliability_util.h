@@ -250,12 +250,14 @@ inline std::map<std::string, ImageState> ExpectConsistent(const DaemonSet& set,
     if (f == "lost+found") continue;
     EXPECT_TRUE(expected.count(f)) << context << ": stray file in data dir: " << f;
   }
-  // Metadata dir: locks (harmless, reused), lp_metadata, status files of mapped images only.
+  // Lock dir: the set's own locks and those of images that exist (recovery removes the rest).
+  for (const auto& f : ListDirNames(set.metadata_dir() + "/.locks")) {
+    if (f == ".daemon" || f == ".set" || f == ".lp_metadata" || images.count(f)) continue;
+    ADD_FAILURE() << context << ": lock file of no image: .locks/" << f;
+  }
+  // Metadata dir: lp_metadata, the lock dir, status files of mapped images only.
   for (const auto& f : ListDirNames(set.metadata_dir())) {
-    if (f == "lp_metadata" || f == "lp_metadata.lock" || f == ".imaged-set.lock" ||
-        f == "imaged.lock" || (f.size() > 5 && f.ends_with(".lock"))) {
-      continue;
-    }
+    if (f == "lp_metadata" || f == ".locks") continue;
     if (f.ends_with(".status")) {
       const std::string name = f.substr(0, f.size() - 7);
       EXPECT_TRUE(images.count(name) && !images[name].mapped_device.empty())

@@ -5,6 +5,7 @@
 #include <sys/inotify.h>
 #include <sys/stat.h>
 
+#include "imageset/names.h"
 #include "manager/image_manager.h"
 #include "reliability_util.h"
 
@@ -73,7 +74,7 @@ TEST_F(SecurityTest, ManagerRefusesNamesWithPathTricks) {
   auto m = ImageManager::Open(o);
   ASSERT_TRUE(m) << m.error().ToString();
   for (const auto& name : BadNames()) {
-    EXPECT_FALSE(ValidateImageName(name)) << name;
+    EXPECT_FALSE(imageset::ValidateImageName(name)) << name;
     auto created = (*m)->Create(name, kMiB, {});
     ASSERT_FALSE(created) << name;
     EXPECT_EQ(created.error().code, EINVAL) << name;

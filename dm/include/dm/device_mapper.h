@@ -31,15 +31,6 @@ struct DeviceInfo {
   bool deferred_remove = false;  // removal is pending until the last close
 };
 
-struct TargetInfo {
-  uint64_t start = 0;   // sectors
-  uint64_t length = 0;  // sectors
-  std::string type{};
-  std::string params{};  // table parameters (GetTable) or status text (GetStatus)
-
-  bool operator==(const TargetInfo&) const = default;
-};
-
 struct CreateOptions {
   std::string uuid{};     // optional; at most 128 bytes (DM_UUID_LEN - 1), printable, no spaces
   bool readonly = false;  // in addition to Table::readonly()

@@ -49,6 +49,11 @@ struct LoopOptions {
 
 class LoopDevice {
  public:
+  // Binds a free loop to the open file `file_fd` (not owned; the loop keeps its own reference).
+  // `backing_file` is what the kernel records as the loop's backing file, and names it in errors.
+  static Result<LoopDevice> Attach(int file_fd, const std::string& backing_file,
+                                   const LoopOptions& options);
+  // The same for the file at `backing_file`, opened without following a symlink.
   static Result<LoopDevice> Attach(const std::string& backing_file, const LoopOptions& options);
 
   LoopDevice(LoopDevice&& other) noexcept;
@@ -70,7 +75,8 @@ class LoopDevice {
   // Detaches the loop at `loop_path` (teardown from a status file). EINVAL if the path is not a
   // loop device; success if it is already detached.
   static Result<void> DetachPath(const std::string& loop_path);
-  // Loops whose backing file is `file` (same device and inode), e.g. {"/dev/loop3"}.
+  // Loops whose backing file is `file` (same device and inode; a symlink matches nothing),
+  // e.g. {"/dev/loop3"}.
   static Result<std::vector<std::string>> FindByBackingFile(const std::string& file);
   // The backing file of an attached loop, as the kernel recorded its path.
   static Result<std::string> BackingFile(const std::string& loop_path);

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -78,6 +79,27 @@ class RawTarget : public Target {
   std::string params_;
 };
 
+// One target of a live table as the kernel reports it (DeviceMapper::GetTable / GetStatus):
+// devices appear as "major:minor".
+struct TargetInfo {
+  uint64_t start = 0;   // sectors
+  uint64_t length = 0;  // sectors
+  std::string type{};
+  std::string params{};  // table parameters (GetTable) or status text (GetStatus)
+
+  bool operator==(const TargetInfo&) const = default;
+};
+
+// Where a live "linear" or "crypt" target reads from, parsed from its parameters.
+struct TargetDevice {
+  std::string device;           // "major:minor" as the kernel prints it
+  uint64_t offset_sectors = 0;  // sector of `device` the target's sector 0 maps to
+};
+// linear: "<device> <offset>".
+Result<TargetDevice> LinearTargetDevice(std::string_view params);
+// crypt: "<cipher> <key> <iv_offset> <device> <offset> [<#opt> <opt>...]".
+Result<TargetDevice> CryptTargetDevice(std::string_view params);
+
 class Table {
  public:
   Table() = default;
@@ -113,6 +135,12 @@ class Table {
 
   // Same targets in the same order and the same read-only flag.
   bool operator==(const Table& other) const;
+
+  // Whether a live device with table `live` (GetTable) and read-only flag `live_readonly`
+  // (DeviceInfo::readonly) is exactly what loading this table would make: same ranges, types,
+  // parameters, and the same read-only flag. Build tables with "major:minor" devices to
+  // compare them: the kernel reports devices that way.
+  bool Matches(const std::vector<TargetInfo>& live, bool live_readonly) const;
 
  private:
   std::vector<std::unique_ptr<Target>> targets_;

@@ -1,28 +1,28 @@
 // FiemapWriter: a file whose blocks are allocated, written (no unwritten extents), pinned
-// where the fs can move blocks, and whose physical extents are known and validated.
+// where the fs can move blocks, and whose physical extents are known and validated. Files are
+// named inside an open Directory and never reached through a symlink.
 #pragma once
 
 #include <sys/types.h>
 
 #include <cstdint>
-#include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <fiemap/extents.h>
 #include <fiemap/filesystem.h>
+#include <imaged/common/file_io.h>
+#include <imaged/common/progress.h>
 #include <imaged/common/result.h>
 
 namespace imaged::fiemap {
 
-// Called with bytes done and the total; returning false cancels the operation. A successful
-// operation ends with exactly one (total, total) call.
-using ProgressFn = std::function<bool(uint64_t done, uint64_t total)>;
-
 class FiemapWriter {
  public:
   struct CreateOptions {
-    ProgressFn progress;
+    // Over the file's size; a successful Create ends with exactly one (total, total).
+    Progress progress;
     // Allocate without writing zeros, for a caller that writes the file itself right away (an
     // import): each byte is then written once instead of twice. On ext4 and xfs the extents stay
     // UNWRITTEN (they read as zeros through the file) until CompleteZeroing(), which the caller
@@ -34,14 +34,26 @@ class FiemapWriter {
     bool defer_zeroing = false;
   };
 
-  // Creates `path` (O_CREAT|O_EXCL: an existing file is never touched, EEXIST) of `size`
+  // Creates `name` in `dir` (O_EXCL: an existing file is never touched, EEXIST) of `size`
   // rounded up to the fs block, allocated, zero-filled and pinned, then reads its extents.
   // size == 0 is EINVAL; larger than the fs maximum is EFBIG; not enough free space is ENOSPC.
   // On any failure or cancel (ECANCELED) the file is removed.
-  static Result<FiemapWriter> Create(const std::string& path, uint64_t size,
-                                     const ProgressFn& progress = {});
-  static Result<FiemapWriter> Create(const std::string& path, uint64_t size,
+  static Result<FiemapWriter> Create(const Directory& dir, std::string_view name, uint64_t size,
                                      const CreateOptions& options);
+
+  // Re-reads and re-validates the extents (and the pin on f2fs) of an existing file. Used before
+  // every map. A 0-byte file is an error (EINVAL).
+  static Result<FiemapWriter> Open(const Directory& dir, std::string_view name);
+
+  // Makes every block of existing file `name` allocated and written: ranges that lost their
+  // blocks (holes punched through a loop device) or hold unwritten extents (zero-range) get
+  // their blocks back and zeros written, which is what they read as already; then fsync.
+  // Returns whether anything had to be written. The extents may change: re-Open to record them.
+  static Result<bool> EnsureWritten(const Directory& dir, std::string_view name);
+
+  // Removes regular file `name` (truncated first, so f2fs frees pinned blocks right away).
+  // False when there was none; a symlink or other non-regular file is an error naming it.
+  static Result<bool> Remove(const Directory& dir, std::string_view name);
 
   // After Create with defer_zeroing: writes zeros wherever the file is still unwritten or a
   // hole, fsyncs, then reads and validates the extents (refusing any that are still
@@ -50,17 +62,17 @@ class FiemapWriter {
   Result<void> CompleteZeroing();
   bool zeroing_deferred() const { return zeroing_deferred_; }
 
-  // Re-reads and re-validates the extents (and the pin on f2fs) of an existing file. Used before
-  // every map. A 0-byte file is an error (EINVAL).
-  static Result<FiemapWriter> Open(const std::string& path);
-
   FiemapWriter(FiemapWriter&&) = default;
   FiemapWriter& operator=(FiemapWriter&&) = default;
   FiemapWriter(const FiemapWriter&) = delete;
   FiemapWriter& operator=(const FiemapWriter&) = delete;
 
-  const std::string& path() const { return path_; }
-  uint64_t size() const { return size_; }  // block-aligned
+  // Opens the file for I/O (flags as for open(2); O_NOFOLLOW is implied).
+  Result<UniqueFd> OpenFile(int flags) const { return dir_.OpenFile(name_, flags); }
+  const Directory& dir() const { return dir_; }
+  const std::string& name() const { return name_; }
+  const std::string& path() const { return path_; }  // for messages and the kernel's loop record
+  uint64_t size() const { return size_; }            // block-aligned
   uint32_t block_size() const { return fs_.block_size; }
   FsType fs_type() const { return fs_.type; }
   dev_t fs_dev() const { return fs_.fs_dev; }
@@ -69,15 +81,13 @@ class FiemapWriter {
 
  private:
   FiemapWriter() = default;
+  Directory dir_;
+  std::string name_;
   std::string path_;
   uint64_t size_ = 0;
   FilesystemInfo fs_;
   std::vector<Extent> extents_;
   bool zeroing_deferred_ = false;
 };
-
-// True when a file on this filesystem keeps its physical blocks once written: always for ext4,
-// xfs and vfat; on f2fs only if the file is pinned and GC moved none of its blocks.
-Result<bool> HasPinnedExtents(const std::string& path);
 
 }  // namespace imaged::fiemap

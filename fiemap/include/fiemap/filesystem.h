@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include <dm/table.h>
 #include <imaged/common/result.h>
 
 namespace imaged::fiemap {
@@ -35,12 +36,13 @@ struct FilesystemInfo {
   uint32_t disk_logical_block_size = 0;
   bool through_device_mapper = false;  // fs_device != disk: dm-linear straight over `disk`
   bool disk_holds_ciphertext = false;  // a dm-crypt layer was popped: `disk` holds ciphertext
-  uint64_t partition_start_bytes = 0;  // where `disk` starts on its whole disk (information)
 };
 
 // Inspects the filesystem holding `path` (a file or a directory). Refuses (EOPNOTSUPP) any
 // filesystem other than ext4, f2fs, vfat and xfs, naming it.
 Result<FilesystemInfo> InspectFilesystem(const std::string& path);
+// The same for the open file or directory `fd`; `what` names it in errors.
+Result<FilesystemInfo> InspectFilesystem(int fd, const std::string& what);
 
 // Largest file size of an ext4 filesystem with these features, as the kernel computes
 // s_maxbytes (extent-mapped or indirect-block-mapped inodes, huge_file or not).
@@ -57,10 +59,11 @@ struct DmNextHop {
   bool ciphertext = false;    // dm-crypt: the data below is encrypted
 };
 
-// Given a dm table in `dmsetup table` text form ("<start> <len> <type> <params>\n" per target)
-// and the device size in 512-byte sectors, returns the next hop when the device is exactly one
-// linear or crypt target starting at 0 and covering the whole device; nullopt when the stack
-// must stop here (several targets, other types, partial coverage). Malformed text is an error.
-Result<std::optional<DmNextHop>> DmStackNextHop(std::string_view table, uint64_t device_sectors);
+// Given a dm device's live table and its size in 512-byte sectors, returns the next hop when the
+// device is exactly one linear or crypt target starting at 0 and covering the whole device;
+// nullopt when the stack must stop here (several targets, other types, partial coverage).
+// Malformed target parameters are an error.
+Result<std::optional<DmNextHop>> DmStackNextHop(const std::vector<dm::TargetInfo>& table,
+                                                uint64_t device_sectors);
 
 }  // namespace imaged::fiemap

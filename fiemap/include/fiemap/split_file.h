@@ -1,51 +1,68 @@
-// SplitFiemap: an image made of one or more FiemapWriter pieces `<list_path>.0000`, `.0001`, ...
-// plus the list file `<list_path>` naming them (basenames, one per line), with positioned I/O
-// across the pieces.
+// SplitFiemap: an image made of one or more FiemapWriter pieces `<list>.0000`, `<list>.0001`, ...
+// plus the list file `<list>` naming them (fiemap/list_file.h), all in one Directory, with
+// positioned I/O across the pieces.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <fiemap/extents.h>
 #include <fiemap/fiemap_writer.h>
+#include <fiemap/list_file.h>
+#include <imaged/common/file_io.h>
+#include <imaged/common/progress.h>
 #include <imaged/common/result.h>
 #include <imaged/common/unique_fd.h>
 
 namespace imaged::fiemap {
 
-inline constexpr int kMaxPieces = 9999;
-
 class SplitFiemap {
  public:
   struct CreateOptions {
     uint64_t max_piece_size = 0;  // 0 = the filesystem's maximum file size
-    ProgressFn progress;          // over the whole image; ends with one (total, total)
+    Progress progress;            // over the whole image; ends with one (total, total)
     // FiemapWriter::CreateOptions::defer_zeroing for every piece: the caller writes the image
     // and then calls CompleteZeroing() before it uses extents().
     bool defer_zeroing = false;
   };
 
-  // Creates every piece and then, atomically, the list file. Refuses (EEXIST) if the list file
-  // or any piece already exists. On any failure or cancel everything created is removed.
-  static Result<SplitFiemap> Create(const std::string& list_path, uint64_t size,
+  // Creates every piece and then, atomically, the list file `list` in `dir`. Refuses (EEXIST)
+  // if the list file or any piece already exists. On any failure or cancel everything created
+  // is removed.
+  static Result<SplitFiemap> Create(const Directory& dir, std::string_view list, uint64_t size,
                                     const CreateOptions& options);
   // Opens an existing image, re-validating the extents of every piece.
-  static Result<SplitFiemap> Open(const std::string& list_path);
-  // Removes the pieces named in the list file, orphan `<list_path>.NNNN` files, then the list
-  // file. Tolerates missing pieces and corrupt, overlong or foreign lines (those are skipped,
-  // never followed). A missing list file is not an error.
-  static Result<void> Remove(const std::string& list_path);
-  // Full paths of the pieces named in the list file. Corrupt lines are an error (EINVAL).
-  static Result<std::vector<std::string>> ListPieces(const std::string& list_path);
+  static Result<SplitFiemap> Open(const Directory& dir, std::string_view list);
+  // Removes every piece of `list` in `dir` (whether the list file names it or not, so pieces a
+  // crashed Create or Grow made before writing the list go too), then the list file. A symlink
+  // or other non-regular file at one of those names is left alone and reported. Nothing there
+  // is not an error.
+  static Result<void> Remove(const Directory& dir, std::string_view list);
+  // The names (within `dir`) of the pieces the list file names. A corrupt list file is EINVAL.
+  static Result<std::vector<std::string>> ListPieces(const Directory& dir, std::string_view list);
+
+  struct GrowOptions {
+    uint64_t max_piece_size = 0;  // as for Create
+    Progress progress;  // over the bytes added; ends with one (added, added), (0, 0) for none
+  };
+  // Grows the image to hold at least `size` bytes, appending pieces after the existing ones
+  // (whose blocks never change, so every extent recorded for them stays valid); the slack at
+  // the end of the last piece is used first. The new pieces are created and synced, then the
+  // list file naming them replaces the old one atomically. On failure or cancel the new pieces
+  // are removed and the old list file is back. EFBIG beyond kMaxPieces pieces.
+  Result<void> Grow(uint64_t size, const GrowOptions& options);
 
   SplitFiemap(SplitFiemap&&) = default;
   SplitFiemap& operator=(SplitFiemap&&) = default;
   SplitFiemap(const SplitFiemap&) = delete;
   SplitFiemap& operator=(const SplitFiemap&) = delete;
 
-  const std::string& list_path() const { return list_path_; }
+  const Directory& dir() const { return dir_; }
+  const std::string& list() const { return list_; }
+  std::string list_path() const { return dir_.PathOf(list_); }
   uint64_t size() const { return size_; }  // sum of the block-aligned piece sizes
   uint32_t block_size() const;
   const std::vector<FiemapWriter>& pieces() const { return pieces_; }
@@ -70,7 +87,18 @@ class SplitFiemap {
 
  private:
   SplitFiemap() = default;
-  std::string list_path_;
+  // Appends pieces holding `bytes` (a multiple of the fs block) in pieces of at most
+  // `piece_size`. Progress is over `bytes`, without the final call. On failure the pieces made
+  // so far stay in pieces_ for the caller to remove. `growing` arms Grow's crash points.
+  Result<void> AddPieces(uint64_t bytes, uint64_t piece_size, bool defer_zeroing,
+                         const Progress& progress, bool growing);
+  // Removes pieces [first, end) from disk and from this object.
+  void RemovePiecesFrom(size_t first);
+  // The list file naming the first `count` pieces.
+  Result<void> WriteList(size_t count, bool replace) const;
+
+  Directory dir_;
+  std::string list_;
   uint64_t size_ = 0;
   std::vector<FiemapWriter> pieces_;
   std::vector<uint64_t> piece_offsets_;  // start of each piece in the image

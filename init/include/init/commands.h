@@ -6,7 +6,6 @@
 #include <ostream>
 #include <string>
 
-#include "dm/table.h"
 #include "imaged/common/result.h"
 #include "init/disk.h"
 #include "init/options.h"
@@ -20,13 +19,8 @@ int RunUnmap(const Options& options, std::ostream& out, std::ostream& err);
 int RunList(const Options& options, std::ostream& out, std::ostream& err);
 int Run(const Options& options, std::ostream& out, std::ostream& err);
 
-// <prefix><image>: the name the daemon's recovery adopts.
-std::string DmName(const std::string& prefix, const std::string& image);
-
-// One dm target per lp extent: LINEAR extents over `table_device` ("major:minor"), ZERO extents
-// as zero targets. EINVAL for an empty partition or an extent on another block device.
-Result<dm::Table> BuildTable(const metadata::LpMetadata& md, const metadata::Partition& partition,
-                             const std::string& table_device, bool readonly);
+// Names (imageset::DmName) and tables (imageset::TableFromLp) are the daemon's own, so the daemon
+// adopts what imaged-init maps.
 
 // `list` output for `md`. `mapped` holds the dm names that exist, or is null when device-mapper
 // cannot be asked (shown as "?" / JSON null).

@@ -2,9 +2,10 @@
 // metadata dir), composed from fiemap/, dm/ and metadata/. Usable without gRPC; the daemon and
 // imaged-init's adoption path are its clients.
 //
-// Thread-safe, and safe across processes: every operation on an image holds an flock on
-// `<metadata_dir>/<name>.lock`, and every read-modify-write of lp_metadata holds an flock on
-// `<metadata_dir>/lp_metadata.lock`. Crash-safe: see docs/crash-safety.md.
+// Thread-safe, and safe across processes: every operation on an image holds an flock on its lock
+// in `<metadata_dir>/.locks/` and the set lock shared (recovery holds it exclusively), and every
+// read-modify-write of lp_metadata holds the lp_metadata lock (imageset/names.h names them all).
+// Crash-safe: see docs/crash-safety.md.
 #pragma once
 
 #include <chrono>
@@ -16,19 +17,13 @@
 #include <string_view>
 #include <vector>
 
+#include "imaged/common/progress.h"
 #include "imaged/common/result.h"
+#include "imaged/common/unique_fd.h"
+#include "import/reader.h"
+#include "manager/map_strategy.h"
 
 namespace imaged {
-
-// Progress of long operations: bytes done of total. Returning false cancels the operation,
-// which then fails with ECANCELED and leaves nothing behind.
-using Progress = std::function<bool(uint64_t done, uint64_t total)>;
-
-enum class MapStrategy {
-  kAuto,      // dm-linear over the disk when the data fs sits on device-mapper, else loop
-  kDmLinear,  // one dm-linear device straight over the filesystem's disk
-  kLoop,      // one direct-I/O loop device per piece, joined by dm-linear when split
-};
 
 struct ManagerOptions {
   std::string data_dir;      // on the data filesystem; created if missing
@@ -68,27 +63,25 @@ struct ValidationResult {
 };
 
 struct RecoveryReport {
-  std::vector<std::string> adopted;     // images whose recorded devices exist and match
-  std::vector<std::string> torn_down;   // images whose leftover devices were removed
+  std::vector<std::string> adopted;          // images whose recorded devices exist and match
+  std::vector<std::string> torn_down;        // images whose leftover devices were removed
   std::vector<std::string> removed_orphans;  // piece/list files with no lp_metadata entry
   // What recovery could not fix (e.g. a leftover device still open), one sentence each. The
   // rest of recovery still ran; these need an operator.
   std::vector<std::string> problems;
 };
 
-enum class ImportFormat { kAuto, kRaw, kSparse, kQcow1, kQcow2 };
-
 struct ImportOptions {
-  ImportFormat format = ImportFormat::kAuto;
-  bool into_existing = false;  // write into an existing unmapped image of enough size
-  bool readonly = false;       // for a newly created image
+  std::optional<import::Format> format;  // nullopt: detected from the source's content
+  bool into_existing = false;            // write into an existing unmapped image of enough size
+  bool readonly = false;                 // for a newly created image
   Progress progress;
 };
 
-// `[A-Za-z0-9_.-]{1,64}`, no leading dot, and short enough for liblp's 36-byte names
-// together with nothing else: names are limited to 35 bytes so lp_metadata stays readable by
-// liblp. Errors are EINVAL with the reason.
-Result<void> ValidateImageName(std::string_view name);
+// One daemon per image set: startup recovery tears down mappings it does not know, which would
+// be wrong while another daemon serves the same set. The claim lasts while the fd is open;
+// EBUSY when another process holds it.
+Result<UniqueFd> ClaimImageSet(const std::string& metadata_dir);
 
 class ImageManager {
  public:
@@ -110,7 +103,7 @@ class ImageManager {
   // Returns the device node path. A timeout of 0 uses default_map_timeout.
   Result<std::string> Map(std::string_view name, std::chrono::milliseconds timeout = {});
   Result<void> Unmap(std::string_view name);
-  Result<bool> IsMapped(std::string_view name);
+  // The device node of a mapped image, nullopt when it is not mapped; ENOENT for no image.
   Result<std::optional<std::string>> GetMappedDevice(std::string_view name);
   // Maps every image that is neither mapped nor disabled; returns the names mapped.
   Result<std::vector<std::string>> MapAll();
@@ -132,8 +125,10 @@ class ImageManager {
 
   const ManagerOptions& options() const;
 
- private:
+  // Defined in manager/internal.h; named here so the manager's own helpers can use it.
   struct Impl;
+
+ private:
   explicit ImageManager(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

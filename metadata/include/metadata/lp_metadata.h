@@ -14,6 +14,7 @@
 #include <string_view>
 #include <vector>
 
+#include "imaged/common/file_io.h"
 #include "imaged/common/result.h"
 
 namespace imaged::metadata {
@@ -151,9 +152,12 @@ Layout DetectLayout(std::span<const uint8_t> data);
 Result<LpMetadata> ParseAnyLayout(std::span<const uint8_t> data, uint32_t slot = 0);
 
 // ---- Files ----
-Result<LpMetadata> ReadImageFile(const std::string& path);
-// Serializes, then AtomicWriteFile (temp in same dir, fsync, rename, fsync dir).
-Result<void> WriteImageFile(const std::string& path, const LpMetadata& md);
+// The image-file layout in file `file` of `dir` (never through a symlink).
+Result<LpMetadata> ReadImageFile(const Directory& dir, std::string_view file);
+// Serializes, then Directory::AtomicWrite (temp in the same dir, fsync, rename, fsync dir).
+Result<void> WriteImageFile(const Directory& dir, std::string_view file, const LpMetadata& md);
+// The largest image file the reader accepts: the geometry block plus one metadata copy.
+inline constexpr size_t kMaxImageFileBytes = size_t{kGeometrySize} + kMaxMetadataMaxSize;
 
 // ---- Editing helpers (the subset of liblp's MetadataBuilder imaged needs) ----
 // One block device (first_logical_sector is raised to cover the metadata region, as liblp's

@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "imaged/common/file_io.h"
 #include "imaged/common/result.h"
 
 namespace imaged::metadata {
@@ -28,13 +29,16 @@ Result<std::vector<StatusEntry>> ParseStatus(std::string_view text);
 std::string SerializeStatus(const std::vector<StatusEntry>& entries);
 Result<void> ValidateStatusEntry(const StatusEntry& entry);
 
-// ENOENT passes through with code ENOENT.
-Result<std::vector<StatusEntry>> ReadStatusFile(const std::string& path);
-// Atomic (AtomicWriteFile). Refuses invalid entries with EINVAL.
-Result<void> WriteStatusFile(const std::string& path, const std::vector<StatusEntry>& entries);
+// The status file `file` in `dir`. A missing file is ENOENT; a symlink or other non-regular
+// file is an error naming it (never followed).
+Result<std::vector<StatusEntry>> ReadStatusFile(const Directory& dir, std::string_view file);
+// Atomic (Directory::AtomicWrite). Refuses invalid entries with EINVAL.
+Result<void> WriteStatusFile(const Directory& dir, std::string_view file,
+                             const std::vector<StatusEntry>& entries);
 // Read (missing file = empty), append, atomic write.
-Result<void> AppendStatusEntry(const std::string& path, const StatusEntry& entry);
-// unlink + fsync of the directory; a missing file (or directory) is success.
-Result<void> RemoveStatusFile(const std::string& path);
+Result<void> AppendStatusEntry(const Directory& dir, std::string_view file,
+                               const StatusEntry& entry);
+// Removes the file and fsyncs the directory; a missing file is success.
+Result<void> RemoveStatusFile(const Directory& dir, std::string_view file);
 
 }  // namespace imaged::metadata

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <string>
 #include <type_traits>
@@ -14,9 +15,19 @@
 
 namespace imaged {
 
+// What a failure means beyond its errno. The errno stays the first one seen (an EIO while
+// reading extents stays EIO); the kind says whether an image's data is at stake, which is what
+// the RPC layer reports as DATA_LOSS.
+enum class ErrorKind : uint8_t {
+  kGeneric,          // the errno says it all
+  kExtentsChanged,   // an image's files no longer own exactly the blocks lp_metadata records
+  kCorruptMetadata,  // lp_metadata (or a list or status file) cannot be parsed
+};
+
 struct Error {
   int code = 0;         // errno value (positive), 0 when the failure is not an OS error
   std::string message;  // context, outermost first, without the strerror text
+  ErrorKind kind = ErrorKind::kGeneric;
 
   // Full text for logs and users: "<message>: <strerror(code)>".
   std::string ToString() const {
@@ -27,12 +38,20 @@ struct Error {
   // Prepends an outer context: Error{ENOSPC,"fallocate"}.Wrap("create \"a\"") reads
   // `create "a": fallocate: No space left on device`.
   Error Wrap(std::string_view outer) const& {
-    return Error{code, message.empty() ? std::string(outer) : fmt::format("{}: {}", outer, message)};
+    return Error{code, message.empty() ? std::string(outer) : fmt::format("{}: {}", outer, message),
+                 kind};
   }
   Error Wrap(std::string_view outer) && {
     message = message.empty() ? std::string(outer) : fmt::format("{}: {}", outer, message);
     return std::move(*this);
   }
+
+  // The same error, classified.
+  Error As(ErrorKind k) && {
+    kind = k;
+    return std::move(*this);
+  }
+  Error As(ErrorKind k) const& { return Error{code, message, k}; }
 };
 
 // An error from errno as it is right now.
