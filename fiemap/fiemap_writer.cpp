@@ -299,6 +299,57 @@ Result<bool> FiemapWriter::EnsureWritten(const Directory& dir, std::string_view 
   return true;
 }
 
+Result<void> FiemapWriter::Extend(uint64_t new_size, const Progress& progress) {
+  auto ctx = [&] { return fmt::format("extend \"{}\"", path_); };
+  const uint64_t bs = fs_.block_size;
+  if (new_size > UINT64_MAX - bs) return MakeError(EFBIG, "{}: size overflows", ctx());
+  const uint64_t total = (new_size + bs - 1) / bs * bs;
+  if (total <= size_) return Ok();
+  if (total > fs_.max_file_size) {
+    return MakeError(EFBIG, "{}: {} is larger than the {} maximum file size {}", ctx(),
+                     HumanSize(total), FsTypeName(fs_.type), HumanSize(fs_.max_file_size));
+  }
+  UniqueFd fd = IMAGED_TRY_CTX(OpenFile(O_RDWR), "{}", ctx());
+  const uint64_t old = size_;
+  if (fs_.type != FsType::Vfat) {
+    // Allocate the new range first, so that a full disk fails before anything is written.
+    if (fallocate(fd.get(), 0, static_cast<off_t>(old), static_cast<off_t>(total - old)) != 0) {
+      return ErrnoError("{}: fallocate {}", ctx(), HumanSize(total - old));
+    }
+  }
+  IMAGED_TRY_CTX(ZeroFile(dir_, name_, fd.get(), old, total, progress), "{}", ctx());
+  if (fsync(fd.get()) != 0) return ErrnoError("{}: fsync", ctx());
+  IMAGED_TRY_CTX(PinIfNeeded(fd.get(), path_, fs_), "{}", ctx());
+  auto extents = IMAGED_TRY_CTX(ReadExtents(fd.get(), fs_.type, total), "{}", ctx());
+  IMAGED_TRY_CTX(CheckExtentsOnDisk(extents, fs_, path_), "{}", ctx());
+  // SAFETY RULE: what was recorded for [0, old) must still be where it was.
+  std::vector<Extent> before;
+  for (auto e : extents) {
+    if (e.logical >= old) break;
+    e.length = std::min(e.length, old - e.logical);
+    before.push_back(e);
+  }
+  auto merged = IMAGED_TRY(MergeExtents(extents_, old));
+  if (IMAGED_TRY(MergeExtents(before, old)) != merged) {
+    return MakeError(EUCLEAN, "{}: the blocks of the first {} moved", ctx(), HumanSize(old))
+        .As(ErrorKind::kExtentsChanged);
+  }
+  size_ = total;
+  extents_ = std::move(extents);
+  return Ok();
+}
+
+Result<void> FiemapWriter::Truncate(const Directory& dir, std::string_view name, uint64_t size) {
+  UniqueFd fd = IMAGED_TRY(dir.OpenFile(name, O_WRONLY));
+  struct stat st;
+  if (fstat(fd.get(), &st) != 0) return ErrnoError("fstat \"{}\"", dir.PathOf(name));
+  if (static_cast<uint64_t>(st.st_size) <= size) return Ok();
+  if (ftruncate(fd.get(), static_cast<off_t>(size)) != 0 || fsync(fd.get()) != 0) {
+    return ErrnoError("truncate \"{}\" to {}", dir.PathOf(name), size);
+  }
+  return Ok();
+}
+
 Result<bool> FiemapWriter::Remove(const Directory& dir, std::string_view name) {
   auto fd = dir.OpenFile(name, O_WRONLY);
   if (!fd) {

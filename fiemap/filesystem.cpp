@@ -300,6 +300,10 @@ Result<void> FindDisk(std::string name, dev_t dev, FilesystemInfo& info) {
   info.disk_size = IMAGED_TRY(sysfs::ReadU64("/sys/class/block/" + name + "/size")) * 512;
   auto lbs = sysfs::LogicalBlockSize(dev);
   info.disk_logical_block_size = lbs ? *lbs : 512;
+  auto min_io = sysfs::MinimumIoSize(dev);
+  info.disk_min_io_size = min_io ? *min_io : 0;
+  auto alignment_offset = sysfs::AlignmentOffset(dev);
+  info.disk_alignment_offset = alignment_offset ? *alignment_offset : 0;
   return Ok();
 }
 

@@ -170,27 +170,69 @@ Result<void> SplitFiemap::Grow(uint64_t size, const GrowOptions& options) {
   const FilesystemInfo fs = IMAGED_TRY_CTX(InspectFilesystem(dir_.fd(), dir_.path()), "{}", what);
   const uint64_t extra = IMAGED_TRY_CTX(RoundToBlock(size - size_, fs.block_size), "{}", what);
   const uint64_t piece_size = PieceSize(fs, options.max_piece_size);
-  IMAGED_TRY_CTX(CheckPieceCount(pieces_.size(), extra, piece_size), "{}", what);
   if (extra > fs.free_bytes) {
     return MakeError(ENOSPC, "{}: {} more needed, {} free", what, HumanSize(extra),
                      HumanSize(fs.free_bytes));
   }
-  const size_t first_new = pieces_.size();
-  auto grown = AddPieces(extra, piece_size, /*defer_zeroing=*/false, options.progress, true);
-  if (grown) grown = WriteList(pieces_.size(), /*replace=*/true);
-  if (grown) IMAGED_CRASH_POINT("grow.list_written");
+  const size_t old_pieces = pieces_.size();
+  const uint64_t old_last = pieces_.back().size();
+  // The last piece first: growing it in place keeps a one-piece image mappable without
+  // device-mapper.
+  const uint64_t in_place = std::min(extra, piece_size > old_last ? piece_size - old_last : 0);
+  IMAGED_TRY_CTX(CheckPieceCount(pieces_.size(), extra - in_place, piece_size), "{}", what);
+  auto grown = GrowLastPiece(in_place, extra, options.progress);
+  if (grown && in_place < extra) {
+    Progress rest;
+    if (options.progress) {
+      rest = [&](uint64_t d, uint64_t) { return options.progress(in_place + d, extra); };
+    }
+    grown = AddPieces(extra - in_place, piece_size, /*defer_zeroing=*/false, rest, true);
+    if (grown) grown = WriteList(pieces_.size(), /*replace=*/true);
+    if (grown) IMAGED_CRASH_POINT("grow.list_written");
+  }
   if (grown && options.progress && !options.progress(extra, extra)) {
     grown = MakeError(ECANCELED, "cancelled");
   }
   if (!grown) {
-    // The old list first: once it is back, the new pieces are orphans nothing names.
-    auto restored = WriteList(first_new, /*replace=*/true);
-    RemovePiecesFrom(first_new);
     Error e = std::move(grown).error().Wrap(what);
-    if (!restored)
-      e.message += fmt::format(" (and restoring the list failed: {})", restored.error().ToString());
+    fds_.clear();
+    if (auto undone = RollBack(dir_, list_, old_pieces, old_last); !undone) {
+      e.message += fmt::format(" (and undoing it failed: {})", undone.error().ToString());
+    }
     return e;
   }
+  return Ok();
+}
+
+Result<void> SplitFiemap::GrowLastPiece(uint64_t bytes, uint64_t total, const Progress& progress) {
+  if (bytes == 0) return Ok();
+  FiemapWriter& last = pieces_.back();
+  const uint64_t before = last.size();
+  Progress partial;
+  if (progress) partial = [&](uint64_t d, uint64_t) { return progress(d, total); };
+  IMAGED_TRY(last.Extend(before + bytes, partial));
+  size_ += last.size() - before;
+  IMAGED_CRASH_POINT("grow.piece_extended");
+  return Ok();
+}
+
+Result<void> SplitFiemap::RollBack(const Directory& dir, std::string_view list, size_t pieces,
+                                   uint64_t last_piece_size) {
+  const std::string what = fmt::format("roll back \"{}\"", dir.PathOf(list));
+  if (pieces == 0 || pieces > kMaxPieces) return MakeError(EINVAL, "{}: {} pieces", what, pieces);
+  // The list first: once it names only the old pieces, later ones are not part of the image.
+  const std::string content = SerializeList(list, pieces);
+  IMAGED_TRY_CTX(dir.AtomicWrite(list, {reinterpret_cast<const uint8_t*>(content.data()),
+                                        content.size()},
+                                 {.mode = 0640}),
+                 "{}", what);
+  IMAGED_TRY_CTX(FiemapWriter::Truncate(dir, PieceName(list, pieces - 1), last_piece_size), "{}",
+                 what);
+  for (const auto& name : IMAGED_TRY_CTX(dir.List(), "{}", what)) {
+    auto index = PieceIndex(name, list);
+    if (index && *index >= pieces) IMAGED_TRY_CTX(FiemapWriter::Remove(dir, name), "{}", what);
+  }
+  IMAGED_TRY_CTX(dir.Sync(), "{}", what);
   return Ok();
 }
 

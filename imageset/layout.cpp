@@ -12,7 +12,21 @@ DiskFacts DiskFactsOf(const fiemap::FilesystemInfo& fs) {
   d.disk_offset_bytes = fs.disk_offset_bytes;
   d.disk_size = fs.disk_size;
   d.logical_block_size = fs.disk_logical_block_size ? fs.disk_logical_block_size : 512;
+  // liblp wants both multiples of 512; anything else would make lp_metadata unreadable.
+  if (fs.disk_min_io_size % metadata::kSectorSize == 0) d.alignment = fs.disk_min_io_size;
+  if (fs.disk_alignment_offset % metadata::kSectorSize == 0) {
+    d.alignment_offset = fs.disk_alignment_offset;
+  }
   return d;
+}
+
+metadata::BlockDevice BlockDeviceOf(const DiskFacts& disk) {
+  metadata::BlockDevice device;
+  device.partition_name = Basename(disk.disk);
+  device.size = disk.disk_size;
+  device.alignment = disk.alignment;
+  device.alignment_offset = disk.alignment_offset;
+  return device;
 }
 
 namespace {
@@ -125,9 +139,12 @@ Result<bool> MappingMatches(dm::DeviceMapper& dm, const std::string& dm_name,
   return table.Matches(live, info->readonly);
 }
 
-Result<std::optional<metadata::LpMetadata>> ReadLpMetadata(const Directory& metadata_dir) {
-  if (!metadata_dir.Exists(kLpMetadataFile)) return std::optional<metadata::LpMetadata>();
-  auto md = metadata::ReadImageFile(metadata_dir, kLpMetadataFile);
+namespace {
+
+Result<std::optional<metadata::LpMetadata>> ReadLpFile(const Directory& metadata_dir,
+                                                       std::string_view file) {
+  if (!metadata_dir.Exists(file)) return std::optional<metadata::LpMetadata>();
+  auto md = metadata::ReadImageFile(metadata_dir, file);
   if (!md) {
     Error e = std::move(md).error();
     if (e.code == ENOENT) return std::optional<metadata::LpMetadata>();
@@ -139,7 +156,26 @@ Result<std::optional<metadata::LpMetadata>> ReadLpMetadata(const Directory& meta
   return std::optional<metadata::LpMetadata>(std::move(*md));
 }
 
+}  // namespace
+
+Result<std::optional<metadata::LpMetadata>> ReadLpMetadata(const Directory& metadata_dir) {
+  return ReadLpFile(metadata_dir, kLpMetadataFile);
+}
+
+Result<std::optional<metadata::LpMetadata>> ReadPreviousLpMetadata(const Directory& metadata_dir) {
+  return ReadLpFile(metadata_dir, kLpMetadataPrevFile);
+}
+
 Result<void> WriteLpMetadata(const Directory& metadata_dir, const metadata::LpMetadata& md) {
+  // The generation being replaced stays as lp_metadata.prev, for rebuilding a lost or damaged
+  // lp_metadata; only a readable one replaces the previous generation.
+  if (metadata_dir.Exists(kLpMetadataFile)) {
+    auto current = metadata_dir.ReadFile(kLpMetadataFile, metadata::kMaxImageFileBytes);
+    if (current && metadata::ParseImageFile(*current)) {
+      IMAGED_TRY_CTX(metadata_dir.AtomicWrite(kLpMetadataPrevFile, *current),
+                     "keep the previous lp_metadata");
+    }
+  }
   return metadata::WriteImageFile(metadata_dir, kLpMetadataFile, md);
 }
 

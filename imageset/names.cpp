@@ -11,7 +11,7 @@ namespace {
 
 constexpr std::string_view kListSuffix = ".img";
 constexpr std::string_view kStatusSuffix = ".status";
-constexpr std::string_view kIncompleteSuffix = ".incomplete";
+constexpr std::string_view kIntentSuffix = ".intent";
 
 // The image whose file `file` is when it ends in `suffix`, if that leaves a valid image name.
 std::optional<std::string> ImageBefore(std::string_view file, std::string_view suffix) {
@@ -68,16 +68,16 @@ std::string StatusFileName(std::string_view image) {
   return std::string(image) + std::string(kStatusSuffix);
 }
 
-std::string IncompleteMarkerName(std::string_view image) {
-  return std::string(image) + std::string(kIncompleteSuffix);
+std::string IntentFileName(std::string_view image) {
+  return std::string(image) + std::string(kIntentSuffix);
 }
 
 std::optional<MetadataFile> ClassifyMetadataFile(std::string_view file) {
   if (auto image = ImageBefore(file, kStatusSuffix)) {
     return MetadataFile{MetadataFile::Kind::kStatus, std::move(*image)};
   }
-  if (auto image = ImageBefore(file, kIncompleteSuffix)) {
-    return MetadataFile{MetadataFile::Kind::kIncompleteMarker, std::move(*image)};
+  if (auto image = ImageBefore(file, kIntentSuffix)) {
+    return MetadataFile{MetadataFile::Kind::kIntent, std::move(*image)};
   }
   return std::nullopt;
 }

@@ -60,7 +60,19 @@ ImageManager::Impl::OpLocks::~OpLocks() {
 }
 
 Result<std::optional<metadata::LpMetadata>> ImageManager::Impl::ReadLp() const {
+  IMAGED_TRY(CheckServing());
   return IMAGED_TRY_CTX(imageset::ReadLpMetadata(metadata), "read lp_metadata");
+}
+
+Result<void> ImageManager::Impl::CheckServing() const {
+  std::lock_guard<std::mutex> guard(refusal_mu);
+  if (refusal) return MakeError(EUCLEAN, "{}", *refusal).As(ErrorKind::kCorruptMetadata);
+  return Ok();
+}
+
+void ImageManager::Impl::SetRefusal(std::optional<std::string> reason) {
+  std::lock_guard<std::mutex> guard(refusal_mu);
+  refusal = std::move(reason);
 }
 
 Result<void> ImageManager::Impl::EditLp(const LpEdit& edit) {
@@ -101,24 +113,37 @@ Result<ImageManager::Impl::Image> ImageManager::Impl::FindUnmappedImage(std::str
   return image;
 }
 
-Result<void> ImageManager::Impl::MarkIncomplete(std::string_view name) {
-  // Never mark an image that exists: Recover deletes marked images.
-  const auto md = IMAGED_TRY(ReadLp());
-  if (md && metadata::FindPartition(*md, name)) return MakeError(EEXIST, "the image exists");
-  static constexpr std::string_view kContent = "incomplete\n";
-  IMAGED_TRY_CTX(
-      metadata.AtomicWrite(imageset::IncompleteMarkerName(name),
-                           {reinterpret_cast<const uint8_t*>(kContent.data()), kContent.size()},
-                           {.mode = 0600}),
-      "mark \"{}\" incomplete", name);
+Result<void> ImageManager::Impl::WriteIntent(std::string_view name, const manager::Intent& intent) {
+  using Op = manager::Intent::Op;
+  if (intent.op == Op::kCreate || intent.op == Op::kFill) {
+    // Never for an image that exists: Recover would remove what a creating intent names.
+    const auto md = IMAGED_TRY(ReadLp());
+    if (md && metadata::FindPartition(*md, name)) return MakeError(EEXIST, "the image exists");
+  }
+  const std::string text = manager::SerializeIntent(intent);
+  IMAGED_TRY_CTX(metadata.AtomicWrite(imageset::IntentFileName(name),
+                                      {reinterpret_cast<const uint8_t*>(text.data()), text.size()},
+                                      {.mode = 0600}),
+                 "record the intent to change \"{}\"", name);
   return Ok();
 }
 
-Result<void> ImageManager::Impl::ClearIncomplete(std::string_view name) {
-  if (IMAGED_TRY(metadata.RemoveFile(imageset::IncompleteMarkerName(name)))) {
+Result<void> ImageManager::Impl::ClearIntent(std::string_view name) {
+  if (IMAGED_TRY(metadata.RemoveFile(imageset::IntentFileName(name)))) {
     IMAGED_TRY(metadata.Sync());
   }
   return Ok();
+}
+
+Result<std::optional<manager::Intent>> ImageManager::Impl::ReadIntent(std::string_view name) {
+  const std::string file = imageset::IntentFileName(name);
+  if (!metadata.Exists(file)) return std::optional<manager::Intent>();
+  const auto bytes = IMAGED_TRY(metadata.ReadFile(file, 4096));
+  auto intent = manager::ParseIntent({reinterpret_cast<const char*>(bytes.data()), bytes.size()});
+  if (!intent) {
+    return std::move(intent).error().Wrap(metadata.PathOf(file)).As(ErrorKind::kCorruptMetadata);
+  }
+  return std::optional<manager::Intent>(*intent);
 }
 
 Result<dm::DeviceMapper*> ImageManager::Impl::Dm() {
@@ -226,13 +251,17 @@ Result<void> ImageManager::Create(std::string_view name, uint64_t size_bytes,
   IMAGED_TRY_CTX(imageset::ValidateImageName(name), "create");
   auto locks = IMAGED_TRY_CTX(impl_->LockImage(name), "create \"{}\"", name);
   // With zero-fill the image is not what was asked for until the zeros are in: a crash before
-  // then must not leave it behind (Recover deletes images with an incomplete marker).
-  const bool mark = options.zero_fill_bytes != 0;
-  auto created = mark ? impl_->MarkIncomplete(name) : Result<void>();
-  if (created) created = impl_->CreateLocked(name, size_bytes, options);
-  if (mark && created) created = impl_->ClearIncomplete(name);
-  if (mark && !created) (void)impl_->ClearIncomplete(name);  // CreateLocked rolled back
+  // then must not leave it behind (a fill intent makes Recover remove it; a create intent only
+  // what lp_metadata does not name yet).
+  manager::Intent intent;
+  intent.op =
+      options.zero_fill_bytes != 0 ? manager::Intent::Op::kFill : manager::Intent::Op::kCreate;
+  IMAGED_TRY_CTX(impl_->WriteIntent(name, intent), "create \"{}\"", name);
+  auto created = impl_->CreateLocked(name, size_bytes, options);
+  // Cleared on failure too: CreateLocked removed what it made.
+  auto cleared = impl_->ClearIntent(name);
   IMAGED_TRY_CTX(std::move(created), "create \"{}\"", name);
+  IMAGED_TRY_CTX(std::move(cleared), "create \"{}\"", name);
   IMAGED_CRASH_POINT("create.done");
   return Ok();
 }
@@ -275,16 +304,18 @@ Result<void> ImageManager::Impl::RecordNewImage(std::string_view name,
     if (current) {
       next = std::move(*current);
       if (metadata::FindPartition(next, name)) return MakeError(EEXIST, "the image exists");
-      // All images live on the data fs; the entry follows the disk it is on now.
+      // All images live on the data fs; the entry follows the disk it is on now (alignment
+      // only when known, as libfiemap updates it).
       if (!next.block_devices.empty()) {
-        next.block_devices[0].partition_name = Basename(disk.disk);
-        next.block_devices[0].size = disk.disk_size;
+        auto& entry = next.block_devices[0];
+        const auto now = imageset::BlockDeviceOf(disk);
+        entry.partition_name = now.partition_name;
+        entry.size = now.size;
+        if (now.alignment != 0) entry.alignment = now.alignment;
+        entry.alignment_offset = now.alignment_offset;
       }
     } else {
-      metadata::BlockDevice device;
-      device.partition_name = Basename(disk.disk);
-      device.size = disk.disk_size;
-      next = metadata::NewImageMetadata(device, disk.logical_block_size, 0);
+      next = metadata::NewImageMetadata(imageset::BlockDeviceOf(disk), disk.logical_block_size, 0);
     }
     IMAGED_TRY(metadata::SetPartition(next, name, attributes, extents));
     return next;
@@ -364,8 +395,11 @@ Result<void> ImageManager::Impl::DeleteLocked(std::string_view name) {
   const std::string status = imageset::StatusFileName(name);
   if (metadata.Exists(status)) IMAGED_TRY(TearDown(name));
   IMAGED_CRASH_POINT("delete.checked");
-  // lp_metadata first: once the entry is gone nothing can map the blocks, and a crash before the
-  // files are gone leaves only orphans that Recover removes.
+  // From here on a crash leaves the intent, so Recover finishes the delete.
+  manager::Intent intent;
+  intent.op = manager::Intent::Op::kDelete;
+  IMAGED_TRY(WriteIntent(name, intent));
+  // lp_metadata first: once the entry is gone nothing can map the blocks.
   if (image) {
     IMAGED_TRY(
         EditLp([&](std::optional<metadata::LpMetadata> current) -> Result<metadata::LpMetadata> {
@@ -378,7 +412,7 @@ Result<void> ImageManager::Impl::DeleteLocked(std::string_view name) {
   IMAGED_TRY(fiemap::SplitFiemap::Remove(data, list));
   IMAGED_CRASH_POINT("delete.files_removed");
   IMAGED_TRY(metadata::RemoveStatusFile(metadata, status));
-  return Ok();
+  return ClearIntent(name);
 }
 
 // ---------------------------------------------------------------------------------------------

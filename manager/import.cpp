@@ -106,8 +106,23 @@ class ImportOperation {
   ImportOperation(ImageManager::Impl& impl, std::string_view name, const ImportOptions& options)
       : impl_(impl), name_(name), options_(options) {}
 
-  Result<ImageInfo> Run(const std::string& source_path) {
-    IMAGED_TRY(OpenReader(source_path));
+  // From a file: the reader is opened here, reading stored qcow clusters on the writer threads.
+  Result<ImageInfo> Run(std::unique_ptr<import::FileSource> source) {
+    source_ = std::move(source);
+    IMAGED_TRY(OpenReader());
+    return Run();
+  }
+  // From a reader the caller made (an upload's stream), which must outlive the call.
+  Result<ImageInfo> Run(import::ImageReader& reader, std::string_view source_name) {
+    reader_ = &reader;
+    if (reader_->virtual_size() == 0) {
+      return MakeError(EINVAL, "\"{}\" holds an empty image", source_name);
+    }
+    return Run();
+  }
+
+ private:
+  Result<ImageInfo> Run() {
     auto locks = IMAGED_TRY(impl_.LockImage(name_));
     fs_ = IMAGED_TRY(fiemap::InspectFilesystem(impl_.data.fd(), impl_.data.path()));
     lbs_ = std::max<uint32_t>(fs_.disk_logical_block_size, 512);
@@ -125,16 +140,16 @@ class ImportOperation {
     return impl_.InfoLocked(name_, *md);
   }
 
- private:
-  Result<void> OpenReader(const std::string& source_path) {
-    source_ = IMAGED_TRY(import::FileSource::Open(source_path));
+  Result<void> OpenReader() {
+    const std::string& source_path = source_->name();
     const import::Format format =
         options_.format ? *options_.format : IMAGED_TRY(import::DetectFormat(*source_));
     import::ReaderOptions reader_options;
     // Stored qcow clusters are read by Copy's writer threads straight into the write buffers.
     reader_options.defer_data_reads = true;
-    reader_ = IMAGED_TRY_CTX(import::OpenReader(*source_, format, reader_options), "read {} \"{}\"",
-                             import::FormatName(format), source_path);
+    owned_reader_ = IMAGED_TRY_CTX(import::OpenReader(*source_, format, reader_options),
+                                   "read {} \"{}\"", import::FormatName(format), source_path);
+    reader_ = owned_reader_.get();
     if (reader_->virtual_size() == 0) {
       return MakeError(EINVAL, "\"{}\" holds an empty image", source_path);
     }
@@ -155,9 +170,11 @@ class ImportOperation {
   }
 
   // Into a new image, all or nothing: until the data is in, a crash must not leave a
-  // half-filled image behind (Recover deletes images that still carry the marker).
+  // half-filled image behind (the fill intent makes Recover remove it).
   Result<void> IntoNewImage() {
-    IMAGED_TRY(impl_.MarkIncomplete(name_));
+    manager::Intent intent;
+    intent.op = manager::Intent::Op::kFill;
+    IMAGED_TRY(impl_.WriteIntent(name_, intent));
     IMAGED_CRASH_POINT("import.marked");
     auto created = CreateAndFill();
     if (!created) {
@@ -165,13 +182,13 @@ class ImportOperation {
       // The marker stays while anything of the image does: the next Recover then removes it.
       const bool left =
           impl_.data.Exists(imageset::ListFileName(name_)) || impl_.FindImage(name_).has_value();
-      if (auto cleared = left ? Result<void>() : impl_.ClearIncomplete(name_); !cleared) {
+      if (auto cleared = left ? Result<void>() : impl_.ClearIntent(name_); !cleared) {
         e.message += fmt::format(" (and {})", cleared.error().ToString());
       }
       return e;
     }
     IMAGED_CRASH_POINT("import.copied");
-    return impl_.ClearIncomplete(name_);
+    return impl_.ClearIntent(name_);
   }
 
   Result<void> CreateAndFill() {
@@ -245,17 +262,35 @@ class ImportOperation {
   std::string name_;
   const ImportOptions& options_;
   std::unique_ptr<import::FileSource> source_;
-  std::unique_ptr<import::ImageReader> reader_;
+  std::unique_ptr<import::ImageReader> owned_reader_;
+  import::ImageReader* reader_ = nullptr;
   fiemap::FilesystemInfo fs_;
   uint32_t lbs_ = 512;
   Progress copy_progress_;
 };
 
-Result<ImageInfo> ImageManager::Import(std::string_view name, const std::string& source_path,
+Result<ImageInfo> ImageManager::Import(std::string_view name,
+                                       std::unique_ptr<import::FileSource> source,
                                        const ImportOptions& options) {
   IMAGED_TRY_CTX(imageset::ValidateImageName(name), "import");
+  const std::string source_name = source->name();
   ImportOperation operation(*impl_, name, options);
-  return IMAGED_TRY_CTX(operation.Run(source_path), "import \"{}\" from \"{}\"", name, source_path);
+  return IMAGED_TRY_CTX(operation.Run(std::move(source)), "import \"{}\" from \"{}\"", name,
+                        source_name);
+}
+
+Result<ImageInfo> ImageManager::Import(std::string_view name, import::ImageReader& reader,
+                                       std::string_view source_name, const ImportOptions& options) {
+  IMAGED_TRY_CTX(imageset::ValidateImageName(name), "import");
+  ImportOperation operation(*impl_, name, options);
+  return IMAGED_TRY_CTX(operation.Run(reader, source_name), "import \"{}\" from {}", name,
+                        source_name);
+}
+
+Result<ImageInfo> ImageManager::Import(std::string_view name, const std::string& source_path,
+                                       const ImportOptions& options) {
+  auto source = IMAGED_TRY_CTX(import::FileSource::Open(source_path), "import \"{}\"", name);
+  return Import(name, std::move(source), options);
 }
 
 }  // namespace imaged

@@ -24,6 +24,7 @@
 #include "imaged/common/unique_fd.h"
 #include "imageset/layout.h"
 #include "imageset/names.h"
+#include "intent.h"
 #include "kernel_view.h"
 #include "list_snapshot.h"
 #include "manager/image_manager.h"
@@ -70,7 +71,7 @@ namespace imaged {
 struct ImageManager::Impl {
   ManagerOptions options;
   Directory data;      // <name>.img list files and pieces
-  Directory metadata;  // lp_metadata, status files, incomplete markers
+  Directory metadata;  // lp_metadata, status files, intents
   Directory locks;     // metadata/.locks
 
   std::string dm_name(std::string_view name) const {
@@ -94,8 +95,15 @@ struct ImageManager::Impl {
   };
   Result<OpLocks> LockImage(std::string_view name);
 
-  // lp_metadata; a missing file reads as an empty set (nullopt).
+  // lp_metadata; a missing file reads as an empty set (nullopt). Fails with the refusal while
+  // the manager refuses to serve (Recover and RebuildMetadata read it themselves).
   Result<std::optional<metadata::LpMetadata>> ReadLp() const;
+
+  // Why nothing may be changed (RecoveryReport::refused), or nullopt.
+  mutable std::mutex refusal_mu;
+  std::optional<std::string> refusal;
+  Result<void> CheckServing() const;
+  void SetRefusal(std::optional<std::string> reason);
   // Read-modify-write of lp_metadata under its lock. `edit` gets the current metadata (nullopt
   // if absent) and returns the metadata to write.
   using LpEdit = std::function<Result<metadata::LpMetadata>(std::optional<metadata::LpMetadata>)>;
@@ -117,9 +125,12 @@ struct ImageManager::Impl {
   // changes an image's files starts with.
   Result<Image> FindUnmappedImage(std::string_view name);
 
-  // The incomplete marker: MarkIncomplete refuses (EEXIST) for an image in lp_metadata.
-  Result<void> MarkIncomplete(std::string_view name);
-  Result<void> ClearIncomplete(std::string_view name);
+  // The operation's intent (manager/intent.h), written before its first durable step.
+  // Creating intents (create, fill) refuse (EEXIST) for an image in lp_metadata.
+  Result<void> WriteIntent(std::string_view name, const manager::Intent& intent);
+  Result<void> ClearIntent(std::string_view name);
+  // nullopt when there is none.
+  Result<std::optional<manager::Intent>> ReadIntent(std::string_view name);
 
   // device-mapper, created on first use (the host may have none).
   Result<dm::DeviceMapper*> Dm();
@@ -191,6 +202,12 @@ struct ImageManager::Impl {
   Result<bool> LoopsMatch(std::string_view name, const std::vector<std::string>& loops,
                           bool dm_joined, const metadata::LpMetadata& md,
                           const manager::KernelView& kernel);
+
+  // RebuildMetadata's step for one image: checked, sized from a matching record, added to `md`.
+  Result<RebuiltImage> RebuildImage(const std::string& name,
+                                    const std::optional<metadata::LpMetadata>& current,
+                                    const std::optional<metadata::LpMetadata>& previous,
+                                    const imageset::DiskFacts& disk, metadata::LpMetadata& md);
 
   std::mutex dm_mu;
   std::unique_ptr<dm::DeviceMapper> dm;

@@ -6,7 +6,9 @@
 #include <map>
 #include <set>
 
+#include <fmt/ranges.h>
 #include "dm/loop_device.h"
+
 #include "internal.h"
 
 namespace imaged {
@@ -27,14 +29,15 @@ class Recovery {
 
   Result<RecoveryReport> Run() {
     RemoveTempFiles();
-    ReadLp();
-    IMAGED_TRY(RemoveIncompleteImages());
+    IMAGED_TRY(ReadLp());
+    if (report_.refused) return std::move(report_);
+    IMAGED_TRY(ResolveIntents());
     auto kernel = IMAGED_TRY(impl_.ScanKernel());
     IMAGED_TRY(ReconcileStatusFiles(kernel));
     AdoptBootMappings(kernel);
     kernel = IMAGED_TRY(impl_.ScanKernel());
     IMAGED_TRY(DetachStrayLoops(kernel));
-    IMAGED_TRY(RemoveOrphanFiles());
+    IMAGED_TRY(ReportUnexplainedFiles());
     RemoveUnusedLocks();
     return std::move(report_);
   }
@@ -61,41 +64,79 @@ class Recovery {
     }
   }
 
-  // 2. lp_metadata. Without it (unreadable) nothing is judged an orphan.
-  void ReadLp() {
-    auto md = impl_.ReadLp();
-    if (md) {
-      md_ = std::move(*md);
-      lp_readable_ = true;
-    } else {
-      Problem(md.error().Wrap("recover: orphan files are kept"));
+  // 2. lp_metadata. Unreadable, or missing while the data dir holds images (the metadata fs
+  // not mounted, a wrong --metadata-dir): nothing may be changed, since nothing can be judged.
+  Result<void> ReadLp() {
+    auto md = imageset::ReadLpMetadata(impl_.metadata);
+    if (!md) {
+      report_.refused = fmt::format(
+          "{}; nothing is changed until it is repaired (imagectl rebuild-metadata rebuilds it "
+          "from the images' files)",
+          md.error().ToString());
+      return Ok();
     }
+    md_ = std::move(*md);
+    if (md_) return Ok();
+    std::set<std::string> images;
+    for (const auto& file : IMAGED_TRY_CTX(impl_.data.List(), "recover")) {
+      if (auto f = imageset::ClassifyDataFile(file)) images.insert(f->image);
+    }
+    if (images.empty()) return Ok();  // a new, empty set
+    std::string names;
+    for (const auto& name : images) names += (names.empty() ? "" : ", ") + name;
+    report_.refused = fmt::format(
+        "no lp_metadata in \"{}\", but \"{}\" holds images ({}): is the right metadata dir "
+        "mounted? Nothing is changed; imagectl rebuild-metadata rebuilds lp_metadata from the "
+        "images' files",
+        impl_.metadata.path(), impl_.data.path(), names);
+    return Ok();
   }
 
-  // 3. Images whose create-and-fill (import, create with zero-fill) was interrupted: they were
-  // never handed out complete, so they go, devices first.
-  Result<void> RemoveIncompleteImages() {
-    if (!lp_readable_) return Ok();
+  // 3. Operations a crash interrupted, each by its intent: rolled back, or finished.
+  Result<void> ResolveIntents() {
     const auto files = IMAGED_TRY_CTX(impl_.metadata.List(), "recover");
-    bool removed_any = false;
-    for (const auto& name : ImagesWith(imageset::MetadataFile::Kind::kIncompleteMarker, files)) {
-      auto undo = [&]() -> Result<void> {
-        IMAGED_TRY(impl_.TearDown(name));
-        IMAGED_TRY(metadata::RemoveStatusFile(impl_.metadata, imageset::StatusFileName(name)));
-        if (InLp(name) || impl_.data.Exists(imageset::ListFileName(name))) {
-          auto deleted = impl_.DeleteLocked(name);
-          if (!deleted && deleted.error().code != ENOENT) return deleted;
-        }
-        return impl_.ClearIncomplete(name);
-      };
-      if (auto r = undo(); !r) {
-        Problem(r.error().Wrap(fmt::format("recover: remove incomplete image \"{}\"", name)));
+    bool changed = false;
+    for (const auto& name : ImagesWith(imageset::MetadataFile::Kind::kIntent, files)) {
+      auto intent = impl_.ReadIntent(name);
+      auto resolved = intent ? Resolve(name, **intent) : Result<void>(intent.error());
+      if (resolved) resolved = impl_.ClearIntent(name);
+      if (!resolved) {
+        Problem(resolved.error().Wrap(fmt::format("recover: intent of \"{}\" kept", name)));
         continue;
       }
-      AddUnique(report_.torn_down, name);
-      removed_any = true;
+      changed = true;
     }
-    if (removed_any) md_ = IMAGED_TRY_CTX(impl_.ReadLp(), "recover");
+    if (changed) md_ = IMAGED_TRY_CTX(imageset::ReadLpMetadata(impl_.metadata), "recover");
+    return Ok();
+  }
+
+  Result<void> Resolve(const std::string& name, const manager::Intent& intent) {
+    using Op = manager::Intent::Op;
+    const std::string list = imageset::ListFileName(name);
+    switch (intent.op) {
+      case Op::kCreate:
+        if (InLp(name)) return Ok();  // it got as far as lp_metadata: complete
+        [[fallthrough]];
+      case Op::kFill:
+      case Op::kDelete: {
+        // Never handed out complete, or on its way out: devices first, then everything.
+        IMAGED_TRY(impl_.TearDown(name));
+        auto deleted = impl_.DeleteLocked(name);
+        if (!deleted && deleted.error().code != ENOENT) return deleted;
+        IMAGED_TRY(fiemap::SplitFiemap::Remove(impl_.data, list));
+        IMAGED_TRY(metadata::RemoveStatusFile(impl_.metadata, imageset::StatusFileName(name)));
+        AddUnique(report_.torn_down, name);
+        return Ok();
+      }
+      case Op::kGrow: {
+        const auto* p = md_ ? metadata::FindPartition(*md_, name) : nullptr;
+        // lp_metadata has the new size: complete. Else the old size is what is recorded, and
+        // the pieces go back to what they were.
+        if (!p || metadata::PartitionSizeBytes(*md_, *p) != intent.old_size) return Ok();
+        return fiemap::SplitFiemap::RollBack(impl_.data, list, intent.old_pieces,
+                                             intent.old_last_piece);
+      }
+    }
     return Ok();
   }
 
@@ -151,15 +192,13 @@ class Recovery {
     }
   }
 
-  // 6. Loops holding a piece of ours that no adopted status file lists (a crash between
+  // 6. Loops holding a piece of an image of ours that no adopted status file lists (a crash between
   // attaching a loop and recording it, or a torn-down mapping's stragglers).
   Result<void> DetachStrayLoops(const manager::KernelView& kernel) {
+    // Only images lp_metadata lists: the files of others are not known to be ours (step 7).
     std::set<std::string> names;
     if (md_) {
       for (const auto& p : md_->partitions) names.insert(p.name);
-    }
-    for (const auto& file : IMAGED_TRY_CTX(impl_.data.List(), "recover")) {
-      if (auto f = imageset::ClassifyDataFile(file)) names.insert(f->image);
     }
     for (const auto& name : names) {
       auto ids = impl_.PieceIds(name);
@@ -181,59 +220,43 @@ class Recovery {
     return Ok();
   }
 
-  // 7. Orphan files: whole sets with no lp_metadata entry (interrupted create or delete), and
-  // pieces an image's list file does not name (interrupted resize).
-  Result<void> RemoveOrphanFiles() {
-    if (!lp_readable_) return Ok();
-    std::map<std::string, std::vector<imageset::DataFile>> files_by_image;
+  // 7. Files no intent explains: an image's files with no lp_metadata entry, pieces its list
+  // file does not name. Nothing proves they are an abandoned step of ours, so they stay and
+  // are reported.
+  Result<void> ReportUnexplainedFiles() {
+    std::map<std::string, std::vector<std::string>> files_by_image;
     for (const auto& file : IMAGED_TRY_CTX(impl_.data.List(), "recover")) {
-      if (auto f = imageset::ClassifyDataFile(file)) files_by_image[f->image].push_back(*f);
+      if (auto f = imageset::ClassifyDataFile(file)) files_by_image[f->image].push_back(file);
     }
     for (const auto& [name, files] : files_by_image) {
-      // The set lock is exclusive, so no one else holds this; try-lock anyway in case a process
-      // that predates the set lock is still around.
-      auto lock = FileLock::TryAcquire(impl_.locks, imageset::ImageLockName(name), true);
-      if (!lock || !lock->held()) continue;
-      if (InLp(name)) {
-        RemoveUnlistedPieces(name, files);
-      } else {
-        RemoveOrphanImage(name, files);
+      std::vector<std::string> unexplained;
+      if (!InLp(name)) {
+        unexplained = files;
+      } else if (auto listed =
+                     fiemap::SplitFiemap::ListPieces(impl_.data, imageset::ListFileName(name))) {
+        for (const auto& f : files) {
+          if (f != imageset::ListFileName(name) &&
+              std::find(listed->begin(), listed->end(), f) == listed->end()) {
+            unexplained.push_back(f);
+          }
+        }
+      }
+      for (const auto& f : unexplained) report_.kept.push_back(f);
+      if (!unexplained.empty()) {
+        Problem(MakeError(0,
+                          "kept {} file(s) of \"{}\" that {}: {} (imagectl rebuild-metadata "
+                          "adopts whole images; delete removes them)",
+                          unexplained.size(), name,
+                          InLp(name) ? "its list file does not name"
+                                     : "lp_metadata does not list and no operation explains",
+                          fmt::join(unexplained, ", ")));
       }
     }
-    (void)impl_.data.Sync();
     return Ok();
-  }
-
-  void RemoveOrphanImage(const std::string& name, const std::vector<imageset::DataFile>& files) {
-    const std::string list = imageset::ListFileName(name);
-    if (auto r = fiemap::SplitFiemap::Remove(impl_.data, list); !r) {
-      Problem(r.error().Wrap(fmt::format("recover: remove orphan \"{}\"", name)));
-      return;
-    }
-    for (const auto& f : files) {
-      report_.removed_orphans.push_back(
-          f.kind == imageset::DataFile::Kind::kList ? list : fiemap::PieceName(list, f.piece));
-    }
-  }
-
-  void RemoveUnlistedPieces(const std::string& name, const std::vector<imageset::DataFile>& files) {
-    const std::string list = imageset::ListFileName(name);
-    auto listed = fiemap::SplitFiemap::ListPieces(impl_.data, list);
-    if (!listed) return;  // an image with a broken list file: Validate reports it
-    for (const auto& f : files) {
-      if (f.kind != imageset::DataFile::Kind::kPiece || f.piece < listed->size()) continue;
-      const std::string piece = fiemap::PieceName(list, f.piece);
-      if (auto r = fiemap::FiemapWriter::Remove(impl_.data, piece); r && *r) {
-        report_.removed_orphans.push_back(piece);
-      } else if (!r) {
-        Problem(r.error().Wrap("recover"));
-      }
-    }
   }
 
   // 8. Lock files of names with no image (left by a process killed in a failed create).
   void RemoveUnusedLocks() {
-    if (!lp_readable_) return;
     auto names = impl_.locks.List();
     if (!names) return Problem(names.error());
     for (const auto& name : *names) {
@@ -247,7 +270,6 @@ class Recovery {
   ImageManager::Impl& impl_;
   RecoveryReport report_;
   std::optional<metadata::LpMetadata> md_;
-  bool lp_readable_ = false;
   std::set<std::string> with_status_;
   std::set<std::string> adopted_loops_;
 };
@@ -330,7 +352,16 @@ Result<RecoveryReport> ImageManager::Recover() {
   auto set_lock =
       IMAGED_TRY_CTX(FileLock::Acquire(impl_->locks, imageset::kSetLock, true), "recover");
   manager::ChangeNote change(&impl_->list_cache);  // declared after the lock: invalidates first
-  return Recovery(*impl_).Run();
+  // Judged afresh: lp_metadata may be back (the metadata fs mounted meanwhile).
+  impl_->SetRefusal(std::nullopt);
+  auto report = Recovery(*impl_).Run();
+  impl_->SetRefusal(report ? report->refused : std::optional<std::string>());
+  return report;
+}
+
+std::optional<std::string> ImageManager::Refusal() const {
+  std::lock_guard<std::mutex> guard(impl_->refusal_mu);
+  return impl_->refusal;
 }
 
 }  // namespace imaged

@@ -30,15 +30,31 @@ Result<void> ImageManager::Impl::GrowUnmappedLocked(std::string_view name, uint6
   // The existing pieces must still be where lp_metadata says before the record is extended.
   fiemap::SplitFiemap split = IMAGED_TRY(CheckExtentsLocked(name, image));
   IMAGED_CRASH_POINT("resize.checked");
+  // What Recover rolls back to if the pieces grew but lp_metadata does not say so yet.
+  manager::Intent intent;
+  intent.op = manager::Intent::Op::kGrow;
+  intent.old_size = image.size;
+  intent.old_pieces = split.pieces().size();
+  intent.old_last_piece = split.pieces().back().size();
+  IMAGED_TRY(WriteIntent(name, intent));
   fiemap::SplitFiemap::GrowOptions grow;
   grow.max_piece_size = options.max_piece_size;
   grow.progress = progress;
-  IMAGED_TRY(split.Grow(new_size, grow));
-  const auto extents =
-      IMAGED_TRY(imageset::ComputeLpExtents(split, imageset::DiskFactsOf(fs), new_size));
-  IMAGED_TRY(RecordExtents(name, image.partition.attributes, extents));
-  IMAGED_CRASH_POINT("resize.lp_written");
-  return Ok();
+  auto recorded = split.Grow(new_size, grow);
+  if (recorded) {
+    auto extents = imageset::ComputeLpExtents(split, imageset::DiskFactsOf(fs), new_size);
+    recorded = extents ? RecordExtents(name, image.partition.attributes, *extents)
+                       : Result<void>(extents.error());
+    if (!recorded) {
+      (void)fiemap::SplitFiemap::RollBack(data, split.list(), intent.old_pieces,
+                                          intent.old_last_piece);
+    }
+  }
+  if (recorded) IMAGED_CRASH_POINT("resize.lp_written");
+  // Grow undid itself on failure; without a crash there is nothing left for Recover.
+  auto cleared = ClearIntent(name);
+  IMAGED_TRY(std::move(recorded));
+  return cleared;
 }
 
 }  // namespace imaged

@@ -52,10 +52,33 @@ std::string DevBlockDir(dev_t dev) {
   return fmt::format("/sys/dev/block/{}:{}", major(dev), minor(dev));
 }
 
+namespace {
+
+// A queue/ attribute of the device; a partition has no queue/ of its own, its disk's applies.
+Result<uint64_t> QueueAttribute(dev_t dev, const char* name) {
+  const std::string base = DevBlockDir(dev);
+  auto value = ReadU64(base + "/queue/" + name);
+  if (!value) value = ReadU64(base + "/../queue/" + name);
+  return value;
+}
+
+}  // namespace
+
+Result<uint32_t> MinimumIoSize(dev_t dev) {
+  const uint64_t v = IMAGED_TRY(QueueAttribute(dev, "minimum_io_size"));
+  if (v > UINT32_MAX) return MakeError(EINVAL, "{}: odd minimum_io_size {}", DevBlockDir(dev), v);
+  return static_cast<uint32_t>(v);
+}
+
+Result<uint32_t> AlignmentOffset(dev_t dev) {
+  const uint64_t v = IMAGED_TRY(ReadU64(DevBlockDir(dev) + "/alignment_offset"));
+  if (v > UINT32_MAX) return MakeError(EINVAL, "{}: odd alignment_offset {}", DevBlockDir(dev), v);
+  return static_cast<uint32_t>(v);
+}
+
 Result<uint32_t> LogicalBlockSize(dev_t dev) {
   const std::string base = DevBlockDir(dev);
-  auto size = ReadU64(base + "/queue/logical_block_size");
-  if (!size) size = ReadU64(base + "/../queue/logical_block_size");  // a partition
+  auto size = QueueAttribute(dev, "logical_block_size");
   if (!size) return std::move(size).error();
   if (*size < 512 || *size > 65536 || (*size & (*size - 1)) != 0) {
     return MakeError(EINVAL, "{}: odd logical block size {}", base, *size);

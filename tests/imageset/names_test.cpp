@@ -52,9 +52,10 @@ TEST(ImageNameTest, MetadataFilesAreClassified) {
   ASSERT_TRUE(status);
   EXPECT_EQ(status->kind, MetadataFile::Kind::kStatus);
   EXPECT_EQ(status->image, "x");
-  auto marker = ClassifyMetadataFile("x.incomplete");
+  auto marker = ClassifyMetadataFile("x.intent");
   ASSERT_TRUE(marker);
-  EXPECT_EQ(marker->kind, MetadataFile::Kind::kIncompleteMarker);
+  EXPECT_EQ(marker->kind, MetadataFile::Kind::kIntent);
+  EXPECT_FALSE(ClassifyMetadataFile(std::string(kLpMetadataPrevFile)));
   EXPECT_FALSE(ClassifyMetadataFile(std::string(kLpMetadataFile)));
   EXPECT_FALSE(ClassifyMetadataFile(std::string(kLockDir)));
 }
@@ -63,10 +64,12 @@ TEST(ImageNameTest, MetadataFilesAreClassified) {
 TEST(ImageNameTest, NoImageFileIsTheSetsOwnOrAnotherImagesFile) {
   const std::vector<std::string> images = {
       "imaged",   "lp_metadata",      "set",        "daemon", "a",
-      "a.img",    "a.img.0000",       "a.status",   "a.lock", "a.incomplete",
+      "a.img",    "a.img.0000",       "a.status",   "a.lock", "a.intent", "lp_metadata.prev",
       "x.status", "lp_metadata.lock", "imaged-tmp", "locks"};
   std::set<std::string> data_seen, meta_seen, lock_seen;
-  const std::set<std::string> set_own_meta = {std::string(kLpMetadataFile), std::string(kLockDir)};
+  const std::set<std::string> set_own_meta = {std::string(kLpMetadataFile),
+                                              std::string(kLpMetadataPrevFile),
+                                              std::string(kLockDir)};
   const std::set<std::string> set_own_locks = {std::string(kDaemonLock), std::string(kSetLock),
                                                std::string(kLpMetadataLock)};
   for (const auto& image : images) {
@@ -78,7 +81,7 @@ TEST(ImageNameTest, NoImageFileIsTheSetsOwnOrAnotherImagesFile) {
       ASSERT_TRUE(c) << f;
       EXPECT_EQ(c->image, image) << f;
     }
-    for (const std::string& f : {StatusFileName(image), IncompleteMarkerName(image)}) {
+    for (const std::string& f : {StatusFileName(image), IntentFileName(image)}) {
       EXPECT_TRUE(meta_seen.insert(f).second) << f << " of " << image;
       EXPECT_FALSE(set_own_meta.count(f)) << f;
       EXPECT_FALSE(IsTempFileName(f)) << f;

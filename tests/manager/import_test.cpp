@@ -167,7 +167,7 @@ TEST_F(ImportTest, NewImageHoldsTheSourceOnTheRawDiskNotStaleBlocks) {
   }
   const auto bytes = SourceBytes(16 * kMiB + 1000);
   ASSERT_OK(mgr().Import("img", WriteSource(bytes), {}));
-  EXPECT_FALSE(std::filesystem::exists(set_->meta("img.incomplete")));
+  EXPECT_FALSE(std::filesystem::exists(set_->meta("img.intent")));
   auto split = test::OpenSplitAt(set_->data("img.img"));  // refuses unwritten extents
   ASSERT_TRUE(split) << split.error().ToString();
   std::vector<uint8_t> expected = bytes;

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -574,34 +575,194 @@ TEST_F(ManagerTest, RecoverTearsDownAMappingWhoseImageWasDeletedFromLpMetadata) 
   ASSERT_OK(report);
   EXPECT_EQ(report->torn_down, std::vector<std::string>{"img"});
   EXPECT_FALSE(dm::LoopDevice::BackingFile(*path).has_value());
-  EXPECT_TRUE(DataFiles().empty());  // and its files were orphans
+  // Its files are not known to be an abandoned step of ours: kept, and said so.
+  EXPECT_EQ(DataFiles(), (std::vector<std::string>{"img.img", "img.img.0000"}));
+  EXPECT_EQ(report->kept, (std::vector<std::string>{"img.img", "img.img.0000"}));
+  EXPECT_FALSE(report->problems.empty());
 }
 
-TEST_F(ManagerTest, RecoverRemovesPiecesWithoutAnLpMetadataEntry) {
+// Files an interrupted create or resize left are removed only when that operation's intent
+// proves they are its own; files nothing explains are kept and reported.
+TEST_F(ManagerTest, RecoverRemovesOnlyWhatAnIntentProvesIsAnAbandonedStep) {
   ASSERT_OK(mgr().Create("keep", kMiB, {}));
-  // SIGKILL after SplitFiemap::Create, before lp_metadata: a whole set with no entry.
+  // SIGKILL after SplitFiemap::Create, before lp_metadata, with the create intent written.
   fiemap::SplitFiemap::CreateOptions so;
   so.max_piece_size = 256 * 1024;
   ASSERT_OK(test::CreateSplitAt(set_->data("half.img"), kMiB, so));
-  // SIGKILL in the middle of SplitFiemap::Create: pieces, no list file.
+  { std::ofstream(set_->meta("half.intent")) << "create\n"; }
+  // SIGKILL in the middle of SplitFiemap::Create: pieces, no list file, the intent.
   { std::ofstream(set_->data("partial.img.0000")) << "x"; }
   { std::ofstream(set_->data("partial.img.0001")) << "y"; }
-  // Not ours: never touched.
+  { std::ofstream(set_->meta("partial.intent")) << "create\n"; }
+  // The same shapes without an intent: nothing proves they are ours to delete.
+  ASSERT_OK(test::CreateSplitAt(set_->data("stray.img"), kMiB, so));
+  { std::ofstream(set_->data("lone.img.0000")) << "l"; }
+  // Not ours at all: never touched.
   { std::ofstream(set_->data("notes.txt")) << "z"; }
   auto report = mgr().Recover();
   ASSERT_OK(report);
-  EXPECT_EQ(report->removed_orphans.size(), 7u);  // half: list + 4 pieces; partial: 2 pieces
-  EXPECT_EQ(DataFiles(), (std::vector<std::string>{"keep.img", "keep.img.0000", "notes.txt"}));
+  EXPECT_EQ(DataFiles(),
+            (std::vector<std::string>{"keep.img", "keep.img.0000", "lone.img.0000", "notes.txt",
+                                      "stray.img", "stray.img.0000", "stray.img.0001",
+                                      "stray.img.0002", "stray.img.0003"}));
+  EXPECT_EQ(report->kept.size(), 6u);
+  EXPECT_FALSE(std::filesystem::exists(set_->meta("half.intent")));
+  EXPECT_FALSE(std::filesystem::exists(set_->meta("partial.intent")));
   EXPECT_TRUE(*mgr().Exists("keep"));
 }
 
-TEST_F(ManagerTest, RecoverRemovesPiecesAnInterruptedResizeAdded) {
+TEST_F(ManagerTest, RecoverKeepsPiecesTheListFileDoesNotNameWithoutAnIntent) {
   ASSERT_OK(mgr().Create("img", kMiB, {}));
   { std::ofstream(Piece("img", 1)) << "grown but never listed"; }
   auto report = mgr().Recover();
   ASSERT_OK(report);
-  EXPECT_EQ(report->removed_orphans, std::vector<std::string>{"img.img.0001"});
+  EXPECT_EQ(report->kept, std::vector<std::string>{"img.img.0001"});
+  EXPECT_EQ(DataFiles(), (std::vector<std::string>{"img.img", "img.img.0000", "img.img.0001"}));
+}
+
+// A grow interrupted after the piece grew and a new piece was listed, before lp_metadata had
+// the new size: Recover rolls the files back to what lp_metadata records.
+TEST_F(ManagerTest, RecoverRollsAnInterruptedGrowBack) {
+  ManagerOptions o = set_->options();
+  o.max_piece_size = kMiB;
+  auto split_mgr = ImageManager::Open(o);
+  ASSERT_OK(split_mgr);
+  ASSERT_OK((*split_mgr)->Create("img", 512 * 1024, {}));
+  const auto data = Pattern(512 * 1024, 4);
+  ASSERT_TRUE(DirectWrite(Piece("img"), data, 0));
+  { std::ofstream(set_->meta("img.intent")) << "grow 524288 1 524288\n"; }
+  {
+    auto split = test::OpenSplitAt(set_->data("img.img"));
+    ASSERT_OK(split);
+    fiemap::SplitFiemap::GrowOptions g;
+    g.max_piece_size = kMiB;
+    ASSERT_OK(split->Grow(2 * kMiB, g));  // as far as the files go; lp_metadata not yet
+  }
+  ASSERT_EQ(std::filesystem::file_size(Piece("img")), kMiB);
+  auto report = (*split_mgr)->Recover();
+  ASSERT_OK(report);
   EXPECT_EQ(DataFiles(), (std::vector<std::string>{"img.img", "img.img.0000"}));
+  EXPECT_EQ(std::filesystem::file_size(Piece("img")), 512u * 1024);
+  auto validation = (*split_mgr)->Validate();
+  ASSERT_OK(validation);
+  EXPECT_TRUE((*validation)[0].ok) << (*validation)[0].problem;
+  auto split = test::OpenSplitAt(set_->data("img.img"));
+  ASSERT_OK(split);
+  std::vector<uint8_t> back(data.size());
+  ASSERT_OK(split->PRead(back.data(), back.size(), 0));
+  EXPECT_EQ(back, data);
+}
+
+// One piece grows in place while it is under the piece limit, so the image still maps with a
+// single loop device (no device-mapper needed), and its data stays where it was.
+TEST_F(ManagerTest, ResizeOfAOnePieceImageGrowsThePieceInPlace) {
+  ASSERT_OK(mgr().Create("img", kMiB, {}));
+  const auto data = Pattern(kMiB, 9);
+  ASSERT_TRUE(DirectWrite(Piece("img"), data, 0));
+  auto before = test::OpenAt(Piece("img"));
+  ASSERT_OK(before);
+  ASSERT_OK(mgr().Resize("img", 4 * kMiB));
+  auto info = mgr().Info("img");
+  ASSERT_OK(info);
+  EXPECT_EQ(info->pieces, 1u);
+  EXPECT_EQ(info->size_bytes, 4 * kMiB);
+  auto after = test::OpenAt(Piece("img"));
+  ASSERT_OK(after);
+  EXPECT_EQ(after->size(), 4 * kMiB);
+  EXPECT_EQ(after->extents().front().physical, before->extents().front().physical);
+  auto device = mgr().Map("img");
+  ASSERT_OK(device);
+  EXPECT_TRUE(device->starts_with("/dev/loop")) << *device;
+  std::vector<uint8_t> back(kMiB);
+  {
+    UniqueFd fd(open(device->c_str(), O_RDONLY | O_CLOEXEC));
+    ASSERT_TRUE(fd.valid());
+    ASSERT_EQ(pread(fd.get(), back.data(), back.size(), 0), static_cast<ssize_t>(back.size()));
+  }
+  EXPECT_EQ(back, data);
+  ASSERT_OK(mgr().Unmap("img"));
+}
+
+// The metadata dir lost lp_metadata (not mounted, wrong --metadata-dir): recovery deletes
+// nothing, every operation is refused with the reason, and rebuild-metadata brings the images
+// back, with the recorded size and attributes where the previous generation has them.
+TEST_F(ManagerTest, MissingLpMetadataWithImagesIsRefusedAndRebuilt) {
+  ASSERT_OK(mgr().Create("a", 3 * kMiB, {}));
+  CreateOptions ro;
+  ro.readonly = true;
+  ASSERT_OK(mgr().Create("b", kMiB + 4096, ro));
+  const auto data = Pattern(kMiB, 3);
+  ASSERT_TRUE(DirectWrite(Piece("a"), data, 0));
+  ASSERT_EQ(rename(set_->meta("lp_metadata").c_str(), set_->meta("lp_metadata.away").c_str()), 0);
+  set_->Reopen();
+  auto report = mgr().Recover();
+  ASSERT_OK(report);
+  ASSERT_TRUE(report->refused.has_value());
+  EXPECT_NE(report->refused->find("no lp_metadata"), std::string::npos) << *report->refused;
+  EXPECT_TRUE(mgr().Refusal().has_value());
+  EXPECT_ERRNO(mgr().Create("c", kMiB, {}), EUCLEAN);
+  EXPECT_ERRNO(mgr().List(), EUCLEAN);
+  EXPECT_ERRNO(mgr().Delete("a"), EUCLEAN);
+  // Nothing was removed, and a restart still finds nothing to delete.
+  set_->Reopen();
+  ASSERT_OK(mgr().Recover());
+  EXPECT_EQ(DataFiles(), (std::vector<std::string>{"a.img", "a.img.0000", "b.img", "b.img.0000"}));
+
+  auto rebuilt = mgr().RebuildMetadata();
+  ASSERT_OK(rebuilt);
+  ASSERT_EQ(rebuilt->images.size(), 2u);
+  EXPECT_EQ(rebuilt->images[0].name, "a");
+  EXPECT_EQ(rebuilt->images[0].size_bytes, 3 * kMiB);
+  EXPECT_EQ(rebuilt->images[0].source, "lp_metadata.prev");
+  // "b" came after the previous generation: its size is what its pieces hold (here the same),
+  // its attributes are not known (read-only is lost) and the report says so.
+  EXPECT_EQ(rebuilt->images[1].size_bytes, kMiB + 4096);
+  EXPECT_EQ(rebuilt->images[1].source, "pieces");
+  EXPECT_FALSE(mgr().Refusal().has_value());
+  auto validation = mgr().Validate();
+  ASSERT_OK(validation);
+  for (const auto& v : *validation) EXPECT_TRUE(v.ok) << v.name << ": " << v.problem;
+  ASSERT_OK(mgr().Create("c", kMiB, {}));
+}
+
+TEST_F(ManagerTest, CorruptLpMetadataIsRefusedKeptAndRebuiltFromThePieces) {
+  ASSERT_OK(mgr().Create("a", 2 * kMiB, {}));
+  { std::ofstream(set_->meta("lp_metadata"), std::ios::trunc) << "not liblp"; }
+  std::filesystem::remove(set_->meta("lp_metadata.prev"));
+  set_->Reopen();
+  auto report = mgr().Recover();
+  ASSERT_OK(report);
+  ASSERT_TRUE(report->refused.has_value());
+  auto list = mgr().List();
+  ASSERT_FALSE(list);
+  EXPECT_EQ(list.error().kind, ErrorKind::kCorruptMetadata);
+  auto rebuilt = mgr().RebuildMetadata();
+  ASSERT_OK(rebuilt);
+  ASSERT_TRUE(rebuilt->saved_as.has_value());
+  EXPECT_TRUE(std::filesystem::exists(*rebuilt->saved_as));
+  ASSERT_EQ(rebuilt->images.size(), 1u);
+  EXPECT_EQ(rebuilt->images[0].source, "pieces");
+  EXPECT_EQ(rebuilt->images[0].size_bytes, 2 * kMiB);
+  EXPECT_TRUE(*mgr().Exists("a"));
+}
+
+// libfiemap records the disk's BLKIOMIN and BLKALIGNOFF in the block device entry; imaged wrote
+// 0, so a liblp builder opened on the set would align differently.
+TEST_F(ManagerTest, LpMetadataRecordsTheDisksAlignmentAsLibfiemapDoes) {
+  ASSERT_OK(mgr().Create("img", kMiB, {}));
+  auto md = metadata::ReadImageFile(imaged::test::OpenDir(set_->meta("")), "lp_metadata");
+  ASSERT_OK(md);
+  const auto fs = fiemap::InspectFilesystem(set_->options().data_dir);
+  ASSERT_OK(fs);
+  ASSERT_NE(fs->disk_min_io_size, 0u);
+  EXPECT_EQ(md->block_devices[0].alignment, fs->disk_min_io_size);
+  EXPECT_EQ(md->block_devices[0].alignment_offset, fs->disk_alignment_offset);
+  std::ifstream sysfs(fmt::format("/sys/dev/block/{}:{}/queue/minimum_io_size",
+                                  major(fs->disk_dev), minor(fs->disk_dev)));
+  uint32_t min_io = 0;
+  if (sysfs >> min_io) {
+    EXPECT_EQ(md->block_devices[0].alignment, min_io);
+  }
 }
 
 TEST_F(ManagerTest, RecoverLeavesAConsistentSetAlone) {
@@ -611,8 +772,9 @@ TEST_F(ManagerTest, RecoverLeavesAConsistentSetAlone) {
   ASSERT_OK(report);
   EXPECT_TRUE(report->adopted.empty());
   EXPECT_TRUE(report->torn_down.empty());
-  EXPECT_TRUE(report->removed_orphans.empty());
+  EXPECT_TRUE(report->kept.empty());
   EXPECT_TRUE(report->problems.empty());
+  EXPECT_FALSE(report->refused.has_value());
   EXPECT_EQ(DataFiles().size(), 4u);
 }
 

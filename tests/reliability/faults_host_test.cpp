@@ -41,7 +41,7 @@ class NoSpaceTest : public ::testing::Test {
       EXPECT_EQ(f.find(".tmp."), std::string::npos) << "left behind: " << f;
     }
     for (const auto& f : ListDirNames((dir_.path() / "metadata").string())) {
-      EXPECT_FALSE(f.ends_with(".incomplete") || f.ends_with(".status")) << "left behind: " << f;
+      EXPECT_FALSE(f.ends_with(".intent") || f.ends_with(".status")) << "left behind: " << f;
     }
     auto v = manager_->Validate();
     ASSERT_TRUE(v);

@@ -163,7 +163,7 @@ class VmFaultTest : public ::testing::Test {
   void ExpectNoDevicesOrStatus() {
     EXPECT_TRUE(LoopsUnder(manager_->options().data_dir).empty());
     for (const auto& f : ListDirNames(manager_->options().metadata_dir)) {
-      EXPECT_FALSE(f.ends_with(".status") || f.ends_with(".incomplete") ||
+      EXPECT_FALSE(f.ends_with(".status") || f.ends_with(".intent") ||
                    f.rfind(".imaged-tmp.", 0) == 0)
           << "left behind: " << f;
     }

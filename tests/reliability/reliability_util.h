@@ -143,8 +143,9 @@ class DaemonSet {
   }
   ~DaemonSet() { Stop(); }
 
-  // Starts the daemon with extra environment entries ("NAME=value"); true when it is ready.
-  bool Start(const std::vector<std::string>& env = {}) {
+  // Starts the daemon with extra environment entries ("NAME=value"), run under `prefix` (e.g.
+  // prlimit) when given; true when it is ready.
+  bool Start(const std::vector<std::string>& env = {}, const std::vector<std::string>& prefix = {}) {
     daemon_.reset();
     std::vector<std::string> argv = {IMAGED_BIN, "--socket",       socket_,  "--data-dir",
                                      data_,      "--metadata-dir", metadata_};
@@ -156,6 +157,7 @@ class DaemonSet {
       with_env.insert(with_env.end(), argv.begin(), argv.end());
       argv = std::move(with_env);
     }
+    argv.insert(argv.begin(), prefix.begin(), prefix.end());
     daemon_ = std::make_unique<DaemonProcess>(argv, work_);
     return daemon_->ready();
   }
@@ -257,7 +259,7 @@ inline std::map<std::string, ImageState> ExpectConsistent(const DaemonSet& set,
   }
   // Metadata dir: lp_metadata, the lock dir, status files of mapped images only.
   for (const auto& f : ListDirNames(set.metadata_dir())) {
-    if (f == "lp_metadata" || f == ".locks") continue;
+    if (f == "lp_metadata" || f == "lp_metadata.prev" || f == ".locks") continue;
     if (f.ends_with(".status")) {
       const std::string name = f.substr(0, f.size() - 7);
       EXPECT_TRUE(images.count(name) && !images[name].mapped_device.empty())

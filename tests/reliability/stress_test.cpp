@@ -132,7 +132,7 @@ TEST(StressTest, SixteenClientsOnOwnAndSharedNames) {
   set.Stop();
   for (const auto& f : ListDirNames(set.data_dir())) ADD_FAILURE() << "left behind: " << f;
   for (const auto& f : ListDirNames(set.metadata_dir())) {
-    EXPECT_FALSE(f.ends_with(".status") || f.ends_with(".incomplete") ||
+    EXPECT_FALSE(f.ends_with(".status") || f.ends_with(".intent") ||
                  f.rfind(".imaged-tmp.", 0) == 0)
         << "left behind: " << f;
   }

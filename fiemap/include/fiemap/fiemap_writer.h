@@ -51,6 +51,16 @@ class FiemapWriter {
   // Returns whether anything had to be written. The extents may change: re-Open to record them.
   static Result<bool> EnsureWritten(const Directory& dir, std::string_view name);
 
+  // Grows the file in place to `new_size` (rounded up to the fs block) with allocated, written
+  // zeros, as Create makes them; the blocks it already has never move (checked: the extents of
+  // the old part must be unchanged, else EUCLEAN of kind kExtentsChanged). Progress is over the
+  // bytes added, without a final call. On failure the file may be longer than before; the
+  // caller that records sizes truncates it back (Truncate).
+  Result<void> Extend(uint64_t new_size, const Progress& progress = {});
+  // Cuts existing file `name` back to `size` bytes (no-op when it is not longer), freeing the
+  // tail: only for a tail that nothing records (a rolled-back Extend).
+  static Result<void> Truncate(const Directory& dir, std::string_view name, uint64_t size);
+
   // Removes regular file `name` (truncated first, so f2fs frees pinned blocks right away).
   // False when there was none; a symlink or other non-regular file is an error naming it.
   static Result<bool> Remove(const Directory& dir, std::string_view name);

@@ -34,6 +34,8 @@ struct FilesystemInfo {
                                    // (dm-linear and dm-crypt offsets accumulate)
   uint64_t disk_size = 0;          // bytes
   uint32_t disk_logical_block_size = 0;
+  uint32_t disk_min_io_size = 0;         // BLKIOMIN of `disk` (0: unknown)
+  uint32_t disk_alignment_offset = 0;    // BLKALIGNOFF of `disk`
   bool through_device_mapper = false;  // fs_device != disk: dm-linear straight over `disk`
   bool disk_holds_ciphertext = false;  // a dm-crypt layer was popped: `disk` holds ciphertext
 };

@@ -48,12 +48,19 @@ class SplitFiemap {
     uint64_t max_piece_size = 0;  // as for Create
     Progress progress;  // over the bytes added; ends with one (added, added), (0, 0) for none
   };
-  // Grows the image to hold at least `size` bytes, appending pieces after the existing ones
-  // (whose blocks never change, so every extent recorded for them stays valid); the slack at
-  // the end of the last piece is used first. The new pieces are created and synced, then the
-  // list file naming them replaces the old one atomically. On failure or cancel the new pieces
-  // are removed and the old list file is back. EFBIG beyond kMaxPieces pieces.
+  // Grows the image to hold at least `size` bytes without moving a block it has (so every
+  // extent recorded for it stays valid): the last piece grows in place up to the piece size,
+  // then pieces are appended. New pieces are created and synced, then the list file naming them
+  // replaces the old one atomically. On failure or cancel the image is back as it was (pieces
+  // removed, list file and last piece restored). EFBIG beyond kMaxPieces pieces. A crash
+  // mid-way is undone by RollBack with the old piece count and last piece size. After a failed
+  // Grow this object no longer describes the files: Open the image again to use it.
   Result<void> Grow(uint64_t size, const GrowOptions& options);
+  // Brings image `list` back to its first `pieces` pieces with the last one `last_piece_size`
+  // bytes long: the list file names those, the last piece's extra tail is cut, later pieces are
+  // removed. For undoing a Grow that was interrupted.
+  static Result<void> RollBack(const Directory& dir, std::string_view list, size_t pieces,
+                               uint64_t last_piece_size);
 
   SplitFiemap(SplitFiemap&&) = default;
   SplitFiemap& operator=(SplitFiemap&&) = default;
@@ -92,6 +99,8 @@ class SplitFiemap {
   // so far stay in pieces_ for the caller to remove. `growing` arms Grow's crash points.
   Result<void> AddPieces(uint64_t bytes, uint64_t piece_size, bool defer_zeroing,
                          const Progress& progress, bool growing);
+  // Grows the last piece by `bytes` (progress over `total`).
+  Result<void> GrowLastPiece(uint64_t bytes, uint64_t total, const Progress& progress);
   // Removes pieces [first, end) from disk and from this object.
   void RemovePiecesFrom(size_t first);
   // The list file naming the first `count` pieces.

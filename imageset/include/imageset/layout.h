@@ -27,8 +27,12 @@ struct DiskFacts {
   uint64_t disk_offset_bytes = 0;  // FIEMAP physical + this = offset on `disk`
   uint64_t disk_size = 0;
   uint32_t logical_block_size = 512;
+  uint32_t alignment = 0;         // BLKIOMIN, as libfiemap records it in the block device entry
+  uint32_t alignment_offset = 0;  // BLKALIGNOFF
 };
 DiskFacts DiskFactsOf(const fiemap::FilesystemInfo& fs);
+// The block device entry lp_metadata records for the disk, as libfiemap writes it.
+metadata::BlockDevice BlockDeviceOf(const DiskFacts& disk);
 
 // LINEAR extents (512-byte sectors on the disk) covering exactly `size_bytes` of `split`, merged
 // like liblp merges them. EUCLEAN (kind kExtentsChanged) when an extent is misaligned to the
@@ -61,9 +65,12 @@ dm::Table JoinTable(const std::vector<uint64_t>& piece_sizes, const std::vector<
 Result<bool> MappingMatches(dm::DeviceMapper& dm, const std::string& dm_name,
                             const dm::Table& table);
 
-// lp_metadata of the set in `metadata_dir`: nullopt when there is none. A file that does not
-// parse keeps the parser's errno and is of kind kCorruptMetadata.
+// lp_metadata of the set in `metadata_dir` (or its previous generation): nullopt when there is
+// none. A file that does not parse keeps the parser's errno and is of kind kCorruptMetadata.
 Result<std::optional<metadata::LpMetadata>> ReadLpMetadata(const Directory& metadata_dir);
+Result<std::optional<metadata::LpMetadata>> ReadPreviousLpMetadata(const Directory& metadata_dir);
+// Replaces lp_metadata atomically, keeping the readable generation it replaces as
+// lp_metadata.prev.
 Result<void> WriteLpMetadata(const Directory& metadata_dir, const metadata::LpMetadata& md);
 
 }  // namespace imaged::imageset

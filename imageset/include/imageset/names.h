@@ -1,8 +1,9 @@
 // Every name of an image set, in one place: what an image's files, devices and locks are
 // called, and which names are the set's own. The data dir holds `<image>.img` (the list file)
-// and its pieces `<image>.img.NNNN`; the metadata dir holds `lp_metadata`, `<image>.status`
-// (the devices of a mapped image), `<image>.incomplete` (an import or zero-filled create not yet
-// done) and the lock directory `.locks/`. Image names never start with '.', so no image's file
+// and its pieces `<image>.img.NNNN`; the metadata dir holds `lp_metadata` and its previous
+// generation `lp_metadata.prev`, `<image>.status` (the devices of a mapped image),
+// `<image>.intent` (an operation on the image under way: manager/intent.h) and the lock
+// directory `.locks/`. Image names never start with '.', so no image's file
 // can be a temp file (`.imaged-tmp.*`), the lock directory or one of the set's own locks
 // (`.locks/.daemon`, `.locks/.set`, `.locks/.lp_metadata`), whatever the image is called;
 // each kind of image file has its own suffix, so no image's file is another image's either.
@@ -36,15 +37,18 @@ std::optional<DataFile> ClassifyDataFile(std::string_view file);
 
 // ---- metadata dir ----
 inline constexpr std::string_view kLpMetadataFile = "lp_metadata";
-std::string StatusFileName(std::string_view image);        // "<image>.status"
-std::string IncompleteMarkerName(std::string_view image);  // "<image>.incomplete"
+// The lp_metadata before the last change, kept for rebuilding a lost or damaged one.
+inline constexpr std::string_view kLpMetadataPrevFile = "lp_metadata.prev";
+std::string StatusFileName(std::string_view image);  // "<image>.status"
+std::string IntentFileName(std::string_view image);  // "<image>.intent"
 
 struct MetadataFile {
-  enum class Kind { kStatus, kIncompleteMarker };
+  enum class Kind { kStatus, kIntent };
   Kind kind = Kind::kStatus;
   std::string image;
 };
-// What a metadata-dir entry is, or nullopt (lp_metadata, temp files, the lock dir, foreign).
+// What a metadata-dir entry is, or nullopt (lp_metadata and its previous generation, temp
+// files, the lock dir, foreign files).
 std::optional<MetadataFile> ClassifyMetadataFile(std::string_view file);
 
 // ---- locks (in the metadata dir's kLockDir) ----

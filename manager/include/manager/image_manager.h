@@ -21,6 +21,7 @@
 #include "imaged/common/result.h"
 #include "imaged/common/unique_fd.h"
 #include "import/reader.h"
+#include "import/source.h"
 #include "manager/map_strategy.h"
 
 namespace imaged {
@@ -63,12 +64,34 @@ struct ValidationResult {
 };
 
 struct RecoveryReport {
-  std::vector<std::string> adopted;          // images whose recorded devices exist and match
-  std::vector<std::string> torn_down;        // images whose leftover devices were removed
-  std::vector<std::string> removed_orphans;  // piece/list files with no lp_metadata entry
-  // What recovery could not fix (e.g. a leftover device still open), one sentence each. The
-  // rest of recovery still ran; these need an operator.
+  std::vector<std::string> adopted;    // images whose recorded devices exist and match
+  std::vector<std::string> torn_down;  // images whose leftover devices (or interrupted
+                                       // creations and deletions) were removed
+  // Data-dir files that nothing explains (no lp_metadata entry and no intent, or pieces the
+  // list file does not name): kept, never deleted.
+  std::vector<std::string> kept;
+  // What recovery could not fix or would not touch (a leftover device still open, files it
+  // kept), one sentence each. The rest of recovery still ran; these need an operator.
   std::vector<std::string> problems;
+  // Set when the set cannot be judged (lp_metadata unreadable, or missing while the data dir
+  // holds images): recovery changed nothing, and the manager refuses every operation with this
+  // reason until RebuildMetadata (or a Recover that finds lp_metadata again).
+  std::optional<std::string> refused;
+};
+
+struct RebuiltImage {
+  std::string name;
+  uint64_t size_bytes = 0;
+  // Where the size and attributes came from: "lp_metadata", "lp_metadata.prev", or "pieces"
+  // (no record matched the files: the size is what the pieces hold, attributes none).
+  std::string source;
+};
+
+struct RebuildReport {
+  std::vector<RebuiltImage> images;  // in the new lp_metadata
+  // Images left out, with the reason (e.g. an interrupted operation, extents that fail checks).
+  std::vector<std::string> skipped;
+  std::optional<std::string> saved_as;  // where an unreadable lp_metadata was kept
 };
 
 struct ImportOptions {
@@ -117,11 +140,29 @@ class ImageManager {
   // Grows an unmapped image; shrinking and resizing a mapped image are refused.
   Result<void> Resize(std::string_view name, uint64_t new_size, const Progress& progress = {});
   // Creates (or fills, with into_existing) an image from a raw/sparse/qcow file.
+  // The source is opened by the caller, with its own rights (the daemon opens a client's path
+  // as the client: see imaged/daemon/peer.h).
+  Result<ImageInfo> Import(std::string_view name, std::unique_ptr<import::FileSource> source,
+                           const ImportOptions& options);
+  // The same from what `reader` produces (a client's upload streamed straight in); `options`'s
+  // format is the reader's. `source_name` names the source in messages.
+  Result<ImageInfo> Import(std::string_view name, import::ImageReader& reader,
+                           std::string_view source_name, const ImportOptions& options);
+  // The same for a path this process may read (tools, tests).
   Result<ImageInfo> Import(std::string_view name, const std::string& source_path,
                            const ImportOptions& options);
 
-  // Daemon start: adopt mappings that exist and match, tear down the rest, remove orphans.
+  // Daemon start: adopt mappings that exist and match, tear down the rest, finish or undo
+  // interrupted operations by their intents.
   Result<RecoveryReport> Recover();
+  // Why the manager refuses every operation (see RecoveryReport::refused); nullopt when it
+  // serves.
+  std::optional<std::string> Refusal() const;
+  // Rebuilds lp_metadata from the images' list files and live extents (each piece checked as
+  // Map checks it), taking sizes and attributes from lp_metadata or its previous generation
+  // where their record matches the files. An unreadable lp_metadata is kept beside. Then
+  // Recover runs again.
+  Result<RebuildReport> RebuildMetadata();
 
   const ManagerOptions& options() const;
 

@@ -25,6 +25,11 @@ std::string DevBlockDir(dev_t dev);
 // The logical block size of block device `dev`; a partition has no queue/ of its own, so its
 // disk's applies. ENOENT when `dev` is no block device (tmpfs, overlayfs, network filesystems).
 Result<uint32_t> LogicalBlockSize(dev_t dev);
+// The smallest I/O the device prefers (queue/minimum_io_size, what BLKIOMIN reports) and where
+// its first aligned sector lies (alignment_offset, BLKALIGNOFF), as liblp's PartitionOpener
+// records them.
+Result<uint32_t> MinimumIoSize(dev_t dev);
+Result<uint32_t> AlignmentOffset(dev_t dev);
 
 // "dm-3", "sda5", "loop0": the kernel name of block device `dev`. ENODEV when there is none.
 Result<std::string> BlockDeviceName(dev_t dev);
