@@ -21,20 +21,25 @@ bool IsZero(const uint8_t* p, size_t n) {
   return true;
 }
 
+// Reads its input sequentially, so a file and a stream (an upload) are read alike.
 class RawReader : public ImageReader {
  public:
-  RawReader(Source& source, const ReaderOptions& options)
-      : source_(source), options_(options), buf_(options.max_data_run) {}
+  RawReader(Stream& stream, uint64_t size, const ReaderOptions& options,
+            std::unique_ptr<Stream> owned = nullptr)
+      : owned_(std::move(owned)),
+        stream_(stream),
+        size_(size),
+        options_(options),
+        buf_(options.max_data_run) {}
 
   Format format() const override { return Format::Raw; }
-  uint64_t virtual_size() const override { return source_.size(); }
+  uint64_t virtual_size() const override { return size_; }
 
   Result<std::optional<Run>> Next() override {
     if (buf_pos_ == buf_len_) {
-      if (file_pos_ >= source_.size()) return std::optional<Run>();
-      buf_len_ = static_cast<size_t>(
-          std::min<uint64_t>(buf_.size(), source_.size() - file_pos_));
-      IMAGED_TRY(source_.ReadAt(buf_.data(), buf_len_, file_pos_));
+      if (file_pos_ >= size_) return std::optional<Run>();
+      buf_len_ = static_cast<size_t>(std::min<uint64_t>(buf_.size(), size_ - file_pos_));
+      IMAGED_TRY(stream_.Read(buf_.data(), buf_len_));
       buf_off_ = file_pos_;
       file_pos_ += buf_len_;
       buf_pos_ = 0;
@@ -66,7 +71,9 @@ class RawReader : public ImageReader {
     return run;
   }
 
-  Source& source_;
+  std::unique_ptr<Stream> owned_;  // the SourceStream over a Source
+  Stream& stream_;
+  uint64_t size_;
   ReaderOptions options_;
   std::vector<uint8_t> buf_;
   uint64_t file_pos_ = 0;
@@ -78,7 +85,15 @@ class RawReader : public ImageReader {
 }  // namespace
 
 Result<std::unique_ptr<ImageReader>> OpenRawReader(Source& source, const ReaderOptions& options) {
-  return std::unique_ptr<ImageReader>(new RawReader(source, options));
+  auto stream = std::make_unique<SourceStream>(source);
+  Stream& ref = *stream;
+  return std::unique_ptr<ImageReader>(
+      new RawReader(ref, source.size(), options, std::move(stream)));
+}
+
+Result<std::unique_ptr<ImageReader>> OpenRawReader(Stream& stream, uint64_t size,
+                                                   const ReaderOptions& options) {
+  return std::unique_ptr<ImageReader>(new RawReader(stream, size, options));
 }
 
 }  // namespace imaged::import

@@ -14,7 +14,8 @@
 namespace imaged::import {
 
 Result<std::unique_ptr<FileSource>> FileSource::Open(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  // O_NONBLOCK: a FIFO would block open() until a writer came; FromFd refuses it.
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
   if (!fd) return ErrnoError("open \"{}\"", path);
   return FromFd(std::move(fd), path);
 }
@@ -54,6 +55,11 @@ Result<std::unique_ptr<FileSource>> FileSource::FromFd(UniqueFd fd, std::string 
     if (ioctl(fd.get(), BLKGETSIZE64, &size) != 0) return ErrnoError("size of \"{}\"", name);
   } else {
     return MakeError(EINVAL, "\"{}\" is neither a regular file nor a block device", name);
+  }
+  // Opened without blocking (Open, or a caller that had to), read with blocking reads.
+  const int status = fcntl(fd.get(), F_GETFL);
+  if (status < 0 || fcntl(fd.get(), F_SETFL, status & ~O_NONBLOCK) != 0) {
+    return ErrnoError("fcntl \"{}\"", name);
   }
   UniqueFd direct = ReopenDirect(fd.get(), st);
   return std::unique_ptr<FileSource>(
@@ -138,28 +144,5 @@ Result<void> SourceStream::Skip(uint64_t len) {
   return Ok();
 }
 
-Result<void> FdStream::Read(void* buf, size_t len) {
-  auto* p = static_cast<uint8_t*>(buf);
-  if (prefix_pos_ < prefix_.size()) {
-    size_t n = std::min(len, prefix_.size() - prefix_pos_);
-    std::memcpy(p, prefix_.data() + prefix_pos_, n);
-    prefix_pos_ += n;
-    p += n;
-    len -= n;
-    pos_ += n;
-  }
-  while (len > 0) {
-    ssize_t n = ::read(fd_, p, len);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError("read input stream at offset {}", pos_);
-    }
-    if (n == 0) return MakeError(EINVAL, "input stream truncated at offset {}", pos_);
-    p += n;
-    len -= static_cast<size_t>(n);
-    pos_ += static_cast<uint64_t>(n);
-  }
-  return Ok();
-}
 
 }  // namespace imaged::import

@@ -27,6 +27,37 @@ namespace imaged::import::test {
 using Bytes = std::vector<uint8_t>;
 namespace fs = std::filesystem;
 
+// read() on a pipe or file (not owned): a sequential input like a client's upload. `prefix`
+// holds bytes already consumed from the fd (those DetectFormat looked at); they come first.
+class FdStream : public Stream {
+ public:
+  explicit FdStream(int fd, std::vector<uint8_t> prefix = {})
+      : fd_(fd), prefix_(std::move(prefix)) {}
+  Result<void> Read(void* buf, size_t len) override {
+    auto* p = static_cast<uint8_t*>(buf);
+    const size_t from_prefix = std::min(len, prefix_.size() - prefix_pos_);
+    std::memcpy(p, prefix_.data() + prefix_pos_, from_prefix);
+    prefix_pos_ += from_prefix;
+    pos_ += from_prefix;
+    for (size_t got = from_prefix; got < len;) {
+      ssize_t n = ::read(fd_, p + got, len - got);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return ErrnoError("read input stream at offset {}", pos_);
+      if (n == 0) return MakeError(EINVAL, "input stream truncated at offset {}", pos_);
+      got += static_cast<size_t>(n);
+      pos_ += static_cast<uint64_t>(n);
+    }
+    return Ok();
+  }
+  uint64_t position() const override { return pos_; }
+
+ private:
+  int fd_;
+  std::vector<uint8_t> prefix_;
+  size_t prefix_pos_ = 0;
+  uint64_t pos_ = 0;
+};
+
 inline Bytes ReadAll(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   return Bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

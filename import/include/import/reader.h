@@ -78,6 +78,10 @@ Result<std::unique_ptr<ImageReader>> OpenReader(Source& source, Format format,
 // aligns writes itself). CRC32 chunks and a non-zero image_checksum are verified.
 // Android sparse from a sequential stream (no prevalidation possible: structural errors then
 // surface from Next()). The stream must outlive the reader.
+// Raw bytes from a sequential stream that holds exactly `size` bytes (an upload of a declared
+// size). The stream must outlive the reader.
+Result<std::unique_ptr<ImageReader>> OpenRawReader(Stream& stream, uint64_t size,
+                                                   const ReaderOptions& options = {});
 Result<std::unique_ptr<ImageReader>> OpenSparseReader(Stream& stream,
                                                       const ReaderOptions& options = {});
 

@@ -34,8 +34,10 @@ class Source {
 // read where O_DIRECT is not supported, go through the cache and its readahead.
 class FileSource : public Source {
  public:
+  // Opens `path` without blocking (a FIFO is refused, never waited on).
   static Result<std::unique_ptr<FileSource>> Open(const std::string& path);
-  // Takes ownership of an already open readable fd (e.g. received from a client).
+  // Takes ownership of an already open readable fd (e.g. opened with a client's rights). A
+  // regular file or a block device only (EINVAL otherwise); O_NONBLOCK is cleared.
   static Result<std::unique_ptr<FileSource>> FromFd(UniqueFd fd, std::string name);
 
   Result<void> ReadAt(void* buf, size_t len, uint64_t offset) override;
@@ -93,21 +95,5 @@ class SourceStream : public Stream {
   uint64_t pos_ = 0;
 };
 
-// read() on a pipe, socket or file descriptor (not owned). `prefix` holds bytes the caller
-// already consumed from the fd (e.g. the first bytes used for DetectFormat); they are
-// returned first.
-class FdStream : public Stream {
- public:
-  explicit FdStream(int fd, std::vector<uint8_t> prefix = {})
-      : fd_(fd), prefix_(std::move(prefix)) {}
-  Result<void> Read(void* buf, size_t len) override;
-  uint64_t position() const override { return pos_; }
-
- private:
-  int fd_;
-  std::vector<uint8_t> prefix_;
-  size_t prefix_pos_ = 0;
-  uint64_t pos_ = 0;
-};
 
 }  // namespace imaged::import
