@@ -1,12 +1,14 @@
 // imagectl: the admin CLI, a thin gRPC client of imaged.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <thread>
 
@@ -134,23 +136,45 @@ class ProgressPrinter {
   int last_decile_ = -1;
 };
 
-// Ctrl-C during a long call cancels it on the daemon side (which then cleans up), instead of
-// killing the client and leaving the daemon to notice later.
+// A long call names its operation, so that Ctrl-C can ask the daemon to stop it. The daemon
+// decides: it stops (the call ends CANCELLED, nothing is left behind) unless the operation is
+// past its point of no return, when it completes and the call ends OK; either way this client
+// reports what the daemon did. A second Ctrl-C abandons the call without waiting for that
+// answer.
 class CancelOnInterrupt {
  public:
-  explicit CancelOnInterrupt(grpc::ClientContext* call) {
+  CancelOnInterrupt(const Context& ctx, grpc::ClientContext* call) {
+    uint8_t bytes[12] = {};
+    if (getrandom(bytes, sizeof(bytes), 0) != static_cast<ssize_t>(sizeof(bytes))) {
+      std::memcpy(bytes, &call, sizeof(call));
+    }
+    for (uint8_t b : bytes) id_ += fmt::format("{:02x}", b);
+    call->AddMetadata("imaged-operation-id", id_);
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &set, nullptr);
-    watcher_ = std::thread([call, set, this] {
-      int sig = 0;
-      sigwait(&set, &sig);
-      if (sig != SIGUSR1) {
-        interrupted_ = true;
-        call->TryCancel();
+    watcher_ = std::thread([&ctx, call, set, this] {
+      for (int sig = 0; sigwait(&set, &sig) == 0 && sig != SIGUSR1;) {
+        if (cancel_asked_.exchange(true)) {
+          abandoned_ = true;
+          call->TryCancel();
+          return;
+        }
+        fmt::print(stderr, "\nimagectl: asking the daemon to cancel (Ctrl-C again to stop "
+                           "waiting for its answer)\n");
+        v1::CancelOperationRequest request;
+        request.set_operation_id(id_);
+        // NOT_FOUND right after the start: the daemon has not registered the call yet.
+        for (int attempt = 0; attempt < 20; ++attempt) {
+          grpc::ClientContext cancel_call;
+          v1::Empty empty;
+          auto status = ctx.Stub()->CancelOperation(&cancel_call, request, &empty);
+          if (status.error_code() != grpc::StatusCode::NOT_FOUND) break;
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
       }
     });
   }
@@ -158,17 +182,20 @@ class CancelOnInterrupt {
     pthread_kill(watcher_.native_handle(), SIGUSR1);
     watcher_.join();
   }
-  bool interrupted() const { return interrupted_; }
+  // Ctrl-C twice: the call was dropped, the daemon's answer is unknown.
+  bool abandoned() const { return abandoned_; }
 
  private:
+  std::string id_;
   std::thread watcher_;
-  std::atomic<bool> interrupted_{false};
+  std::atomic<bool> cancel_asked_{false};
+  std::atomic<bool> abandoned_{false};
 };
 
 // Drains a stream of OperationUpdate, printing progress; prints the final info.
 template <typename Stream>
 int FinishOperation(Stream& stream, const Context& ctx, const std::string& doing,
-                    const std::string& done_label) {
+                    const std::string& done_label, const CancelOnInterrupt& cancel) {
   v1::OperationUpdate update;
   v1::ImageInfo final_info;
   bool done = false;
@@ -184,6 +211,12 @@ int FinishOperation(Stream& stream, const Context& ctx, const std::string& doing
     }
   }
   auto status = stream->Finish();
+  if (cancel.abandoned()) {
+    // Not exit 6: that promises nothing is left, which only the daemon's answer could say.
+    fmt::print(stderr, "imagectl: stopped waiting; the daemon may still have completed the "
+                       "operation (check with imagectl info)\n");
+    return kExitFailed;
+  }
   if (!status.ok()) return ReportStatus(status, ctx);
   if (!done) {
     fmt::print(stderr, "imagectl: the daemon ended the operation without a result\n");
@@ -241,11 +274,45 @@ int CmdHealth(const Context& ctx) {
   if (!status.ok()) return ReportStatus(status, ctx);
   bool serving = response.status() == v1::HealthResponse::SERVING;
   if (ctx.json) {
-    fmt::print("{}\n", json{{"serving", serving}, {"uptime_seconds", response.uptime_seconds()}}.dump(2));
+    fmt::print("{}\n", json{{"serving", serving},
+                            {"uptime_seconds", response.uptime_seconds()},
+                            {"reason", response.reason()}}
+                           .dump(2));
+  } else if (serving) {
+    fmt::print("serving (up {} s)\n", response.uptime_seconds());
   } else {
-    fmt::print("{} (up {} s)\n", serving ? "serving" : "not serving", response.uptime_seconds());
+    fmt::print("not serving (up {} s): {}\n", response.uptime_seconds(), response.reason());
   }
   return serving ? kExitOk : kExitFailed;
+}
+
+int CmdRebuildMetadata(const Context& ctx) {
+  grpc::ClientContext call;
+  ctx.SetDeadline(call, true);
+  v1::RebuildMetadataResponse response;
+  auto status = ctx.Stub()->RebuildMetadata(&call, v1::Empty{}, &response);
+  if (!status.ok()) return ReportStatus(status, ctx);
+  if (ctx.json) {
+    json images = json::array();
+    for (const auto& i : response.images()) {
+      images.push_back({{"name", i.name()}, {"size_bytes", i.size_bytes()}, {"source", i.source()}});
+    }
+    fmt::print("{}\n", json{{"images", images},
+                            {"skipped", response.skipped()},
+                            {"saved_as", response.saved_as()}}
+                           .dump(2));
+    return kExitOk;
+  }
+  if (!response.saved_as().empty()) {
+    fmt::print("the unreadable lp_metadata was kept as {}\n", response.saved_as());
+  }
+  for (const auto& i : response.images()) {
+    fmt::print("{}: {} (size and attributes from {})\n", i.name(), imaged::HumanSize(i.size_bytes()),
+               i.source());
+  }
+  for (const auto& skipped : response.skipped()) fmt::print("skipped {}\n", skipped);
+  fmt::print("lp_metadata rebuilt with {} image(s)\n", response.images_size());
+  return kExitOk;
 }
 
 int CmdList(const Context& ctx) {
@@ -381,9 +448,9 @@ int CmdCreate(const Context& ctx, const std::string& name, uint64_t size, bool r
   request.set_size_bytes(size);
   request.set_readonly(readonly);
   request.set_zero_fill_bytes(zero_fill);
-  CancelOnInterrupt cancel(&call);
+  CancelOnInterrupt cancel(ctx, &call);
   auto stream = ctx.Stub()->CreateImage(&call, request);
-  return FinishOperation(stream, ctx, "creating", "created");
+  return FinishOperation(stream, ctx, "creating", "created", cancel);
 }
 
 int CmdZeroFill(const Context& ctx, const std::string& name, uint64_t bytes) {
@@ -392,9 +459,9 @@ int CmdZeroFill(const Context& ctx, const std::string& name, uint64_t bytes) {
   v1::ZeroFillRequest request;
   request.set_name(name);
   request.set_bytes(bytes);
-  CancelOnInterrupt cancel(&call);
+  CancelOnInterrupt cancel(ctx, &call);
   auto stream = ctx.Stub()->ZeroFillImage(&call, request);
-  return FinishOperation(stream, ctx, "zero-filling", "zero-filled");
+  return FinishOperation(stream, ctx, "zero-filling", "zero-filled", cancel);
 }
 
 int CmdResize(const Context& ctx, const std::string& name, uint64_t size) {
@@ -403,16 +470,16 @@ int CmdResize(const Context& ctx, const std::string& name, uint64_t size) {
   v1::ResizeImageRequest request;
   request.set_name(name);
   request.set_size_bytes(size);
-  CancelOnInterrupt cancel(&call);
+  CancelOnInterrupt cancel(ctx, &call);
   auto stream = ctx.Stub()->ResizeImage(&call, request);
-  return FinishOperation(stream, ctx, "resizing", "resized");
+  return FinishOperation(stream, ctx, "resizing", "resized", cancel);
 }
 
 int CmdImport(const Context& ctx, const std::string& file, const std::string& name,
               const std::string& format, bool into_existing, bool readonly, bool upload) {
   grpc::ClientContext call;
   ctx.SetDeadline(call, true);
-  CancelOnInterrupt cancel(&call);
+  CancelOnInterrupt cancel(ctx, &call);
   if (!upload) {
     // The daemon opens the file itself: it must be an absolute path it can read.
     char* resolved = realpath(file.c_str(), nullptr);
@@ -428,7 +495,7 @@ int CmdImport(const Context& ctx, const std::string& file, const std::string& na
     request.set_into_existing(into_existing);
     request.set_readonly(readonly);
     auto stream = ctx.Stub()->ImportImage(&call, request);
-    return FinishOperation(stream, ctx, "importing", "imported");
+    return FinishOperation(stream, ctx, "importing", "imported", cancel);
   }
   int fd = open(file.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -456,7 +523,96 @@ int CmdImport(const Context& ctx, const std::string& file, const std::string& na
   }
   close(fd);
   stream->WritesDone();
-  return FinishOperation(stream, ctx, "importing", "imported");
+  return FinishOperation(stream, ctx, "importing", "imported", cancel);
+}
+
+// What the subcommands' arguments parse into.
+struct Args {
+  std::string name, size_text, file, format = "auto";
+  bool readonly = false, into_existing = false, upload = false;
+  std::string zero_fill_text = "0";
+  uint32_t timeout_ms = 0;
+};
+
+CLI::App* NameCommand(CLI::App& app, const char* command, const char* help, Args& a) {
+  auto* sub = app.add_subcommand(command, help);
+  sub->add_option("name", a.name, "image name")->required();
+  return sub;
+}
+
+// Commands that only read.
+void AddQueryCommands(CLI::App& app, Context& ctx, Args& a, int& rc) {
+  app.add_subcommand("version", "print client and daemon versions")
+      ->callback([&] { rc = CmdVersion(ctx); });
+  app.add_subcommand("health", "check that the daemon serves (and why not)")
+      ->callback([&] { rc = CmdHealth(ctx); });
+  app.add_subcommand("list", "list images (flags: r readonly, d disabled, m mapped)")
+      ->callback([&] { rc = CmdList(ctx); });
+  NameCommand(app, "info", "show one image", a)->callback([&] { rc = CmdInfo(ctx, a.name); });
+  app.add_subcommand("validate", "check every image's extents against lp_metadata")
+      ->callback([&] { rc = CmdValidate(ctx); });
+}
+
+// Commands that create, grow or fill images.
+void AddCreateCommands(CLI::App& app, Context& ctx, Args& a, int& rc) {
+  auto* create = NameCommand(app, "create", "create an image of SIZE (e.g. 512M, 4G)", a);
+  create->add_option("size", a.size_text, "size in bytes, or with K/M/G/T suffix")->required();
+  create->add_flag("--readonly", a.readonly, "map the image read-only");
+  create->add_option("--zero-fill", a.zero_fill_text, "zero the first N bytes through the device");
+  create->callback([&] {
+    auto size = SizeArg(a.size_text, "size");
+    auto zero = SizeArg(a.zero_fill_text, "--zero-fill");
+    rc = size && zero ? CmdCreate(ctx, a.name, *size, a.readonly, *zero) : kExitUsage;
+  });
+  auto* zero = NameCommand(app, "zero-fill", "write zeros over an image through its device", a);
+  zero->add_option("bytes", a.zero_fill_text, "how many bytes from the start (default: all)");
+  zero->callback([&] {
+    auto bytes = SizeArg(a.zero_fill_text, "bytes");
+    rc = bytes ? CmdZeroFill(ctx, a.name, *bytes) : kExitUsage;
+  });
+  auto* resize = NameCommand(app, "resize", "grow an unmapped image to SIZE", a);
+  resize->add_option("size", a.size_text)->required();
+  resize->callback([&] {
+    auto size = SizeArg(a.size_text, "size");
+    rc = size ? CmdResize(ctx, a.name, *size) : kExitUsage;
+  });
+  auto* import =
+      app.add_subcommand("import", "import a raw, Android sparse or qcow/qcow2 FILE as NAME");
+  import->add_option("file", a.file)->required();
+  import->add_option("name", a.name)->required();
+  import->add_option("--format", a.format, "auto, raw, sparse, qcow or qcow2")
+      ->check(CLI::IsMember({"auto", "raw", "sparse", "qcow", "qcow2"}))
+      ->capture_default_str();
+  import->add_flag("--into-existing", a.into_existing, "write into an existing unmapped image");
+  import->add_flag("--readonly", a.readonly, "create the image read-only");
+  import->add_flag("--upload", a.upload,
+                   "send the file's bytes over the socket (when the daemon cannot read FILE)");
+  import->callback([&] {
+    rc = CmdImport(ctx, a.file, a.name, a.format, a.into_existing, a.readonly, a.upload);
+  });
+}
+
+// Commands that map, unmap, disable, delete or repair.
+void AddLifecycleCommands(CLI::App& app, Context& ctx, Args& a, int& rc) {
+  NameCommand(app, "delete", "delete an unmapped image", a)->callback([&] {
+    rc = CmdSimple(ctx, a.name, &v1::Imaged::Stub::DeleteImage, "deleted");
+  });
+  auto* map = NameCommand(app, "map", "map an image; prints the block device", a);
+  map->add_option("--timeout-ms", a.timeout_ms, "wait this long for the device node");
+  map->callback([&] { rc = CmdMap(ctx, a.name, a.timeout_ms); });
+  NameCommand(app, "unmap", "remove an image's block device", a)->callback([&] {
+    rc = CmdSimple(ctx, a.name, &v1::Imaged::Stub::UnmapImage, "unmapped");
+  });
+  app.add_subcommand("map-all", "map every image that is not mapped or disabled")
+      ->callback([&] { rc = CmdMapAll(ctx); });
+  NameCommand(app, "disable", "mark an image for removal (see remove-disabled)", a)->callback([&] {
+    rc = CmdSimple(ctx, a.name, &v1::Imaged::Stub::DisableImage, "disabled");
+  });
+  app.add_subcommand("remove-disabled", "delete every disabled image")
+      ->callback([&] { rc = CmdRemoveDisabled(ctx); });
+  app.add_subcommand("rebuild-metadata",
+                     "rebuild a lost or damaged lp_metadata from the images' files")
+      ->callback([&] { rc = CmdRebuildMetadata(ctx); });
 }
 
 }  // namespace
@@ -470,91 +626,14 @@ int main(int argc, char** argv) {
   app.add_option("--timeout", ctx.timeout_seconds,
                  "seconds to wait for an answer (default: 30, none for long operations)");
   app.require_subcommand(1);
+  // `imagectl list --json` as well as `imagectl --json list`.
+  app.fallthrough();
 
   int rc = kExitOk;
-  std::string name, size_text, file, format = "auto";
-  bool readonly = false, into_existing = false, upload = false;
-  std::string zero_fill_text = "0";
-  uint32_t timeout_ms = 0;
-
-  auto* version = app.add_subcommand("version", "print client and daemon versions");
-  version->callback([&] { rc = CmdVersion(ctx); });
-  app.add_subcommand("health", "check that the daemon serves")->callback([&] { rc = CmdHealth(ctx); });
-
-  auto* create = app.add_subcommand("create", "create an image of SIZE (e.g. 512M, 4G)");
-  create->add_option("name", name, "image name")->required();
-  create->add_option("size", size_text, "size in bytes, or with K/M/G/T suffix")->required();
-  create->add_flag("--readonly", readonly, "map the image read-only");
-  create->add_option("--zero-fill", zero_fill_text, "zero the first N bytes through the device");
-  create->callback([&] {
-    auto size = SizeArg(size_text, "size");
-    auto zero = SizeArg(zero_fill_text, "--zero-fill");
-    rc = size && zero ? CmdCreate(ctx, name, *size, readonly, *zero) : kExitUsage;
-  });
-
-  auto* del = app.add_subcommand("delete", "delete an unmapped image");
-  del->add_option("name", name)->required();
-  del->callback([&] { rc = CmdSimple(ctx, name, &v1::Imaged::Stub::DeleteImage, "deleted"); });
-
-  auto* list = app.add_subcommand("list", "list images (flags: r readonly, d disabled, m mapped)");
-  list->callback([&] { rc = CmdList(ctx); });
-
-  auto* info = app.add_subcommand("info", "show one image");
-  info->add_option("name", name)->required();
-  info->callback([&] { rc = CmdInfo(ctx, name); });
-
-  auto* map = app.add_subcommand("map", "map an image; prints the block device");
-  map->add_option("name", name)->required();
-  map->add_option("--timeout-ms", timeout_ms, "wait this long for the device node");
-  map->callback([&] { rc = CmdMap(ctx, name, timeout_ms); });
-
-  auto* unmap = app.add_subcommand("unmap", "remove an image's block device");
-  unmap->add_option("name", name)->required();
-  unmap->callback([&] { rc = CmdSimple(ctx, name, &v1::Imaged::Stub::UnmapImage, "unmapped"); });
-
-  app.add_subcommand("map-all", "map every image that is not mapped or disabled")
-      ->callback([&] { rc = CmdMapAll(ctx); });
-
-  auto* zero = app.add_subcommand("zero-fill", "write zeros over an image through its device");
-  zero->add_option("name", name)->required();
-  zero->add_option("bytes", zero_fill_text, "how many bytes from the start (default: all)");
-  zero->callback([&] {
-    auto bytes = SizeArg(zero_fill_text, "bytes");
-    rc = bytes ? CmdZeroFill(ctx, name, *bytes) : kExitUsage;
-  });
-
-  auto* disable = app.add_subcommand("disable", "mark an image for removal (see remove-disabled)");
-  disable->add_option("name", name)->required();
-  disable->callback([&] { rc = CmdSimple(ctx, name, &v1::Imaged::Stub::DisableImage, "disabled"); });
-
-  app.add_subcommand("remove-disabled", "delete every disabled image")
-      ->callback([&] { rc = CmdRemoveDisabled(ctx); });
-
-  app.add_subcommand("validate", "check every image's extents against lp_metadata")
-      ->callback([&] { rc = CmdValidate(ctx); });
-
-  auto* resize = app.add_subcommand("resize", "grow an unmapped image to SIZE");
-  resize->add_option("name", name)->required();
-  resize->add_option("size", size_text)->required();
-  resize->callback([&] {
-    auto size = SizeArg(size_text, "size");
-    rc = size ? CmdResize(ctx, name, *size) : kExitUsage;
-  });
-
-  auto* import = app.add_subcommand("import", "import a raw, Android sparse or qcow/qcow2 FILE as NAME");
-  import->add_option("file", file)->required();
-  import->add_option("name", name)->required();
-  import->add_option("--format", format, "auto, raw, sparse, qcow or qcow2")
-      ->check(CLI::IsMember({"auto", "raw", "sparse", "qcow", "qcow2"}))
-      ->capture_default_str();
-  import->add_flag("--into-existing", into_existing, "write into an existing unmapped image");
-  import->add_flag("--readonly", readonly, "create the image read-only");
-  import->add_flag("--upload", upload,
-                   "send the file's bytes over the socket (when the daemon cannot read FILE)");
-  import->callback([&] {
-    rc = CmdImport(ctx, file, name, format, into_existing, readonly, upload);
-  });
-
+  Args args;
+  AddQueryCommands(app, ctx, args, rc);
+  AddCreateCommands(app, ctx, args, rc);
+  AddLifecycleCommands(app, ctx, args, rc);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -29,6 +29,16 @@ Result<void> RequireAbsolutePath(std::string_view key, std::string_view value) {
   return Ok();
 }
 
+Result<uint32_t> ParseBounded(std::string_view key, std::string_view value, uint32_t min,
+                              uint32_t max) {
+  uint32_t v = 0;
+  auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
+  if (ec != std::errc() || ptr != value.data() + value.size() || v < min || v > max) {
+    return MakeError(EINVAL, "{} must be {}..{}, got \"{}\"", key, min, max, value);
+  }
+  return v;
+}
+
 Result<void> ApplySetting(std::string_view key, std::string_view value, DaemonConfig& config) {
   if (key == "data_dir" || key == "metadata_dir" || key == "socket") {
     IMAGED_TRY(RequireAbsolutePath(key, value));
@@ -53,12 +63,13 @@ Result<void> ApplySetting(std::string_view key, std::string_view value, DaemonCo
     if (!size) return MakeError(EINVAL, "max_piece_size: \"{}\" is not a size", value);
     config.max_piece_size = *size;
   } else if (key == "map_timeout_ms") {
-    uint32_t ms = 0;
-    auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), ms);
-    if (ec != std::errc() || ptr != value.data() + value.size() || ms == 0 || ms > 600000) {
-      return MakeError(EINVAL, "map_timeout_ms must be 1..600000, got \"{}\"", value);
-    }
-    config.map_timeout_ms = ms;
+    config.map_timeout_ms = IMAGED_TRY(ParseBounded(key, value, 1, 600000));
+  } else if (key == "max_connections_per_uid") {
+    config.max_connections_per_uid = IMAGED_TRY(ParseBounded(key, value, 1, 100000));
+  } else if (key == "idle_timeout_s") {
+    config.idle_timeout_s = IMAGED_TRY(ParseBounded(key, value, 1, 86400));
+  } else if (key == "upload_idle_timeout_s") {
+    config.upload_idle_timeout_s = IMAGED_TRY(ParseBounded(key, value, 1, 86400));
   } else {
     return MakeError(EINVAL, "unknown setting \"{}\"", key);
   }

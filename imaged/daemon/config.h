@@ -2,7 +2,9 @@
 //
 // The file is `key = value` lines; `#` starts a comment; blank lines are ignored. Keys:
 //   data_dir, metadata_dir, socket, admin_group, strategy (auto|dm-linear|loop), dm_prefix,
-//   max_piece_size (bytes or 4G-style), map_timeout_ms
+//   max_piece_size (bytes or 4G-style), map_timeout_ms, max_connections_per_uid,
+//   idle_timeout_s (a connection with no call in progress is closed after this long),
+//   upload_idle_timeout_s (an upload that sends nothing for this long is cancelled)
 // Unknown keys and malformed lines are errors that name the line, so a typo never silently
 // falls back to a default.
 #pragma once
@@ -25,6 +27,9 @@ struct DaemonConfig {
   std::string dm_prefix = "imaged-";
   uint64_t max_piece_size = 0;
   uint32_t map_timeout_ms = 10000;
+  uint32_t max_connections_per_uid = 128;
+  uint32_t idle_timeout_s = 300;
+  uint32_t upload_idle_timeout_s = 60;
 };
 
 // Applies the settings in `text` (the file's contents) on top of `config`.

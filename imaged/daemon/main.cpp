@@ -3,6 +3,7 @@
 #include <grp.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -35,6 +36,19 @@ imaged::Result<std::optional<gid_t>> LookupGroup(const std::string& name) {
   return std::optional<gid_t>{g->gr_gid};
 }
 
+// Every connection and every open piece is an fd: take the hard limit (systemd's default soft
+// limit of 1024 is low for a server), and say so if even that is small.
+void RaiseFdLimit() {
+  struct rlimit limit {};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+  limit.rlim_cur = limit.rlim_max;
+  (void)setrlimit(RLIMIT_NOFILE, &limit);
+  if (limit.rlim_cur < 4096) {
+    fmt::print(stderr, "imaged: warning: only {} file descriptors (RLIMIT_NOFILE)\n",
+               static_cast<unsigned long long>(limit.rlim_cur));
+  }
+}
+
 int Fail(const imaged::Error& error) {
   fmt::print(stderr, "imaged: {}\n", error.ToString());
   return 1;
@@ -45,6 +59,7 @@ struct Flags {
   std::string config_path;
   std::optional<std::string> socket, data_dir, metadata_dir, admin_group, strategy, dm_prefix,
       max_piece;
+  bool rebuild_metadata = false;
 };
 
 void AddFlags(CLI::App& app, Flags& f) {
@@ -57,6 +72,8 @@ void AddFlags(CLI::App& app, Flags& f) {
   app.add_option("--strategy", f.strategy, "map strategy: auto, dm-linear or loop");
   app.add_option("--dm-prefix", f.dm_prefix, "prefix of device-mapper names [imaged-]");
   app.add_option("--max-piece-size", f.max_piece, "largest backing file, e.g. 4G [fs maximum]");
+  app.add_flag("--rebuild-metadata", f.rebuild_metadata,
+               "rebuild a lost or damaged lp_metadata from the images' files before serving");
   app.set_version_flag("--version",
                        fmt::format("imaged {} ({})", imaged::kVersion, imaged::kGitRevision));
 }
@@ -83,7 +100,7 @@ imaged::Result<imaged::DaemonConfig> Configure(const Flags& f) {
 }
 
 imaged::Result<std::unique_ptr<imaged::ImageManager>> OpenAndRecover(
-    const imaged::DaemonConfig& config) {
+    const imaged::DaemonConfig& config, bool rebuild) {
   imaged::ManagerOptions options;
   options.data_dir = config.data_dir;
   options.metadata_dir = config.metadata_dir;
@@ -92,6 +109,19 @@ imaged::Result<std::unique_ptr<imaged::ImageManager>> OpenAndRecover(
   options.max_piece_size = config.max_piece_size;
   options.default_map_timeout = std::chrono::milliseconds(config.map_timeout_ms);
   auto manager = IMAGED_TRY(imaged::ImageManager::Open(options));
+  if (rebuild) {
+    const auto rebuilt = IMAGED_TRY_CTX(manager->RebuildMetadata(), "--rebuild-metadata");
+    if (rebuilt.saved_as) {
+      fmt::print(stderr, "imaged: kept the unreadable lp_metadata as {}\n", *rebuilt.saved_as);
+    }
+    for (const auto& image : rebuilt.images) {
+      fmt::print(stderr, "imaged: rebuilt \"{}\": {} bytes (from {})\n", image.name,
+                 image.size_bytes, image.source);
+    }
+    for (const auto& skipped : rebuilt.skipped) {
+      fmt::print(stderr, "imaged: rebuild skipped {}\n", skipped);
+    }
+  }
   const auto recovered = IMAGED_TRY_CTX(manager->Recover(), "startup recovery");
   for (const auto& name : recovered.adopted) {
     fmt::print(stderr, "imaged: adopted mapping of \"{}\"\n", name);
@@ -99,11 +129,12 @@ imaged::Result<std::unique_ptr<imaged::ImageManager>> OpenAndRecover(
   for (const auto& name : recovered.torn_down) {
     fmt::print(stderr, "imaged: tore down stale mapping of \"{}\"\n", name);
   }
-  for (const auto& path : recovered.removed_orphans) {
-    fmt::print(stderr, "imaged: removed orphan \"{}\"\n", path);
-  }
   for (const auto& problem : recovered.problems) {
     fmt::print(stderr, "imaged: recovery: {}\n", problem);
+  }
+  if (recovered.refused) {
+    // Served anyway, so that Health says why and RebuildMetadata can repair it.
+    fmt::print(stderr, "imaged: NOT SERVING: {}\n", *recovered.refused);
   }
   return manager;
 }
@@ -142,6 +173,7 @@ int main(int argc, char** argv) {
   auto group = LookupGroup(config->admin_group);
   if (!group) return Fail(group.error());
 
+  RaiseFdLimit();
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
@@ -152,13 +184,15 @@ int main(int argc, char** argv) {
   // Held for as long as we run.
   auto claim = imaged::ClaimImageSet(config->metadata_dir);
   if (!claim) return Fail(claim.error());
-  auto manager = OpenAndRecover(*config);
+  auto manager = OpenAndRecover(*config, flags.rebuild_metadata);
   if (!manager) return Fail(manager.error());
 
-  imaged::PeerRegistry peers;
-  imaged::ImagedService service(manager->get(), &peers, *group);
+  imaged::PeerRegistry peers(config->max_connections_per_uid);
+  imaged::ImagedService service(manager->get(), &peers, *group,
+                                std::chrono::seconds(config->upload_idle_timeout_s));
   imaged::ServerOptions server_options;
   server_options.socket_path = config->socket_path;
+  server_options.idle_timeout = std::chrono::seconds(config->idle_timeout_s);
   if (*group) server_options.socket_group = **group;
   auto server = imaged::Server::Start(server_options, &service, &peers);
   if (!server) return Fail(server.error());

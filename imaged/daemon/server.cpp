@@ -1,5 +1,6 @@
 #include "daemon/server.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -78,9 +79,12 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options, grpc
   server->stop_fd_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!server->stop_fd_) return ErrnoError("eventfd");
 
+  server->spare_fd_ = UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.RegisterService(service);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                             static_cast<int>(options.idle_timeout.count()));
   server->server_ = builder.BuildAndStart();
   if (!server->server_) return MakeError(EIO, "gRPC server failed to start");
   server->acceptor_ = std::thread([s = server.get()] { s->AcceptLoop(); });
@@ -97,21 +101,51 @@ void Server::AcceptLoop() {
     }
     if (fds[1].revents) return;
     if (!(fds[0].revents & POLLIN)) continue;
-    int fd = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd < 0) {
-      if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
-        fmt::print(stderr, "imaged: accept: {}\n", std::strerror(errno));
-      }
-      continue;
+    if (!AcceptOne()) {
+      // Out of fds even after shedding: wait a little (or for shutdown) before trying again.
+      pollfd stop = {stop_fd_.get(), POLLIN, 0};
+      if (::poll(&stop, 1, 100) > 0) return;
     }
-    auto peer = ReadPeerCredentials(fd);
-    if (!peer) {
-      fmt::print(stderr, "imaged: refusing connection: {}\n", peer.error().ToString());
-      ::close(fd);
-      continue;
+  }
+}
+
+bool Server::AcceptOne() {
+  int fd = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  if (fd < 0) {
+    if (errno == EMFILE || errno == ENFILE) {
+      ShedOneConnection();
+      return false;
     }
-    peers_->Record(fd, std::move(*peer));
-    grpc::AddInsecureChannelFromFd(server_.get(), fd);  // gRPC owns and closes the fd now
+    if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
+      fmt::print(stderr, "imaged: accept: {}\n", std::strerror(errno));
+    }
+    return true;
+  }
+  auto peer = ReadPeerCredentials(fd);
+  auto recorded = peer ? peers_->Record(fd, *peer) : Result<void>(peer.error());
+  if (!recorded) {
+    fmt::print(stderr, "imaged: refusing connection: {}\n", recorded.error().ToString());
+    ::close(fd);
+    return true;
+  }
+  grpc::AddInsecureChannelFromFd(server_.get(), fd);  // gRPC owns and closes the fd now
+  return true;
+}
+
+void Server::ShedOneConnection() {
+  if (spare_fd_) {
+    spare_fd_.reset();
+    const int fd = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd >= 0) ::close(fd);
+    spare_fd_ = UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  }
+  ++shed_since_log_;
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_shed_log_ >= std::chrono::seconds(10)) {
+    fmt::print(stderr, "imaged: out of file descriptors: refused {} connection(s)\n",
+               shed_since_log_);
+    shed_since_log_ = 0;
+    last_shed_log_ = now;
   }
 }
 

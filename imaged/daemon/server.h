@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 #include <thread>
@@ -20,6 +21,8 @@ struct ServerOptions {
   // Owner and group may connect; connecting only grants the read-only RPCs to non-admins.
   unsigned socket_mode = 0660;
   gid_t socket_group = static_cast<gid_t>(-1);  // chown the socket to this group if set
+  // A connection with no call in progress for this long is closed.
+  std::chrono::milliseconds idle_timeout{std::chrono::minutes(5)};
 };
 
 class Server {
@@ -37,11 +40,19 @@ class Server {
  private:
   Server(ServerOptions options, PeerRegistry* peers) : options_(std::move(options)), peers_(peers) {}
   void AcceptLoop();
+  // Accepts one connection and hands it to gRPC; false when the loop should pause.
+  bool AcceptOne();
+  // Out of fds: drain one pending connection with the spare fd, so the listening socket does
+  // not stay readable (which would spin the loop), and log at most every 10 s.
+  void ShedOneConnection();
 
   ServerOptions options_;
   PeerRegistry* peers_;
   UniqueFd listen_fd_;
   UniqueFd stop_fd_;  // eventfd that wakes the accept loop for shutdown
+  UniqueFd spare_fd_;  // /dev/null, given up to accept (and close) a connection at EMFILE
+  std::chrono::steady_clock::time_point last_shed_log_{};
+  uint64_t shed_since_log_ = 0;
   std::unique_ptr<grpc::Server> server_;
   std::thread acceptor_;
   std::atomic<bool> shut_down_{false};

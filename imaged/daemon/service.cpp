@@ -1,5 +1,7 @@
 #include "daemon/service.h"
 
+#include "daemon/upload.h"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -23,10 +25,14 @@ using grpc::StatusCode;
 template <typename Writer>
 class ProgressStreamer {
  public:
-  ProgressStreamer(ServerContext* context, Writer* writer) : context_(context), writer_(writer) {}
+  ProgressStreamer(ServerContext* context, Writer* writer,
+                   std::unique_ptr<OperationRegistry::Scope> operation)
+      : context_(context), writer_(writer), operation_(std::move(operation)) {}
 
+  // The one place a cancel is decided: at a progress report, which the operations make only
+  // where stopping still leaves nothing behind. Past its last report an operation completes.
   bool operator()(uint64_t done, uint64_t total) {
-    if (context_->IsCancelled()) return false;
+    if (context_->IsCancelled() || operation_->cancel_requested()) return false;
     uint64_t step = total / 200;
     if (done != total && step != 0 && done < last_ + step && last_ != 0) return true;
     last_ = done == 0 ? 1 : done;
@@ -43,6 +49,7 @@ class ProgressStreamer {
  private:
   ServerContext* context_;
   Writer* writer_;
+  std::unique_ptr<OperationRegistry::Scope> operation_;
   uint64_t last_ = 0;
   std::mutex mutex_;
 };
@@ -145,10 +152,12 @@ Status ToStatus(grpc::ServerContextBase* context, const Error& error) {
 }
 
 ImagedService::ImagedService(ImageManager* manager, const PeerRegistry* peers,
-                             std::optional<gid_t> admin_group)
+                             std::optional<gid_t> admin_group,
+                             std::chrono::milliseconds upload_idle_timeout)
     : manager_(manager),
       peers_(peers),
       admin_group_(admin_group),
+      upload_idle_timeout_(upload_idle_timeout),
       started_(std::chrono::steady_clock::now()) {}
 
 Status ImagedService::Authorize(ServerContext* context) const {
@@ -165,6 +174,48 @@ Status ImagedService::Authorize(ServerContext* context) const {
   return Status::OK;
 }
 
+uid_t ImagedService::CallerUid(ServerContext* context) const {
+  auto peer = peers_->Lookup(context->peer());
+  return peer ? peer->uid : static_cast<uid_t>(-1);
+}
+
+OperationRegistry::Scope::~Scope() {
+  if (id_.empty()) return;
+  std::lock_guard lock(registry_->mutex_);
+  registry_->running_.erase(id_);
+}
+
+std::unique_ptr<OperationRegistry::Scope> OperationRegistry::Begin(grpc::ServerContext* context,
+                                                                  uid_t uid) {
+  auto op = std::make_shared<Operation>();
+  op->uid = uid;
+  std::string id;
+  const auto& metadata = context->client_metadata();
+  if (auto it = metadata.find("imaged-operation-id"); it != metadata.end()) {
+    id.assign(it->second.data(), std::min<size_t>(it->second.size(), 128));
+    std::lock_guard lock(mutex_);
+    if (!running_.emplace(id, op).second) id.clear();  // a reused id names the first one only
+  }
+  return std::make_unique<Scope>(this, std::move(id), std::move(op));
+}
+
+Result<void> OperationRegistry::Cancel(const std::string& id, uid_t uid) {
+  std::lock_guard lock(mutex_);
+  auto it = running_.find(id);
+  if (it == running_.end()) return MakeError(ENOENT, "no operation \"{}\" is running", id);
+  if (uid != 0 && uid != it->second->uid) {
+    return MakeError(EPERM, "operation \"{}\" was started by another user", id);
+  }
+  it->second->cancel_requested = true;
+  return Ok();
+}
+
+Status ImagedService::CancelOperation(ServerContext* context,
+                                      const v1::CancelOperationRequest* request, v1::Empty*) {
+  auto cancelled = operations_.Cancel(request->operation_id(), CallerUid(context));
+  return cancelled ? Status::OK : ToStatus(context, cancelled.error());
+}
+
 #define IMAGED_AUTHORIZE(context)                     \
   do {                                                \
     if (auto denied = Authorize(context); !denied.ok()) return denied; \
@@ -172,7 +223,9 @@ Status ImagedService::Authorize(ServerContext* context) const {
 
 Status ImagedService::Health(ServerContext*, const v1::HealthRequest*,
                              v1::HealthResponse* response) {
-  response->set_status(v1::HealthResponse::SERVING);
+  const auto refusal = manager_->Refusal();
+  response->set_status(refusal ? v1::HealthResponse::NOT_SERVING : v1::HealthResponse::SERVING);
+  if (refusal) response->set_reason(*refusal);
   auto up = std::chrono::steady_clock::now() - started_;
   response->set_uptime_seconds(
       static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(up).count()));
@@ -190,7 +243,7 @@ Status ImagedService::Version(ServerContext*, const v1::VersionRequest*,
 Status ImagedService::CreateImage(ServerContext* context, const v1::CreateImageRequest* request,
                                   grpc::ServerWriter<v1::OperationUpdate>* writer) {
   IMAGED_AUTHORIZE(context);
-  ProgressStreamer progress(context, writer);
+  ProgressStreamer progress(context, writer, operations_.Begin(context, CallerUid(context)));
   CreateOptions options;
   options.readonly = request->readonly();
   options.zero_fill_bytes = request->zero_fill_bytes();
@@ -284,7 +337,7 @@ Status ImagedService::RemoveDisabledImages(ServerContext* context, const v1::Emp
 Status ImagedService::ZeroFillImage(ServerContext* context, const v1::ZeroFillRequest* request,
                                     grpc::ServerWriter<v1::OperationUpdate>* writer) {
   IMAGED_AUTHORIZE(context);
-  ProgressStreamer progress(context, writer);
+  ProgressStreamer progress(context, writer, operations_.Begin(context, CallerUid(context)));
   auto result = manager_->ZeroFill(request->name(), request->bytes(),
                                    [&](uint64_t d, uint64_t t) { return progress(d, t); });
   return FinishWithInfo(context, manager_, request->name(), result, progress);
@@ -306,7 +359,7 @@ Status ImagedService::ValidateImages(ServerContext* context, const v1::Empty*,
 Status ImagedService::ResizeImage(ServerContext* context, const v1::ResizeImageRequest* request,
                                   grpc::ServerWriter<v1::OperationUpdate>* writer) {
   IMAGED_AUTHORIZE(context);
-  ProgressStreamer progress(context, writer);
+  ProgressStreamer progress(context, writer, operations_.Begin(context, CallerUid(context)));
   auto result = manager_->Resize(request->name(), request->size_bytes(),
                                  [&](uint64_t d, uint64_t t) { return progress(d, t); });
   return FinishWithInfo(context, manager_, request->name(), result, progress);
@@ -318,7 +371,7 @@ Status ImagedService::ImportImage(ServerContext* context, const v1::ImportImageR
   if (request->source_path().empty() || request->source_path().front() != '/') {
     return Status(StatusCode::INVALID_ARGUMENT, "source_path must be an absolute path");
   }
-  ProgressStreamer progress(context, writer);
+  ProgressStreamer progress(context, writer, operations_.Begin(context, CallerUid(context)));
   auto format = FromProto(request->format());
   if (!format) return ToStatus(context, format.error());
   ImportOptions options;
@@ -326,7 +379,14 @@ Status ImagedService::ImportImage(ServerContext* context, const v1::ImportImageR
   options.into_existing = request->into_existing();
   options.readonly = request->readonly();
   options.progress = [&](uint64_t d, uint64_t t) { return progress(d, t); };
-  auto info = manager_->Import(request->name(), request->source_path(), options);
+  // The client's rights, not the daemon's: the file is opened as the caller.
+  auto peer = peers_->Lookup(context->peer());
+  if (!peer) return Status(StatusCode::PERMISSION_DENIED, "imaged: caller's credentials are unknown");
+  auto fd = OpenAsPeer(request->source_path(), *peer);
+  if (!fd) return ToStatus(context, fd.error().Wrap("import"));
+  auto source = import::FileSource::FromFd(std::move(*fd), request->source_path());
+  if (!source) return ToStatus(context, source.error().Wrap("import"));
+  auto info = manager_->Import(request->name(), std::move(*source), options);
   if (!info) return ToStatus(context, info.error());
   progress.Done(*info);
   return Status::OK;
@@ -343,47 +403,71 @@ Status ImagedService::UploadImage(
   const auto header = message.header();
   auto name_ok = imageset::ValidateImageName(header.name());
   if (!name_ok) return ToStatus(context, name_ok.error());
-
-  // The upload is spooled to an unnamed file on the data filesystem (O_TMPFILE: nothing to
-  // clean up after a crash), because qcow needs random access; then imported from it.
-  UniqueFd spool(::open(manager_->options().data_dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
-  if (!spool) return ToStatus(context, ErrnoError("create upload spool in \"{}\"",
-                                                  manager_->options().data_dir));
-  ProgressStreamer progress(context, stream);
-  uint64_t received = 0;
-  while (stream->Read(&message)) {
-    if (message.part_case() != v1::UploadImageRequest::kData) {
-      return Status(StatusCode::INVALID_ARGUMENT, "only data may follow the header");
-    }
-    const std::string& data = message.data();
-    size_t written = 0;
-    while (written < data.size()) {
-      ssize_t n = ::write(spool.get(), data.data() + written, data.size() - written);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return ToStatus(context, ErrnoError("spool upload for \"{}\"", header.name()));
-      }
-      written += static_cast<size_t>(n);
-    }
-    received += data.size();
-    if (context->IsCancelled()) return Status(StatusCode::CANCELLED, "upload cancelled");
-  }
-  if (context->IsCancelled()) return Status(StatusCode::CANCELLED, "upload cancelled");
-  if (header.total_bytes() != 0 && received != header.total_bytes()) {
-    return Status(StatusCode::INVALID_ARGUMENT,
-                  fmt::format("upload ended after {} of {} bytes", received, header.total_bytes()));
-  }
   auto format = FromProto(header.format());
   if (!format) return ToStatus(context, format.error());
+  ProgressStreamer progress(context, stream, operations_.Begin(context, CallerUid(context)));
   ImportOptions options;
-  options.format = *format;
   options.into_existing = header.into_existing();
   options.readonly = header.readonly();
   options.progress = [&](uint64_t d, uint64_t t) { return progress(d, t); };
-  std::string spool_path = fmt::format("/proc/self/fd/{}", spool.get());
-  auto info = manager_->Import(header.name(), spool_path, options);
+  UploadStream upload(context, stream, header.total_bytes(), upload_idle_timeout_);
+  auto info = ImportUpload(header.name(), *format, upload, options);
   if (!info) return ToStatus(context, info.error());
   progress.Done(*info);
+  return Status::OK;
+}
+
+Result<ImageInfo> ImagedService::ImportUpload(const std::string& name,
+                                              std::optional<import::Format> format,
+                                              UploadStream& upload, ImportOptions& options) {
+  // Enough for every magic DetectFormat knows (some sit past the first sector).
+  if (!format) {
+    const auto prefix = IMAGED_TRY(upload.Peek(64 << 10));
+    format = IMAGED_TRY(import::DetectFormat(prefix));
+  }
+  options.format = format;
+  std::unique_ptr<import::ImageReader> reader;
+  if (*format == import::Format::Raw) {
+    const uint64_t size = upload.declared();
+    if (size == 0) return MakeError(EINVAL, "a raw upload must declare its size (total_bytes)");
+    reader = IMAGED_TRY(import::OpenRawReader(upload, size));
+  } else if (*format == import::Format::Sparse) {
+    reader = IMAGED_TRY_CTX(import::OpenSparseReader(upload), "read sparse upload");
+  } else {
+    return ImportSpooled(name, upload, options);
+  }
+  EndCheckedReader checked(std::move(reader), upload);
+  return manager_->Import(name, checked, "upload", options);
+}
+
+// qcow needs random access: the upload goes to an unnamed file on the data filesystem first
+// (O_TMPFILE: nothing to clean up after a crash), bounded by its declared size.
+Result<ImageInfo> ImagedService::ImportSpooled(const std::string& name, UploadStream& upload,
+                                               const ImportOptions& options) {
+  if (upload.declared() == 0) {
+    return MakeError(EINVAL, "a qcow upload must declare its size (total_bytes)");
+  }
+  const std::string& dir = manager_->options().data_dir;
+  UniqueFd spool(::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
+  if (!spool) return ErrnoError("create upload spool in \"{}\"", dir);
+  IMAGED_TRY(upload.DrainTo(spool.get()));
+  auto source = IMAGED_TRY(import::FileSource::FromFd(std::move(spool), "upload"));
+  return manager_->Import(name, std::move(source), options);
+}
+
+Status ImagedService::RebuildMetadata(ServerContext* context, const v1::Empty*,
+                                      v1::RebuildMetadataResponse* response) {
+  IMAGED_AUTHORIZE(context);
+  auto report = manager_->RebuildMetadata();
+  if (!report) return ToStatus(context, report.error());
+  for (const auto& image : report->images) {
+    auto* out = response->add_images();
+    out->set_name(image.name);
+    out->set_size_bytes(image.size_bytes);
+    out->set_source(image.source);
+  }
+  for (const auto& skipped : report->skipped) response->add_skipped(skipped);
+  response->set_saved_as(report->saved_as.value_or(""));
   return Status::OK;
 }
 

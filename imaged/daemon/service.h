@@ -4,7 +4,10 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <chrono>
+#include <map>
+#include <string>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -13,6 +16,7 @@
 #include <grpcpp/support/byte_buffer.h>
 
 #include "daemon/peer.h"
+#include "daemon/upload.h"
 #include "imaged.grpc.pb.h"
 #include "manager/image_manager.h"
 
@@ -24,12 +28,45 @@ grpc::StatusCode StatusCodeForErrno(int code);
 grpc::StatusCode StatusCodeFor(const Error& error);
 grpc::Status ToStatus(grpc::ServerContextBase* context, const Error& error);
 
+// Long operations in progress, by the id their client gave them, so that CancelOperation can
+// ask one to stop. The operation itself decides at its next progress report.
+class OperationRegistry {
+ public:
+  struct Operation {
+    uid_t uid = 0;
+    std::atomic<bool> cancel_requested{false};
+  };
+  // Registers the call's operation (if its client named it) for as long as the handle lives.
+  class Scope {
+   public:
+    Scope(OperationRegistry* registry, std::string id, std::shared_ptr<Operation> op)
+        : registry_(registry), id_(std::move(id)), op_(std::move(op)) {}
+    Scope(const Scope&) = delete;
+    Scope& operator=(const Scope&) = delete;
+    ~Scope();
+    bool cancel_requested() const { return op_->cancel_requested.load(); }
+
+   private:
+    OperationRegistry* registry_;
+    std::string id_;
+    std::shared_ptr<Operation> op_;
+  };
+  std::unique_ptr<Scope> Begin(grpc::ServerContext* context, uid_t uid);
+  // ENOENT when no such operation runs, EPERM when `uid` (not root) did not start it.
+  Result<void> Cancel(const std::string& id, uid_t uid);
+
+ private:
+  std::mutex mutex_;
+  std::map<std::string, std::shared_ptr<Operation>> running_;
+};
+
 // ListImages is served raw (callback API, pre-serialized bytes): every call between two
 // changes answers from the same encoded reply instead of rebuilding 1,000 messages.
 class ImagedService final
     : public v1::Imaged::WithRawCallbackMethod_ListImages<v1::Imaged::Service> {
  public:
-  ImagedService(ImageManager* manager, const PeerRegistry* peers, std::optional<gid_t> admin_group);
+  ImagedService(ImageManager* manager, const PeerRegistry* peers, std::optional<gid_t> admin_group,
+                std::chrono::milliseconds upload_idle_timeout = std::chrono::seconds(60));
 
   grpc::Status Health(grpc::ServerContext*, const v1::HealthRequest*,
                       v1::HealthResponse*) override;
@@ -60,10 +97,19 @@ class ImagedService final
   grpc::Status UploadImage(
       grpc::ServerContext*,
       grpc::ServerReaderWriter<v1::OperationUpdate, v1::UploadImageRequest>*) override;
+  grpc::Status RebuildMetadata(grpc::ServerContext*, const v1::Empty*,
+                               v1::RebuildMetadataResponse*) override;
+  grpc::Status CancelOperation(grpc::ServerContext*, const v1::CancelOperationRequest*,
+                               v1::Empty*) override;
 
  private:
   // OK if the caller may change state, PERMISSION_DENIED otherwise.
   grpc::Status Authorize(grpc::ServerContext* context) const;
+  uid_t CallerUid(grpc::ServerContext* context) const;
+  Result<ImageInfo> ImportUpload(const std::string& name, std::optional<import::Format> format,
+                                 UploadStream& upload, ImportOptions& options);
+  Result<ImageInfo> ImportSpooled(const std::string& name, UploadStream& upload,
+                                  const ImportOptions& options);
 
   // The encoded ListImagesResponse for one manager snapshot (held, so its address cannot be
   // reused by a later snapshot while it is the key).
@@ -74,10 +120,12 @@ class ImagedService final
   grpc::Status EncodeList(grpc::ServerContextBase* context, grpc::ByteBuffer* reply);
 
   ImageManager* manager_;
+  OperationRegistry operations_;
   std::mutex list_mu_;
   EncodedList list_cache_;
   const PeerRegistry* peers_;
   std::optional<gid_t> admin_group_;
+  std::chrono::milliseconds upload_idle_timeout_;
   std::chrono::steady_clock::time_point started_;
 };
 

@@ -111,7 +111,7 @@ uint64_t DeviceSize(const std::string& device) {
 TEST_F(ApiTest, ImagesNamedLikeTheSetsOwnFilesAreOrdinaryImages) {
   const std::vector<std::string> names = {"imaged", "lp_metadata", "lp_metadata.lock", "set",
                                           "daemon", "locks", "imaged-set.lock", "a.status",
-                                          "a.lock", "a.incomplete", "a.img"};
+                                          "a.lock", "a.incomplete", "a.intent", "a.img", "lp_metadata.prev"};
   for (const auto& name : names) {
     auto created = RunCommand({"timeout", "30", IMAGECTL_BIN, "--socket", socket_, "create", name,
                                "1M"});
@@ -413,7 +413,7 @@ print('version', stub.Version(imaged_pb2.VersionRequest()).api_version)
 for image in stub.ListImages(imaged_pb2.ListImagesRequest()).images:
     print('image', image.name, image.size_bytes)
 try:
-    stub.GetImage(imaged_pb2.ImageRequest(name='missing'))
+    stub.GetImage(imaged_pb2.ImageRequest(name=b'missing'))
 except grpc.RpcError as e:
     print('error', e.code().name, dict(e.trailing_metadata()).get('imaged-errno'))
 )";

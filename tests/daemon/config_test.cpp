@@ -1,8 +1,11 @@
 #include "daemon/config.h"
 
 #include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "daemon/peer.h"
+#include "imaged/common/unique_fd.h"
 
 namespace imaged {
 namespace {
@@ -69,15 +72,55 @@ TEST(PeerTest, RootMayChangeStateOthersOnlyThroughTheAdminGroup) {
 }
 
 TEST(PeerTest, RegistryLooksUpGrpcPeerStrings) {
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  UniqueFd a(pair[0]), b(pair[1]);
   PeerRegistry registry;
-  registry.Record(7, PeerCredentials{10, 1000, 1000, {}});
-  ASSERT_TRUE(registry.Lookup("fd:7"));
-  EXPECT_EQ(registry.Lookup("fd:7")->uid, 1000u);
-  EXPECT_FALSE(registry.Lookup("fd:8"));
+  ASSERT_TRUE(registry.Record(a.get(), PeerCredentials{10, 1000, 1000, {}}));
+  const std::string key = "fd:" + std::to_string(a.get());
+  ASSERT_TRUE(registry.Lookup(key));
+  EXPECT_EQ(registry.Lookup(key)->uid, 1000u);
+  EXPECT_FALSE(registry.Lookup("fd:" + std::to_string(b.get())));
   EXPECT_FALSE(registry.Lookup("unix:/run/x"));
-  EXPECT_FALSE(registry.Lookup("fd:7x"));
-  registry.Forget(7);
-  EXPECT_FALSE(registry.Lookup("fd:7"));
+  EXPECT_FALSE(registry.Lookup(key + "x"));
+}
+
+// gRPC closes connections without telling the registry; the fd number may then name another
+// file, or another connection. Neither inherits the closed one's credentials.
+TEST(PeerTest, AClosedConnectionsCredentialsAreNeverHandedToWhatReusesItsFd) {
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  UniqueFd peer_end(pair[1]);
+  const int fd = pair[0];
+  PeerRegistry registry;
+  ASSERT_TRUE(registry.Record(fd, PeerCredentials{10, 0, 0, {}}));
+  ::close(fd);
+  // The number is reused by another socket: not the recorded one.
+  int again[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, again), 0);
+  UniqueFd x(again[0]), y(again[1]);
+  ASSERT_EQ(x.get(), fd);
+  EXPECT_FALSE(registry.Lookup("fd:" + std::to_string(fd)));
+  EXPECT_EQ(registry.size(), 0u);
+}
+
+TEST(PeerTest, ConnectionsPerUidAreCapped) {
+  PeerRegistry registry(2);
+  std::vector<UniqueFd> fds;
+  for (int i = 0; i < 3; ++i) {
+    int pair[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+    fds.emplace_back(pair[0]);
+    fds.emplace_back(pair[1]);
+  }
+  EXPECT_TRUE(registry.Record(fds[0].get(), PeerCredentials{1, 1000, 1000, {}}));
+  EXPECT_TRUE(registry.Record(fds[2].get(), PeerCredentials{1, 1000, 1000, {}}));
+  auto third = registry.Record(fds[4].get(), PeerCredentials{1, 1000, 1000, {}});
+  ASSERT_FALSE(third);
+  EXPECT_EQ(third.error().code, EUSERS);
+  EXPECT_TRUE(registry.Record(fds[4].get(), PeerCredentials{1, 1001, 1001, {}}));
+  fds[0].reset();  // closed: its slot is free again
+  EXPECT_TRUE(registry.Record(fds[1].get(), PeerCredentials{1, 1000, 1000, {}}));
 }
 
 }  // namespace
