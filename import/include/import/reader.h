@@ -20,10 +20,21 @@ enum class Format { Raw, Sparse, Qcow1, Qcow2 };  // Qcow2 covers versions 2 and
 
 std::string_view FormatName(Format format);  // "raw", "sparse", "qcow", "qcow2"
 
+// The leading bytes detection looks at (the VDI signature sits at offset 0x40, a VMDK text
+// descriptor's version line may follow comment lines).
+inline constexpr size_t kDetectPrefixBytes = 512;
+
 // By magic: sparse 0xed26ff3a (LE); "QFI\xfb" with version 1 -> Qcow1, 2 or 3 -> Qcow2; a qcow
-// magic with any other version is an error (EOPNOTSUPP), never raw. Anything else is Raw.
+// magic with any other version is an error (EOPNOTSUPP), never raw. A broken header behind
+// either magic is refused by OpenReader, naming the field. Images of formats imaged does not
+// read (vmdk, vhdx, vdi, vpc, qed, parallels, luks) are refused by name with EOPNOTSUPP,
+// "unsupported format vmdk (convert it, or pass --format raw): ...": importing them as raw
+// bytes would hand the guest a disk it cannot use. Anything else is Raw; with an explicit
+// format (OpenReader with Format::Raw) every file is taken as its own bytes.
+// From a Source the last 512 bytes are read too: a fixed-size VHD shows only there.
 Result<Format> DetectFormat(Source& source);
-// The same from the first bytes of a stream (at least 8 when available).
+// The same from the first bytes of a stream (kDetectPrefixBytes when available; at least 8).
+// The end of a stream is unknown, so a fixed-size VHD is Raw here.
 Result<Format> DetectFormat(std::span<const uint8_t> prefix);
 
 struct Run {
