@@ -23,7 +23,8 @@ constexpr uint64_t kL2Reserved = 0x3f000000000001feull;        // bits 1..8, 56.
 struct Qcow2Params {
   unsigned version = 0;
   unsigned cluster_bits = 0;
-  uint64_t size = 0;
+  uint64_t size = 0;   // as in the header
+  uint64_t vsize = 0;  // what the guest sees
   uint64_t l1_offset = 0;
   uint64_t l1_entries = 0;  // the ones covering the virtual size
   bool extended_l2 = false;
@@ -33,7 +34,7 @@ struct Qcow2Params {
 class Qcow2Reader : public ClusterReader {
  public:
   Qcow2Reader(Source& source, const ReaderOptions& options, const Qcow2Params& p)
-      : ClusterReader(source, options, p.size, p.cluster_bits),
+      : ClusterReader(source, options, p.vsize, p.cluster_bits),
         p_(p),
         l2_entries_(cluster_size_ / (p.extended_l2 ? 16 : 8)) {}
 
@@ -290,6 +291,10 @@ Result<std::unique_ptr<ImageReader>> OpenQcow2Reader(Source& source,
                        p.l1_entries, p.l1_offset, source.size());
     }
   }
+  // QEMU counts 512-byte sectors (size / 512), so the guest sees the size rounded down, as
+  // with qcow v1 (measured: 5242468 gives 5242368). The L1 table must still cover the header's
+  // size: QEMU checks l1_size against that.
+  p.vsize = p.size & ~uint64_t{511};
   auto reader = std::make_unique<Qcow2Reader>(source, options, p);
   if (options.prevalidate) IMAGED_TRY(reader->Validate());
   return std::unique_ptr<ImageReader>(std::move(reader));

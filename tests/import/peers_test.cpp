@@ -1,6 +1,8 @@
 // Images made by the real tools (img2simg, qemu-img, qemu-io) import bit-exact.
 #include <openssl/sha.h>
 
+#include <regex>
+
 #include "import_test_util.h"
 
 namespace imaged::import::test {
@@ -12,6 +14,19 @@ std::string Sha256(const Bytes& b) {
   std::string hex;
   for (unsigned char c : md) hex += fmt::format("{:02x}", c);
   return hex;
+}
+
+// `qemu-img info`'s virtual size of `image`.
+uint64_t QemuVirtualSize(const fs::path& image) {
+  auto r = imaged::test::RunCommand({"qemu-img", "info", "--output=json", image});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  std::smatch m;
+  static const std::regex kSize("\"virtual-size\": *([0-9]+)");
+  if (!std::regex_search(r.out, m, kSize)) {
+    ADD_FAILURE() << "no virtual-size in " << r.out;
+    return 0;
+  }
+  return std::stoull(m[1]);
 }
 
 class PeersTest : public ::testing::Test {
@@ -95,6 +110,24 @@ TEST_F(PeersTest, QcowV1CompressedImportsBitExact) {
       {"qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow", raw_path_, P("a.qcow")});
   Tool({"qemu-img", "compare", "-f", "raw", "-F", "qcow", raw_path_, P("a.qcow")});
   ExpectImports(P("a.qcow"), Format::Qcow1);
+}
+
+// qemu counts 512-byte sectors, so a header size that is not a multiple of 512 (qemu-img
+// create rounds it up; other writers need not) is cut down to one: the guest never sees the
+// partial sector.
+TEST_F(PeersTest, OddQcowSizesRoundDownLikeQemu) {
+  for (auto [fmt, format] : {std::pair{"qcow2", Format::Qcow2}, std::pair{"qcow", Format::Qcow1}}) {
+    SCOPED_TRACE(fmt);
+    const fs::path image = P(std::string("a.") + fmt);
+    Tool({"qemu-img", "convert", "-f", "raw", "-O", fmt, raw_path_, image});
+    Bytes b = ReadAll(image);
+    const uint64_t odd = raw_.size() + 100;  // raw_ is a multiple of 512
+    for (int i = 0; i < 8; ++i) b[24 + i] = static_cast<uint8_t>(odd >> (56 - 8 * i));
+    WriteAll(image, b);
+    ASSERT_EQ(QemuVirtualSize(image), raw_.size());
+    Tool({"qemu-img", "convert", "-O", "raw", image, P("back.raw")});
+    ExpectImports(image, format, ReadAll(P("back.raw")));
+  }
 }
 
 TEST_F(PeersTest, Qcow2Compat010ImportsBitExact) {
