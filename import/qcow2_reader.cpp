@@ -174,127 +174,178 @@ class Qcow2Reader : public ClusterReader {
   std::vector<uint8_t> in_;
 };
 
-}  // namespace
+// The header fields the open steps use, as stored (a v2 header keeps the v3 defaults).
+struct Qcow2Header {
+  unsigned version = 0;
+  uint64_t backing_file_offset = 0;
+  unsigned cluster_bits = 0;
+  uint64_t size = 0;
+  uint32_t crypt_method = 0;
+  uint32_t l1_size = 0;
+  uint64_t l1_table_offset = 0;
+  uint64_t incompatible = 0;
+  uint32_t header_length = 72;
+  uint8_t compression_type = 0;
+};
 
-Result<std::unique_ptr<ImageReader>> OpenQcow2Reader(Source& source,
-                                                     const ReaderOptions& options) {
+// The v3 fields after the 72-byte v2 header (read at their offsets in a header-sized buffer).
+Result<void> ReadQcow2V3Fields(Source& source, Qcow2Header& header) {
   uint8_t h[112] = {};
+  if (source.size() < 104) {
+    return MakeError(EINVAL, "qcow2 header: file is {} bytes, shorter than a v3 header",
+                     source.size());
+  }
+  IMAGED_TRY_CTX(source.ReadAt(h + 72, 32, 72), "qcow2 header");
+  header.incompatible = Be64(h + 72);
+  uint32_t refcount_order = Be32(h + 96);
+  header.header_length = Be32(h + 100);
+  if (header.header_length < 104 || header.header_length % 8 != 0) {
+    return MakeError(EINVAL,
+                     "qcow2 header: header_length {} at offset 100 is below 104 or not a "
+                     "multiple of 8",
+                     header.header_length);
+  }
+  if (refcount_order > 6) {
+    return MakeError(EINVAL, "qcow2 header: refcount_order {} at offset 96 is above 6",
+                     refcount_order);
+  }
+  if (header.header_length >= 112) {
+    IMAGED_TRY_CTX(source.ReadAt(h + 104, 8, 104), "qcow2 header");
+    header.compression_type = h[104];
+  }
+  return Ok();
+}
+
+// Magic, version and the fields of a v2 or v3 header.
+Result<Qcow2Header> ReadQcow2Header(Source& source) {
+  uint8_t h[72];
   if (source.size() < 72) {
     return MakeError(EINVAL, "qcow2 header: file is {} bytes, shorter than the 72-byte header",
                      source.size());
   }
   IMAGED_TRY_CTX(source.ReadAt(h, 72, 0), "qcow2 header");
   if (std::memcmp(h, kQcowMagic, 4) != 0) return MakeError(EINVAL, "qcow2 header: bad magic");
-  Qcow2Params p;
-  p.version = Be32(h + 4);
-  if (p.version != 2 && p.version != 3) {
-    return MakeError(EOPNOTSUPP, "qcow2 header: unsupported version {} at offset 4", p.version);
+  Qcow2Header header;
+  header.version = Be32(h + 4);
+  if (header.version != 2 && header.version != 3) {
+    return MakeError(EOPNOTSUPP, "qcow2 header: unsupported version {} at offset 4",
+                     header.version);
   }
-  const uint64_t backing_file_offset = Be64(h + 8);
-  p.cluster_bits = Be32(h + 20);
-  p.size = Be64(h + 24);
-  const uint32_t crypt_method = Be32(h + 32);
-  const uint32_t l1_size = Be32(h + 36);
-  p.l1_offset = Be64(h + 40);
-  uint64_t incompatible = 0;
-  uint32_t header_length = 72;
-  if (p.version == 3) {
-    if (source.size() < 104) {
-      return MakeError(EINVAL, "qcow2 header: file is {} bytes, shorter than a v3 header",
-                       source.size());
-    }
-    IMAGED_TRY_CTX(source.ReadAt(h + 72, 32, 72), "qcow2 header");
-    incompatible = Be64(h + 72);
-    uint32_t refcount_order = Be32(h + 96);
-    header_length = Be32(h + 100);
-    if (header_length < 104 || header_length % 8 != 0) {
-      return MakeError(EINVAL,
-                       "qcow2 header: header_length {} at offset 100 is below 104 or not a "
-                       "multiple of 8",
-                       header_length);
-    }
-    if (refcount_order > 6) {
-      return MakeError(EINVAL, "qcow2 header: refcount_order {} at offset 96 is above 6",
-                       refcount_order);
-    }
-    if (header_length >= 112) {
-      IMAGED_TRY_CTX(source.ReadAt(h + 104, 8, 104), "qcow2 header");
-      p.compression_type = h[104];
-    }
-  }
-  if (uint64_t unknown = incompatible & ~kIncompatKnown) {
+  header.backing_file_offset = Be64(h + 8);
+  header.cluster_bits = Be32(h + 20);
+  header.size = Be64(h + 24);
+  header.crypt_method = Be32(h + 32);
+  header.l1_size = Be32(h + 36);
+  header.l1_table_offset = Be64(h + 40);
+  if (header.version == 3) IMAGED_TRY(ReadQcow2V3Fields(source, header));
+  return header;
+}
+
+// What a read-only converter must not open: unknown incompatible features, a corrupt image,
+// an external data file, encryption, a backing file, an unknown compression.
+Result<void> CheckQcow2Features(const Qcow2Header& h) {
+  if (uint64_t unknown = h.incompatible & ~kIncompatKnown) {
     return MakeError(EOPNOTSUPP,
                      "qcow2 header: unknown incompatible features 0x{:x} at offset 72", unknown);
   }
-  if (incompatible & kIncompatCorrupt) {
+  if (h.incompatible & kIncompatCorrupt) {
     return MakeError(EINVAL, "qcow2 header: image is marked corrupt (incompatible bit 1)");
   }
-  if (incompatible & kIncompatDataFile) {
+  if (h.incompatible & kIncompatDataFile) {
     return MakeError(EOPNOTSUPP,
                      "qcow2 header: external data files are not supported (incompatible bit 2)");
   }
-  if (crypt_method != 0) {
+  if (h.crypt_method != 0) {
     return MakeError(EOPNOTSUPP, "qcow2 header: encrypted image (crypt_method {} at offset 32)",
-                     crypt_method);
+                     h.crypt_method);
   }
-  if (backing_file_offset != 0) {
+  if (h.backing_file_offset != 0) {
     return MakeError(EOPNOTSUPP,
                      "qcow2 header: image has a backing file (backing_file_offset {} at offset "
                      "8); backing files are never opened",
-                     backing_file_offset);
+                     h.backing_file_offset);
   }
-  const bool compression_bit = incompatible & kIncompatCompression;
-  if (p.compression_type > 1) {
+  const bool compression_bit = h.incompatible & kIncompatCompression;
+  if (h.compression_type > 1) {
     return MakeError(EINVAL, "qcow2 header: unknown compression_type {} at offset 104",
-                     p.compression_type);
+                     h.compression_type);
   }
-  if (compression_bit != (p.compression_type != 0)) {
+  if (compression_bit != (h.compression_type != 0)) {
     return MakeError(EINVAL,
                      "qcow2 header: compression_type {} at offset 104 disagrees with "
                      "incompatible bit 3",
-                     p.compression_type);
+                     h.compression_type);
   }
-  p.extended_l2 = incompatible & kIncompatExtendedL2;
+  return Ok();
+}
+
+// The reader's parameters but the L1 entries: cluster size (and the header fitting in one
+// cluster), extended L2, compression and the virtual size.
+Result<Qcow2Params> Qcow2Geometry(const Qcow2Header& h) {
+  Qcow2Params p;
+  p.version = h.version;
+  p.cluster_bits = h.cluster_bits;
+  p.size = h.size;
+  p.l1_offset = h.l1_table_offset;
+  p.compression_type = h.compression_type;
+  p.extended_l2 = h.incompatible & kIncompatExtendedL2;
   const unsigned min_bits = p.extended_l2 ? 14 : 9;
   if (p.cluster_bits < min_bits || p.cluster_bits > 21) {
     return MakeError(EINVAL, "qcow2 header: cluster_bits {} at offset 20 is outside {}..21",
                      p.cluster_bits, min_bits);
   }
-  const uint64_t cluster_size = uint64_t{1} << p.cluster_bits;
-  if (header_length > cluster_size) {
+  if (h.header_length > (uint64_t{1} << p.cluster_bits)) {
     return MakeError(EINVAL, "qcow2 header: header_length {} is larger than a cluster",
-                     header_length);
+                     h.header_length);
   }
   if (p.size > kMaxQcow2Size) {
     return MakeError(EINVAL, "qcow2 header: size {} at offset 24 is too big (limit {})", p.size,
                      kMaxQcow2Size);
   }
-  const uint64_t span = cluster_size * (cluster_size / (p.extended_l2 ? 16 : 8));
-  p.l1_entries = (p.size + span - 1) / span;
-  if (l1_size < p.l1_entries) {
-    return MakeError(EINVAL, "qcow2 header: l1_size {} at offset 36 is too small for size {}",
-                     l1_size, p.size);
-  }
-  if (uint64_t{l1_size} * 8 > kMaxL1Bytes) {
-    return MakeError(EINVAL, "qcow2 header: l1_size {} at offset 36 is over the {}-byte limit",
-                     l1_size, kMaxL1Bytes);
-  }
-  if (p.l1_entries > 0) {
-    if (p.l1_offset & (cluster_size - 1)) {
-      return MakeError(EINVAL, "qcow2 header: l1_table_offset {} is not cluster-aligned",
-                       p.l1_offset);
-    }
-    if (p.l1_offset > source.size() || p.l1_entries * 8 > source.size() - p.l1_offset) {
-      return MakeError(EINVAL,
-                       "qcow2 header: L1 table ({} entries at {}) is beyond the end of the file "
-                       "({})",
-                       p.l1_entries, p.l1_offset, source.size());
-    }
-  }
   // QEMU counts 512-byte sectors (size / 512), so the guest sees the size rounded down, as
   // with qcow v1 (measured: 5242468 gives 5242368). The L1 table must still cover the header's
   // size: QEMU checks l1_size against that.
   p.vsize = p.size & ~uint64_t{511};
+  return p;
+}
+
+// The entries of the active L1 table that cover the size, once the table is checked: large
+// enough for the size, within the limit, cluster-aligned and inside the file.
+Result<uint64_t> Qcow2L1Entries(const Qcow2Header& h, const Qcow2Params& p, uint64_t file_size) {
+  const uint64_t cluster_size = uint64_t{1} << p.cluster_bits;
+  const uint64_t span = cluster_size * (cluster_size / (p.extended_l2 ? 16 : 8));
+  const uint64_t l1_entries = (p.size + span - 1) / span;
+  if (h.l1_size < l1_entries) {
+    return MakeError(EINVAL, "qcow2 header: l1_size {} at offset 36 is too small for size {}",
+                     h.l1_size, p.size);
+  }
+  if (uint64_t{h.l1_size} * 8 > kMaxL1Bytes) {
+    return MakeError(EINVAL, "qcow2 header: l1_size {} at offset 36 is over the {}-byte limit",
+                     h.l1_size, kMaxL1Bytes);
+  }
+  if (l1_entries == 0) return l1_entries;
+  if (p.l1_offset & (cluster_size - 1)) {
+    return MakeError(EINVAL, "qcow2 header: l1_table_offset {} is not cluster-aligned",
+                     p.l1_offset);
+  }
+  if (p.l1_offset > file_size || l1_entries * 8 > file_size - p.l1_offset) {
+    return MakeError(EINVAL,
+                     "qcow2 header: L1 table ({} entries at {}) is beyond the end of the file "
+                     "({})",
+                     l1_entries, p.l1_offset, file_size);
+  }
+  return l1_entries;
+}
+
+}  // namespace
+
+// Refcounts are not read: a read-only converter needs only the active L1 and L2 tables,
+// whose offsets are bound-checked against the file instead.
+Result<std::unique_ptr<ImageReader>> OpenQcow2Reader(Source& source, const ReaderOptions& options) {
+  const Qcow2Header header = IMAGED_TRY(ReadQcow2Header(source));
+  IMAGED_TRY(CheckQcow2Features(header));
+  Qcow2Params p = IMAGED_TRY(Qcow2Geometry(header));
+  p.l1_entries = IMAGED_TRY(Qcow2L1Entries(header, p, source.size()));
   auto reader = std::make_unique<Qcow2Reader>(source, options, p);
   if (options.prevalidate) IMAGED_TRY(reader->Validate());
   return std::unique_ptr<ImageReader>(std::move(reader));
