@@ -68,9 +68,7 @@ Result<void> CheckName(std::string_view name, std::string_view what) {
   return {};
 }
 
-// The checks every readable metadata must pass, with `minor` the version the bytes carry (or will
-// carry). The byte-level checks (magic, sizes, checksums) live in the parser.
-Result<void> ValidateModel(const LpMetadata& md, uint16_t minor) {
+Result<void> ValidateVersionAndGeometry(const LpMetadata& md, uint16_t minor) {
   const Geometry& g = md.geometry;
   if (md.major_version != kMajorVersion) {
     return MakeError(EINVAL, "header: major_version {} is not {}", md.major_version, kMajorVersion);
@@ -91,13 +89,20 @@ Result<void> ValidateModel(const LpMetadata& md, uint16_t minor) {
     return MakeError(EINVAL, "geometry: logical_block_size {} is not a non-zero multiple of {}",
                      g.logical_block_size, kSectorSize);
   }
+  return {};
+}
+
+Result<void> ValidateTableCounts(const LpMetadata& md) {
   // Checked before the extents so that an empty table is named as such, not as a bad index.
   if (md.block_devices.empty()) return MakeError(EINVAL, "block_devices: table is empty");
   if (md.partitions.size() > UINT32_MAX || md.extents.size() > UINT32_MAX ||
       md.groups.size() > UINT32_MAX || md.block_devices.size() > UINT32_MAX) {
     return MakeError(EFBIG, "tables: too many entries");
   }
+  return {};
+}
 
+Result<void> ValidatePartitions(const LpMetadata& md, uint16_t minor) {
   const uint32_t allowed = AllowedAttributes(minor);
   std::set<std::string_view> names;
   for (size_t i = 0; i < md.partitions.size(); ++i) {
@@ -119,6 +124,10 @@ Result<void> ValidateModel(const LpMetadata& md, uint16_t minor) {
                        md.groups.size());
     }
   }
+  return {};
+}
+
+Result<void> ValidateExtents(const LpMetadata& md) {
   for (size_t i = 0; i < md.extents.size(); ++i) {
     const Extent& e = md.extents[i];
     if (e.target_type != kTargetTypeLinear && e.target_type != kTargetTypeZero) {
@@ -129,7 +138,11 @@ Result<void> ValidateModel(const LpMetadata& md, uint16_t minor) {
                        e.target_source, md.block_devices.size());
     }
   }
-  names.clear();
+  return {};
+}
+
+Result<void> ValidateGroupsAndBlockDevices(const LpMetadata& md) {
+  std::set<std::string_view> names;
   for (size_t i = 0; i < md.groups.size(); ++i) {
     IMAGED_TRY(CheckName(md.groups[i].name, fmt::format("group {}", i)));
     if (!names.insert(md.groups[i].name).second) {
@@ -139,7 +152,12 @@ Result<void> ValidateModel(const LpMetadata& md, uint16_t minor) {
   for (size_t i = 0; i < md.block_devices.size(); ++i) {
     IMAGED_TRY(CheckName(md.block_devices[i].partition_name, fmt::format("block device {}", i)));
   }
-  // liblp's reader refuses metadata whose reserved region overlaps the first logical sector.
+  return {};
+}
+
+// liblp's reader refuses metadata whose reserved region overlaps the first logical sector.
+Result<void> ValidateMetadataRegion(const LpMetadata& md) {
+  const Geometry& g = md.geometry;
   const uint64_t region = TotalMetadataSize(g.metadata_max_size, g.metadata_slot_count);
   const unsigned __int128 first_byte =
       static_cast<unsigned __int128>(md.block_devices[0].first_logical_sector) * kSectorSize;
@@ -150,6 +168,18 @@ Result<void> ValidateModel(const LpMetadata& md, uint16_t minor) {
                      md.block_devices[0].first_logical_sector, region);
   }
   return {};
+}
+
+// The checks every readable metadata must pass, with `minor` the version the bytes carry (or will
+// carry). The byte-level checks (magic, sizes, checksums) live in the parser.
+Result<void> ValidateModel(const LpMetadata& md, uint16_t minor) {
+  IMAGED_TRY(ValidateVersionAndGeometry(md, minor));
+  IMAGED_TRY(ValidateTableCounts(md));
+  IMAGED_TRY(ValidatePartitions(md, minor));
+  IMAGED_TRY(ValidateExtents(md));
+  IMAGED_TRY(ValidateGroupsAndBlockDevices(md));
+  // ValidateTableCounts has made sure block device 0 exists.
+  return ValidateMetadataRegion(md);
 }
 
 uint64_t TablesSize(const LpMetadata& md) {
