@@ -314,11 +314,22 @@ Result<Geometry> DecodeGeometry(std::span<const uint8_t> block) {
   return g;
 }
 
-struct TableDesc {
-  uint32_t offset, num_entries, entry_size;
+struct TableDescriptor {
+  uint32_t offset = 0, num_entries = 0, entry_size = 0;
 };
 
-Result<LpMetadata> DecodeMetadata(const Geometry& geometry, std::span<const uint8_t> data) {
+// The fields of a header whose magic, version, size and checksum have been checked.
+struct CheckedHeader {
+  uint16_t major_version = 0, minor_version = 0;
+  uint32_t header_size = 0, tables_size = 0, flags = 0;
+  TableDescriptor partitions, extents, groups, block_devices;
+};
+
+TableDescriptor GetTableDescriptor(const uint8_t* hdr, size_t at) {
+  return TableDescriptor{GetU32(hdr + at), GetU32(hdr + at + 4), GetU32(hdr + at + 8)};
+}
+
+Result<CheckedHeader> DecodeHeader(std::span<const uint8_t> data) {
   if (data.size() < kHeaderSizeV1_0) {
     return MakeError(EINVAL, "header: truncated, {} of {} bytes", data.size(), kHeaderSizeV1_0);
   }
@@ -326,52 +337,54 @@ Result<LpMetadata> DecodeMetadata(const Geometry& geometry, std::span<const uint
   if (GetU32(hdr + kHdrMagic) != kHeaderMagic) {
     return MakeError(EINVAL, "header: bad magic 0x{:08x}", GetU32(hdr + kHdrMagic));
   }
-  LpMetadata md;
-  md.geometry = geometry;
-  md.major_version = GetU16(hdr + kHdrMajor);
-  md.minor_version = GetU16(hdr + kHdrMinor);
-  if (md.major_version != kMajorVersion || md.minor_version > kMinorVersionMax) {
-    return MakeError(EINVAL, "header: unsupported version {}.{}", md.major_version,
-                     md.minor_version);
+  CheckedHeader h;
+  h.major_version = GetU16(hdr + kHdrMajor);
+  h.minor_version = GetU16(hdr + kHdrMinor);
+  if (h.major_version != kMajorVersion || h.minor_version > kMinorVersionMax) {
+    return MakeError(EINVAL, "header: unsupported version {}.{}", h.major_version, h.minor_version);
   }
-  const uint32_t header_size = GetU32(hdr + kHdrSize);
-  if (header_size != HeaderSizeFor(md.minor_version)) {
+  h.header_size = GetU32(hdr + kHdrSize);
+  if (h.header_size != HeaderSizeFor(h.minor_version)) {
     return MakeError(EINVAL, "header: header_size {} is wrong for version 10.{} (want {})",
-                     header_size, md.minor_version, HeaderSizeFor(md.minor_version));
+                     h.header_size, h.minor_version, HeaderSizeFor(h.minor_version));
   }
-  if (data.size() < header_size) {
-    return MakeError(EINVAL, "header: truncated, {} of {} bytes", data.size(), header_size);
+  if (data.size() < h.header_size) {
+    return MakeError(EINVAL, "header: truncated, {} of {} bytes", data.size(), h.header_size);
   }
-  {
-    uint8_t temp[kHeaderSizeV1_2];
-    std::memcpy(temp, hdr, header_size);
-    std::memset(temp + kHdrChecksum, 0, 32);
-    Sha256Digest sum = Sha256({temp, header_size});
-    if (std::memcmp(sum.data(), hdr + kHdrChecksum, sum.size()) != 0) {
-      return MakeError(EBADMSG, "header: checksum mismatch");
-    }
+  uint8_t temp[kHeaderSizeV1_2];
+  std::memcpy(temp, hdr, h.header_size);
+  std::memset(temp + kHdrChecksum, 0, 32);
+  Sha256Digest sum = Sha256({temp, h.header_size});
+  if (std::memcmp(sum.data(), hdr + kHdrChecksum, sum.size()) != 0) {
+    return MakeError(EBADMSG, "header: checksum mismatch");
   }
-  if (header_size >= kHeaderSizeV1_2) md.header_flags = GetU32(hdr + kHdrFlags);
+  if (h.header_size >= kHeaderSizeV1_2) h.flags = GetU32(hdr + kHdrFlags);
+  h.tables_size = GetU32(hdr + kHdrTablesSize);
+  h.partitions = GetTableDescriptor(hdr, kHdrPartitions);
+  h.extents = GetTableDescriptor(hdr, kHdrExtents);
+  h.groups = GetTableDescriptor(hdr, kHdrGroups);
+  h.block_devices = GetTableDescriptor(hdr, kHdrBlockDevices);
+  return h;
+}
 
-  const uint32_t tables_size = GetU32(hdr + kHdrTablesSize);
-  auto desc = [&](size_t at) {
-    return TableDesc{GetU32(hdr + at), GetU32(hdr + at + 4), GetU32(hdr + at + 8)};
-  };
+// Once this passes, every entry of every table lies inside tables_size, so the table decoders
+// below can index without further checks.
+Result<void> CheckTableDescriptors(const CheckedHeader& h, const Geometry& geometry) {
   const struct {
     const char* name;
-    TableDesc d;
+    const TableDescriptor& d;
     uint32_t entry_size;
   } tables[] = {
-      {"partitions", desc(kHdrPartitions), kPartitionEntrySize},
-      {"extents", desc(kHdrExtents), kExtentEntrySize},
-      {"groups", desc(kHdrGroups), kGroupEntrySize},
-      {"block_devices", desc(kHdrBlockDevices), kBlockDeviceEntrySize},
+      {"partitions", h.partitions, kPartitionEntrySize},
+      {"extents", h.extents, kExtentEntrySize},
+      {"groups", h.groups, kGroupEntrySize},
+      {"block_devices", h.block_devices, kBlockDeviceEntrySize},
   };
   for (const auto& t : tables) {
-    if (t.d.offset > tables_size ||
-        uint64_t{t.d.num_entries} * t.d.entry_size > tables_size - t.d.offset) {
+    if (t.d.offset > h.tables_size ||
+        uint64_t{t.d.num_entries} * t.d.entry_size > h.tables_size - t.d.offset) {
       return MakeError(EINVAL, "header: {} table (offset {}, {} x {} bytes) exceeds tables_size {}",
-                       t.name, t.d.offset, t.d.num_entries, t.d.entry_size, tables_size);
+                       t.name, t.d.offset, t.d.num_entries, t.d.entry_size, h.tables_size);
     }
   }
   // liblp skips this check for block_devices and would then read past the end of each entry.
@@ -381,54 +394,81 @@ Result<LpMetadata> DecodeMetadata(const Geometry& geometry, std::span<const uint
                        t.entry_size);
     }
   }
-  if (tables_size > geometry.metadata_max_size) {
-    return MakeError(EINVAL, "header: tables_size {} exceeds metadata_max_size {}", tables_size,
+  if (h.tables_size > geometry.metadata_max_size) {
+    return MakeError(EINVAL, "header: tables_size {} exceeds metadata_max_size {}", h.tables_size,
                      geometry.metadata_max_size);
   }
-  if (data.size() - header_size < tables_size) {
-    return MakeError(EINVAL, "tables: truncated, {} of {} bytes", data.size() - header_size,
-                     tables_size);
+  return {};
+}
+
+// The tables that follow the header, once their checksum matches.
+Result<std::span<const uint8_t>> ChecksummedTables(std::span<const uint8_t> data,
+                                                   const CheckedHeader& h) {
+  if (data.size() - h.header_size < h.tables_size) {
+    return MakeError(EINVAL, "tables: truncated, {} of {} bytes", data.size() - h.header_size,
+                     h.tables_size);
   }
-  const uint8_t* tbl = hdr + header_size;
-  Sha256Digest tsum = Sha256({tbl, tables_size});
-  if (std::memcmp(tsum.data(), hdr + kHdrTablesChecksum, tsum.size()) != 0) {
+  std::span<const uint8_t> tables = data.subspan(h.header_size, h.tables_size);
+  Sha256Digest sum = Sha256(tables);
+  if (std::memcmp(sum.data(), data.data() + kHdrTablesChecksum, sum.size()) != 0) {
     return MakeError(EBADMSG, "tables: checksum mismatch");
   }
+  return tables;
+}
 
-  // Entry counts are bounded by tables_size, itself bounded by the input, so these reserve()s are
-  // safe against hostile counts.
-  const TableDesc& pd = tables[0].d;
-  md.partitions.reserve(pd.num_entries);
-  for (uint32_t i = 0; i < pd.num_entries; ++i) {
-    const uint8_t* p = tbl + pd.offset + size_t{i} * pd.entry_size;
+// Entry counts are bounded by tables_size (CheckTableDescriptors), itself bounded by the input, so
+// the reserve()s in the decoders below are safe against hostile counts.
+const uint8_t* TableEntry(std::span<const uint8_t> tables, const TableDescriptor& d, uint32_t i) {
+  return tables.data() + d.offset + size_t{i} * d.entry_size;
+}
+
+Result<std::vector<Partition>> DecodePartitions(std::span<const uint8_t> tables,
+                                                const TableDescriptor& d) {
+  std::vector<Partition> out;
+  out.reserve(d.num_entries);
+  for (uint32_t i = 0; i < d.num_entries; ++i) {
+    const uint8_t* p = TableEntry(tables, d, i);
     Partition part;
     part.name = IMAGED_TRY(GetName(p, fmt::format("partition {}", i)));
     part.attributes = GetU32(p + 36);
     part.first_extent_index = GetU32(p + 40);
     part.num_extents = GetU32(p + 44);
     part.group_index = GetU32(p + 48);
-    md.partitions.push_back(std::move(part));
+    out.push_back(std::move(part));
   }
-  const TableDesc& ed = tables[1].d;
-  md.extents.reserve(ed.num_entries);
-  for (uint32_t i = 0; i < ed.num_entries; ++i) {
-    const uint8_t* p = tbl + ed.offset + size_t{i} * ed.entry_size;
-    md.extents.push_back(Extent{GetU64(p), GetU32(p + 8), GetU64(p + 12), GetU32(p + 20)});
+  return out;
+}
+
+std::vector<Extent> DecodeExtents(std::span<const uint8_t> tables, const TableDescriptor& d) {
+  std::vector<Extent> out;
+  out.reserve(d.num_entries);
+  for (uint32_t i = 0; i < d.num_entries; ++i) {
+    const uint8_t* p = TableEntry(tables, d, i);
+    out.push_back(Extent{GetU64(p), GetU32(p + 8), GetU64(p + 12), GetU32(p + 20)});
   }
-  const TableDesc& gd = tables[2].d;
-  md.groups.reserve(gd.num_entries);
-  for (uint32_t i = 0; i < gd.num_entries; ++i) {
-    const uint8_t* p = tbl + gd.offset + size_t{i} * gd.entry_size;
+  return out;
+}
+
+Result<std::vector<Group>> DecodeGroups(std::span<const uint8_t> tables, const TableDescriptor& d) {
+  std::vector<Group> out;
+  out.reserve(d.num_entries);
+  for (uint32_t i = 0; i < d.num_entries; ++i) {
+    const uint8_t* p = TableEntry(tables, d, i);
     Group grp;
     grp.name = IMAGED_TRY(GetName(p, fmt::format("group {}", i)));
     grp.flags = GetU32(p + 36);
     grp.maximum_size = GetU64(p + 40);
-    md.groups.push_back(std::move(grp));
+    out.push_back(std::move(grp));
   }
-  const TableDesc& bd = tables[3].d;
-  md.block_devices.reserve(bd.num_entries);
-  for (uint32_t i = 0; i < bd.num_entries; ++i) {
-    const uint8_t* p = tbl + bd.offset + size_t{i} * bd.entry_size;
+  return out;
+}
+
+Result<std::vector<BlockDevice>> DecodeBlockDevices(std::span<const uint8_t> tables,
+                                                    const TableDescriptor& d) {
+  std::vector<BlockDevice> out;
+  out.reserve(d.num_entries);
+  for (uint32_t i = 0; i < d.num_entries; ++i) {
+    const uint8_t* p = TableEntry(tables, d, i);
     BlockDevice dev;
     dev.first_logical_sector = GetU64(p);
     dev.alignment = GetU32(p + 8);
@@ -436,8 +476,24 @@ Result<LpMetadata> DecodeMetadata(const Geometry& geometry, std::span<const uint
     dev.size = GetU64(p + 16);
     dev.partition_name = IMAGED_TRY(GetName(p + 24, fmt::format("block device {}", i)));
     dev.flags = GetU32(p + 60);
-    md.block_devices.push_back(std::move(dev));
+    out.push_back(std::move(dev));
   }
+  return out;
+}
+
+Result<LpMetadata> DecodeMetadata(const Geometry& geometry, std::span<const uint8_t> data) {
+  const CheckedHeader h = IMAGED_TRY(DecodeHeader(data));
+  IMAGED_TRY(CheckTableDescriptors(h, geometry));
+  const std::span<const uint8_t> tables = IMAGED_TRY(ChecksummedTables(data, h));
+  LpMetadata md;
+  md.geometry = geometry;
+  md.major_version = h.major_version;
+  md.minor_version = h.minor_version;
+  md.header_flags = h.flags;
+  md.partitions = IMAGED_TRY(DecodePartitions(tables, h.partitions));
+  md.extents = DecodeExtents(tables, h.extents);
+  md.groups = IMAGED_TRY(DecodeGroups(tables, h.groups));
+  md.block_devices = IMAGED_TRY(DecodeBlockDevices(tables, h.block_devices));
   IMAGED_TRY(ValidateModel(md, md.minor_version));
   return md;
 }
