@@ -85,7 +85,7 @@ uint32_t MetadataSizeFor(size_t partitions, size_t extents) {
 Result<void> SetPartition(LpMetadata& md, std::string_view name, uint32_t attributes,
                           const std::vector<Extent>& extents) {
   auto fail = [&](int code, std::string msg) {
-    return MakeError(code, "set partition \"{}\": {}", name, msg);
+    return MakeError(code, "set partition \"{}\": {}", PrintableName(name), msg);
   };
   if (!IsValidName(name)) {
     return fail(EINVAL,
@@ -109,10 +109,14 @@ Result<void> SetPartition(LpMetadata& md, std::string_view name, uint32_t attrib
 
   LpMetadata next = md;
   if (next.groups.empty()) next.groups.push_back(Group{std::string(kDefaultGroupName), 0, 0});
-  size_t index = next.partitions.size();
-  for (size_t i = 0; i < next.partitions.size(); ++i) {
-    if (next.partitions[i].name == name) index = i;
-  }
+  // Another tool may have written the same name twice. Whichever entry imaged set, the other would
+  // still answer to the image's name (and outlive its removal), so the ambiguity is refused.
+  const auto same_name = [&](const Partition& p) { return p.name == name; };
+  const auto holders = std::count_if(next.partitions.begin(), next.partitions.end(), same_name);
+  if (holders > 1) return fail(EINVAL, fmt::format("{} partitions have this name", holders));
+  const size_t index =
+      static_cast<size_t>(std::find_if(next.partitions.begin(), next.partitions.end(), same_name) -
+                          next.partitions.begin());
   if (index == next.partitions.size()) {
     next.partitions.push_back(Partition{std::string(name), attributes, 0, 0, 0});
   } else {
@@ -143,7 +147,7 @@ Result<void> SetPartition(LpMetadata& md, std::string_view name, uint32_t attrib
         std::max(bd.first_logical_sector, FirstLogicalSectorFor(next.geometry, bd));
   }
   Result<void> valid = ValidateMetadata(next);
-  if (!valid) return valid.error().Wrap(fmt::format("set partition \"{}\"", name));
+  if (!valid) return valid.error().Wrap(fmt::format("set partition \"{}\"", PrintableName(name)));
   md = std::move(next);
   return {};
 }

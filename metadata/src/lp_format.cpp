@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <set>
 
 #include "byte_io.h"
 #include "metadata/lp_metadata.h"
@@ -48,22 +47,26 @@ uint32_t AllowedAttributes(uint16_t minor) {
   return mask;
 }
 
-// Reads a NUL-terminated name out of a fixed field. liblp tolerates a full 36-byte name; we do not,
-// because the writer could then never reproduce it and a C reader might run past it.
-Result<std::string> GetName(const uint8_t* p, std::string_view what) {
-  const void* nul = std::memchr(p, 0, kNameFieldSize);
-  if (nul == nullptr) return MakeError(EINVAL, "{}: name is not NUL-terminated", what);
-  return std::string(reinterpret_cast<const char*>(p), static_cast<const uint8_t*>(nul) - p);
+// A name field as liblp reads it (NameFromFixedArray): a field whose last byte is NUL holds a C
+// string; any other field is a name of all 36 bytes, NULs included. Other liblp tools write names
+// that fill the field, and liblp's reader puts no rule on their bytes, so neither do we.
+std::string ReadNameField(const uint8_t* p) {
+  const char* field = reinterpret_cast<const char*>(p);
+  if (p[kNameFieldSize - 1] != 0) return std::string(field, kNameFieldSize);
+  return std::string(field, std::strlen(field));
 }
 
-Result<void> CheckName(std::string_view name, std::string_view what) {
-  if (!IsValidName(name)) {
-    if (name.empty()) return MakeError(EINVAL, "{}: name is empty", what);
-    if (name.size() > kMaxNameLength) {
-      return MakeError(EINVAL, "{}: name \"{}\" is {} bytes, the limit is {}", what, name,
-                       name.size(), kMaxNameLength);
-    }
-    return MakeError(EINVAL, "{}: name \"{}\" has characters outside [A-Za-z0-9_.-]", what, name);
+// The writer's half of ReadNameField: refuses exactly the names that would not read back as
+// themselves, so whatever the reader returned can be written back unchanged.
+Result<void> CheckNameFitsField(std::string_view name, std::string_view what) {
+  if (name.size() > kNameFieldSize) {
+    return MakeError(EINVAL, "{}: name \"{}\" is {} bytes, the field holds {}", what,
+                     PrintableName(name), name.size(), kNameFieldSize);
+  }
+  const size_t nul = name.find('\0');
+  if (nul != std::string_view::npos && (name.size() < kNameFieldSize || name.back() == '\0')) {
+    return MakeError(EINVAL, "{}: name \"{}\" would read back as \"{}\" (NUL at byte {})", what,
+                     PrintableName(name), PrintableName(name.substr(0, nul)), nul);
   }
   return {};
 }
@@ -102,15 +105,14 @@ Result<void> ValidateTableCounts(const LpMetadata& md) {
   return {};
 }
 
+// Names may be empty or repeated: liblp's reader checks neither, and other tools' metadata is read
+// and written back as it is. Where imaged makes a name, SetPartition applies imaged's own rules.
 Result<void> ValidatePartitions(const LpMetadata& md, uint16_t minor) {
   const uint32_t allowed = AllowedAttributes(minor);
-  std::set<std::string_view> names;
   for (size_t i = 0; i < md.partitions.size(); ++i) {
     const Partition& p = md.partitions[i];
-    std::string what = fmt::format("partition {}", i);
-    IMAGED_TRY(CheckName(p.name, what));
-    what = fmt::format("partition \"{}\"", p.name);
-    if (!names.insert(p.name).second) return MakeError(EINVAL, "{}: duplicate name", what);
+    IMAGED_TRY(CheckNameFitsField(p.name, fmt::format("partition {}", i)));
+    const std::string what = fmt::format("partition {} \"{}\"", i, PrintableName(p.name));
     if (p.attributes & ~allowed) {
       return MakeError(EINVAL, "{}: attributes 0x{:x} not allowed in version 10.{}", what,
                        p.attributes, minor);
@@ -141,16 +143,13 @@ Result<void> ValidateExtents(const LpMetadata& md) {
   return {};
 }
 
-Result<void> ValidateGroupsAndBlockDevices(const LpMetadata& md) {
-  std::set<std::string_view> names;
+Result<void> ValidateGroupAndBlockDeviceNames(const LpMetadata& md) {
   for (size_t i = 0; i < md.groups.size(); ++i) {
-    IMAGED_TRY(CheckName(md.groups[i].name, fmt::format("group {}", i)));
-    if (!names.insert(md.groups[i].name).second) {
-      return MakeError(EINVAL, "group \"{}\": duplicate name", md.groups[i].name);
-    }
+    IMAGED_TRY(CheckNameFitsField(md.groups[i].name, fmt::format("group {}", i)));
   }
   for (size_t i = 0; i < md.block_devices.size(); ++i) {
-    IMAGED_TRY(CheckName(md.block_devices[i].partition_name, fmt::format("block device {}", i)));
+    IMAGED_TRY(
+        CheckNameFitsField(md.block_devices[i].partition_name, fmt::format("block device {}", i)));
   }
   return {};
 }
@@ -177,7 +176,7 @@ Result<void> ValidateModel(const LpMetadata& md, uint16_t minor) {
   IMAGED_TRY(ValidateTableCounts(md));
   IMAGED_TRY(ValidatePartitions(md, minor));
   IMAGED_TRY(ValidateExtents(md));
-  IMAGED_TRY(ValidateGroupsAndBlockDevices(md));
+  IMAGED_TRY(ValidateGroupAndBlockDeviceNames(md));
   // ValidateTableCounts has made sure block device 0 exists.
   return ValidateMetadataRegion(md);
 }
@@ -422,14 +421,13 @@ const uint8_t* TableEntry(std::span<const uint8_t> tables, const TableDescriptor
   return tables.data() + d.offset + size_t{i} * d.entry_size;
 }
 
-Result<std::vector<Partition>> DecodePartitions(std::span<const uint8_t> tables,
-                                                const TableDescriptor& d) {
+std::vector<Partition> DecodePartitions(std::span<const uint8_t> tables, const TableDescriptor& d) {
   std::vector<Partition> out;
   out.reserve(d.num_entries);
   for (uint32_t i = 0; i < d.num_entries; ++i) {
     const uint8_t* p = TableEntry(tables, d, i);
     Partition part;
-    part.name = IMAGED_TRY(GetName(p, fmt::format("partition {}", i)));
+    part.name = ReadNameField(p);
     part.attributes = GetU32(p + 36);
     part.first_extent_index = GetU32(p + 40);
     part.num_extents = GetU32(p + 44);
@@ -449,13 +447,13 @@ std::vector<Extent> DecodeExtents(std::span<const uint8_t> tables, const TableDe
   return out;
 }
 
-Result<std::vector<Group>> DecodeGroups(std::span<const uint8_t> tables, const TableDescriptor& d) {
+std::vector<Group> DecodeGroups(std::span<const uint8_t> tables, const TableDescriptor& d) {
   std::vector<Group> out;
   out.reserve(d.num_entries);
   for (uint32_t i = 0; i < d.num_entries; ++i) {
     const uint8_t* p = TableEntry(tables, d, i);
     Group grp;
-    grp.name = IMAGED_TRY(GetName(p, fmt::format("group {}", i)));
+    grp.name = ReadNameField(p);
     grp.flags = GetU32(p + 36);
     grp.maximum_size = GetU64(p + 40);
     out.push_back(std::move(grp));
@@ -463,8 +461,8 @@ Result<std::vector<Group>> DecodeGroups(std::span<const uint8_t> tables, const T
   return out;
 }
 
-Result<std::vector<BlockDevice>> DecodeBlockDevices(std::span<const uint8_t> tables,
-                                                    const TableDescriptor& d) {
+std::vector<BlockDevice> DecodeBlockDevices(std::span<const uint8_t> tables,
+                                            const TableDescriptor& d) {
   std::vector<BlockDevice> out;
   out.reserve(d.num_entries);
   for (uint32_t i = 0; i < d.num_entries; ++i) {
@@ -474,7 +472,7 @@ Result<std::vector<BlockDevice>> DecodeBlockDevices(std::span<const uint8_t> tab
     dev.alignment = GetU32(p + 8);
     dev.alignment_offset = GetU32(p + 12);
     dev.size = GetU64(p + 16);
-    dev.partition_name = IMAGED_TRY(GetName(p + 24, fmt::format("block device {}", i)));
+    dev.partition_name = ReadNameField(p + 24);
     dev.flags = GetU32(p + 60);
     out.push_back(std::move(dev));
   }
@@ -490,10 +488,10 @@ Result<LpMetadata> DecodeMetadata(const Geometry& geometry, std::span<const uint
   md.major_version = h.major_version;
   md.minor_version = h.minor_version;
   md.header_flags = h.flags;
-  md.partitions = IMAGED_TRY(DecodePartitions(tables, h.partitions));
+  md.partitions = DecodePartitions(tables, h.partitions);
   md.extents = DecodeExtents(tables, h.extents);
-  md.groups = IMAGED_TRY(DecodeGroups(tables, h.groups));
-  md.block_devices = IMAGED_TRY(DecodeBlockDevices(tables, h.block_devices));
+  md.groups = DecodeGroups(tables, h.groups);
+  md.block_devices = DecodeBlockDevices(tables, h.block_devices);
   IMAGED_TRY(ValidateModel(md, md.minor_version));
   return md;
 }
@@ -649,6 +647,22 @@ Result<void> WriteImageFile(const Directory& dir, std::string_view file, const L
       IMAGED_TRY_CTX(SerializeImageFile(md), "write \"{}\"", dir.PathOf(file));
   IMAGED_TRY_CTX(dir.AtomicWrite(file, data, {.mode = 0644}), "write lp_metadata");
   return {};
+}
+
+std::string PrintableName(std::string_view name) {
+  std::string out;
+  out.reserve(name.size());
+  for (char c : name) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte == '\\') {
+      out += "\\\\";
+    } else if (byte < 0x20 || byte >= 0x7f) {
+      out += fmt::format("\\x{:02x}", byte);
+    } else {
+      out += c;
+    }
+  }
+  return out;
 }
 
 bool IsValidName(std::string_view name) {

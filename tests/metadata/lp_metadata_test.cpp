@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "lp_test_util.h"
 #include "dir.h"
+#include "lp_test_util.h"
 #include "process.h"
 
 namespace imaged::metadata {
@@ -358,7 +358,7 @@ TEST(LpCorrupt, PartitionExtentsOutOfRange) {
   std::vector<uint8_t> b = Serialize(SampleMetadata());
   PokeU32(b, TablesOffset(b) + 52 + 44, 3);  // vendor_b: first 2, num 3 of 3 extents
   ResignMetadata(b);
-  ExpectParseError(b, EINVAL, "partition \"vendor_b\": extents [2, +3) out of range");
+  ExpectParseError(b, EINVAL, "partition 1 \"vendor_b\": extents [2, +3) out of range");
 }
 
 TEST(LpCorrupt, PartitionExtentRangeOverflow) {
@@ -366,27 +366,6 @@ TEST(LpCorrupt, PartitionExtentRangeOverflow) {
   PokeU32(b, TablesOffset(b) + 40, 0xFFFFFFFFu);
   ResignMetadata(b);
   ExpectParseError(b, EINVAL, "out of range of 3 extents");
-}
-
-TEST(LpCorrupt, PartitionNameNotNulTerminated) {
-  std::vector<uint8_t> b = Serialize(SampleMetadata());
-  std::memset(&b[TablesOffset(b)], 'a', 36);
-  ResignMetadata(b);
-  ExpectParseError(b, EINVAL, "partition 0: name is not NUL-terminated");
-}
-
-TEST(LpCorrupt, GroupNameNotNulTerminated) {
-  std::vector<uint8_t> b = Serialize(SampleMetadata());
-  std::memset(&b[TablesOffset(b) + 2 * 52 + 3 * 24], 'g', 36);
-  ResignMetadata(b);
-  ExpectParseError(b, EINVAL, "group 0: name is not NUL-terminated");
-}
-
-TEST(LpCorrupt, BlockDeviceNameNotNulTerminated) {
-  std::vector<uint8_t> b = Serialize(SampleMetadata());
-  std::memset(&b[TablesOffset(b) + 2 * 52 + 3 * 24 + 48 + 24], 'd', 36);
-  ResignMetadata(b);
-  ExpectParseError(b, EINVAL, "block device 0: name is not NUL-terminated");
 }
 
 TEST(LpCorrupt, GroupIndexOutOfRange) {
@@ -440,11 +419,122 @@ TEST(LpCorrupt, MetadataRegionOverlapsFirstLogicalSector) {
   ExpectParseError(b, EINVAL, "first_logical_sector 8 lies inside");
 }
 
-TEST(LpCorrupt, DuplicatePartitionNames) {
+// ---------------------------------------------------------------------------------------------
+// Metadata other liblp tools write: whatever liblp's reader accepts, imaged reads, writes back
+// byte for byte, and edits around (FORMATS.md section 4, "Reader rules").
+
+// Reads `foreign` as another tool would have written it, writes it back, and adds and removes an
+// imaged partition beside the foreign ones.
+void ExpectForeignMetadataIsKept(const LpMetadata& foreign) {
+  const std::vector<uint8_t> bytes = ReferenceImageFile(foreign, foreign.minor_version);
+  auto parsed = ParseImageFile(bytes);
+  ASSERT_TRUE(parsed) << parsed.error().ToString();
+  EXPECT_EQ(*parsed, foreign);
+  EXPECT_EQ(Serialize(*parsed), bytes) << "written back byte for byte";
+
+  LpMetadata edited = *parsed;
+  auto set = SetPartition(edited, "imaged_img", 0, {Extent{8, kTargetTypeLinear, 300000, 0}});
+  ASSERT_TRUE(set) << set.error().ToString();
+  for (const Partition& p : foreign.partitions) {
+    const Partition* kept = FindPartition(edited, p.name);
+    ASSERT_NE(kept, nullptr) << PrintableName(p.name);
+    EXPECT_EQ(kept->attributes, p.attributes);
+    EXPECT_EQ(PartitionExtents(edited, *kept), PartitionExtents(foreign, p));
+  }
+  auto reparsed = ParseImageFile(Serialize(edited));
+  ASSERT_TRUE(reparsed) << reparsed.error().ToString();
+  EXPECT_EQ(*reparsed, edited);
+  EXPECT_TRUE(RemovePartition(edited, "imaged_img"));
+  EXPECT_EQ(Serialize(edited), bytes) << "removing imaged's partition restores the foreign bytes";
+
+  for (const Partition& p : foreign.partitions) {
+    LpMetadata without = *parsed;
+    EXPECT_TRUE(RemovePartition(without, p.name)) << PrintableName(p.name);
+    EXPECT_EQ(FindPartition(without, p.name), nullptr);
+    auto again = ParseImageFile(Serialize(without));
+    ASSERT_TRUE(again) << again.error().ToString();
+    EXPECT_EQ(*again, without);
+  }
+}
+
+TEST(LpForeign, PartitionNameFillingAll36BytesIsKeptWithoutANul) {
+  LpMetadata md = SampleMetadata();
+  md.partitions[0].name = std::string(36, 'p');
+  ExpectForeignMetadataIsKept(md);
+  std::vector<uint8_t> b = ReferenceImageFile(md, 0);
+  auto parsed = ParseImageFile(b);
+  ASSERT_TRUE(parsed);
+  EXPECT_EQ(parsed->partitions[0].name, std::string(36, 'p'));
+  EXPECT_EQ(b[TablesOffset(b) + 35], 'p') << "no NUL in the field";
+}
+
+TEST(LpForeign, PartitionNamesWithOtherPrintableCharactersAreKept) {
+  LpMetadata md = SampleMetadata();
+  md.partitions[0].name = "sys@a";
+  md.partitions[1].name = "vendor+b";
+  ExpectForeignMetadataIsKept(md);
+  md.partitions[0].name = "odm:c d/e~!#$%^&*()=[]{}|;'\",<>?`";
+  ExpectForeignMetadataIsKept(md);
+}
+
+TEST(LpForeign, PartitionNamesWithAnyBytesAreKept) {
+  LpMetadata md = SampleMetadata();
+  md.partitions[0].name = "\x01\x7f\xff\xc3\xa9";
+  md.partitions[1].name = "";  // liblp's reader does not refuse an empty name either
+  ExpectForeignMetadataIsKept(md);
+}
+
+TEST(LpForeign, GroupAndBlockDeviceNamesFillingAll36BytesAreKept) {
+  LpMetadata md = SampleMetadata();
+  md.groups[0].name = std::string(36, 'g');
+  md.block_devices[0].partition_name = "by-name/" + std::string(28, 'd');
+  ExpectForeignMetadataIsKept(md);
+}
+
+TEST(LpForeign, FullNameFieldKeepsItsNulsLikeLiblp) {
+  // liblp's NameFromFixedArray: a field whose last byte is not NUL is a 36-byte name, NULs
+  // included.
+  LpMetadata md = SampleMetadata();
+  md.partitions[0].name = std::string("ab\0", 3) + std::string(33, 'z');
+  ExpectForeignMetadataIsKept(md);
+}
+
+TEST(LpForeign, NameFieldEndingInNulStopsAtTheFirstNulLikeLiblp) {
   std::vector<uint8_t> b = Serialize(SampleMetadata());
-  std::memcpy(&b[TablesOffset(b) + 52], "system\0\0\0", 9);
+  std::memcpy(&b[TablesOffset(b)], "abc\0junk", 8);
   ResignMetadata(b);
-  ExpectParseError(b, EINVAL, "duplicate name");
+  auto parsed = ParseImageFile(b);
+  ASSERT_TRUE(parsed) << parsed.error().ToString();
+  EXPECT_EQ(parsed->partitions[0].name, "abc");
+}
+
+TEST(LpForeign, RepeatedNamesAreKeptButNotSetByImaged) {
+  LpMetadata md = SampleMetadata();
+  md.partitions[1].name = "system";
+  md.groups.push_back(Group{"default", 0, 0});
+  const std::vector<uint8_t> bytes = ReferenceImageFile(md, 0);
+  auto parsed = ParseImageFile(bytes);
+  ASSERT_TRUE(parsed) << parsed.error().ToString();
+  EXPECT_EQ(*parsed, md);
+  EXPECT_EQ(Serialize(*parsed), bytes);
+
+  LpMetadata edited = *parsed;
+  ASSERT_TRUE(SetPartition(edited, "imaged_img", 0, {Extent{8, kTargetTypeLinear, 300000, 0}}));
+  EXPECT_TRUE(RemovePartition(edited, "imaged_img"));
+  EXPECT_EQ(Serialize(edited), bytes);
+
+  const LpMetadata before = edited;
+  auto set = SetPartition(edited, "system", 0, {Extent{8, kTargetTypeLinear, 300000, 0}});
+  ASSERT_FALSE(set);
+  EXPECT_EQ(set.error().code, EINVAL);
+  EXPECT_NE(set.error().message.find("2 partitions have this name"), std::string::npos)
+      << set.error().message;
+  EXPECT_EQ(edited, before);
+
+  EXPECT_EQ(FindPartition(edited, "system"), &edited.partitions[0]);
+  EXPECT_TRUE(RemovePartition(edited, "system"));
+  ASSERT_EQ(edited.partitions.size(), 1u);
+  EXPECT_EQ(PartitionExtents(edited, edited.partitions[0]), PartitionExtents(md, md.partitions[1]));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -487,10 +577,12 @@ TEST(LpWriter, RefusesWhenOnlyTheHeaderOverflowsMaxSize) {
   ExpectWriteError(md, EFBIG, "metadata_max_size is 512");
 }
 
-TEST(LpWriter, RefusesNameOf36Bytes) {
+TEST(LpWriter, RefusesNameLongerThanTheField) {
   LpMetadata md = SampleMetadata();
-  md.partitions[0].name = std::string(36, 'a');
-  ExpectWriteError(md, EINVAL, "is 36 bytes, the limit is 35");
+  md.partitions[0].name = std::string(37, 'a');
+  ExpectWriteError(
+      md, EINVAL,
+      "partition 0: name \"" + std::string(37, 'a') + "\" is 37 bytes, the field holds 36");
 }
 
 TEST(LpWriter, AcceptsNameOf35Bytes) {
@@ -501,19 +593,32 @@ TEST(LpWriter, AcceptsNameOf35Bytes) {
   EXPECT_EQ(parsed->partitions[0].name, std::string(35, 'a'));
 }
 
-TEST(LpWriter, RefusesNameWithBadCharacters) {
-  for (const std::string& bad :
-       std::vector<std::string>{"a/b", "a b", std::string("a\0b", 3), "a:b", "\xc3\xa9"}) {
-    LpMetadata md = SampleMetadata();
-    md.partitions[0].name = bad;
-    ExpectWriteError(md, EINVAL, "characters outside");
-  }
+TEST(LpWriter, RefusesNameThatWouldNotReadBackAsItself) {
+  // A NUL ends the name on read, unless the field's last byte is not NUL (liblp's
+  // NameFromFixedArray), so these would come back shorter.
+  LpMetadata md = SampleMetadata();
+  md.partitions[0].name = std::string("a\0b", 3);
+  ExpectWriteError(md, EINVAL,
+                   "partition 0: name \"a\\x00b\" would read back as \"a\" (NUL at byte 1)");
+  md = SampleMetadata();
+  md.groups[0].name = std::string(35, 'g') + '\0';
+  ExpectWriteError(md, EINVAL, "group 0: name");
+  md = SampleMetadata();
+  md.block_devices[0].partition_name = std::string("\0", 1);
+  ExpectWriteError(md, EINVAL, "block device 0: name \"\\x00\" would read back as \"\"");
 }
 
-TEST(LpWriter, RefusesEmptyName) {
-  LpMetadata md = SampleMetadata();
-  md.groups[0].name = "";
-  ExpectWriteError(md, EINVAL, "group 0: name is empty");
+TEST(LpWriter, AcceptsAnyNameLiblpCanRead) {
+  for (const std::string& name : std::vector<std::string>{"a/b", "a b", "a:b", "\xc3\xa9",
+                                                          "\x01\x7f\xff", "", "back\\slash"}) {
+    LpMetadata md = SampleMetadata();
+    md.partitions[0].name = name;
+    md.groups[0].name = name;
+    md.block_devices[0].partition_name = name;
+    auto parsed = ParseImageFile(Serialize(md));
+    ASSERT_TRUE(parsed) << PrintableName(name) << ": " << parsed.error().ToString();
+    EXPECT_EQ(*parsed, md) << PrintableName(name);
+  }
 }
 
 TEST(LpWriter, RefusesExtentsOutOfRange) {
@@ -552,12 +657,6 @@ TEST(LpWriter, RefusesUnknownAttributeBits) {
   LpMetadata md = SampleMetadata();
   md.partitions[0].attributes = 0x20;
   ExpectWriteError(md, EINVAL, "attributes 0x20 not allowed");
-}
-
-TEST(LpWriter, RefusesDuplicatePartitionNames) {
-  LpMetadata md = SampleMetadata();
-  md.partitions[1].name = "system";
-  ExpectWriteError(md, EINVAL, "duplicate name");
 }
 
 TEST(LpWriter, RefusesOverlapOfMetadataRegionAndFirstLogicalSector) {
@@ -789,6 +888,8 @@ TEST(LpEdit, SetPartitionRejectsBadInputAndLeavesMetadataUnchanged) {
   EXPECT_EQ(SetPartition(md, std::string(36, 'x'), 0, one).error().code, EINVAL);
   EXPECT_EQ(SetPartition(md, "", 0, one).error().code, EINVAL);
   EXPECT_EQ(SetPartition(md, "a/b", 0, one).error().code, EINVAL);
+  EXPECT_EQ(SetPartition(md, "sys@a", 0, one).error().code, EINVAL);
+  EXPECT_EQ(SetPartition(md, "vendor+b", 0, one).error().code, EINVAL);
   EXPECT_EQ(SetPartition(md, "a", 0x100, one).error().code, EINVAL);
   EXPECT_EQ(SetPartition(md, "a", 0, {Extent{8, kTargetTypeLinear, 100, 1}}).error().code, EINVAL);
   EXPECT_EQ(SetPartition(md, "a", 0, {Extent{0, kTargetTypeLinear, 100, 0}}).error().code, EINVAL);
@@ -854,6 +955,11 @@ TEST(LpEdit, IsValidName) {
   EXPECT_FALSE(IsValidName(""));
   EXPECT_FALSE(IsValidName(std::string(36, 'a')));
   EXPECT_FALSE(IsValidName("x y"));
+}
+
+TEST(LpEdit, PrintableNameEscapesBackslashAndNonPrintableBytes) {
+  EXPECT_EQ(PrintableName("sys@a vendor+b"), "sys@a vendor+b");
+  EXPECT_EQ(PrintableName(std::string("a\0\x1f\x7f\xff\\", 6)), "a\\x00\\x1f\\x7f\\xff\\\\");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ inline constexpr uint32_t kPartitionEntrySize = 52;
 inline constexpr uint32_t kExtentEntrySize = 24;
 inline constexpr uint32_t kGroupEntrySize = 48;
 inline constexpr uint32_t kBlockDeviceEntrySize = 64;
-// Name fields are 36 bytes; we always keep a terminating NUL, so at most 35 characters.
+// Name fields are 36 bytes. A name read from another tool may fill all of them (liblp then keeps
+// no NUL); the names imaged makes keep a terminating NUL, so they are at most 35 characters.
 inline constexpr size_t kNameFieldSize = 36;
 inline constexpr size_t kMaxNameLength = kNameFieldSize - 1;
 
@@ -130,7 +131,9 @@ uint16_t EffectiveMinorVersion(const LpMetadata& md);
 // Bytes of header + tables the writer would emit for `md` (one metadata copy).
 uint64_t SerializedMetadataSize(const LpMetadata& md);
 
-// Everything the writer checks before emitting a byte (EINVAL / EFBIG with the offending field).
+// Everything the writer checks before emitting a byte (EINVAL / EFBIG with the offending field):
+// what liblp's reader checks, so whatever the reader returned can be written back, plus that each
+// name reads back as itself and that the copy fits metadata_max_size.
 Result<void> ValidateMetadata(const LpMetadata& md);
 
 // ---- Image-file layout (libfiemap lp_metadata, liblp WriteToImageFile/ReadFromImageFile) ----
@@ -173,12 +176,15 @@ uint32_t MetadataSizeFor(size_t partitions, size_t extents);
 // Adds `name` (group 0) or replaces its attributes and extents. The extent table is rebuilt in
 // partition order, so it stays compact and every first_extent_index stays consistent. Grows
 // geometry.metadata_max_size (and block device 0's first_logical_sector) when needed, and raises
-// minor_version when V1 attributes are used. EINVAL for bad names/attributes/extents, EFBIG beyond
+// minor_version when V1 attributes are used. `name` must pass IsValidName (imaged's rule for the
+// names it makes); other partitions, whatever their names and extents, are kept. EINVAL for a bad
+// name, attributes or extents, or a name that more than one partition has; EFBIG beyond
 // kMaxMetadataMaxSize. On error `md` is unchanged.
 Result<void> SetPartition(LpMetadata& md, std::string_view name, uint32_t attributes,
                           const std::vector<Extent>& extents);
-// Removes the partition and its extents; false if there was none.
+// Removes the partition FindPartition finds and its extents; false if there was none.
 bool RemovePartition(LpMetadata& md, std::string_view name);
+// The first partition called `name` (liblp does not forbid repeated names).
 const Partition* FindPartition(const LpMetadata& md, std::string_view name);
 std::vector<Extent> PartitionExtents(const LpMetadata& md, const Partition& partition);
 uint64_t PartitionSizeBytes(const LpMetadata& md, const Partition& partition);
@@ -188,7 +194,12 @@ uint64_t PartitionSizeBytes(const LpMetadata& md, const Partition& partition);
 void AppendLinearExtent(std::vector<Extent>& extents, uint64_t num_sectors,
                         uint64_t physical_sector, uint32_t source);
 
-// True for a name the writer accepts: 1..35 bytes of [A-Za-z0-9_.-].
+// True for a name imaged may give a partition: 1..35 bytes of [A-Za-z0-9_.-]. Names read from other
+// tools' metadata need not pass: the reader and the writer take any name liblp's reader takes.
 bool IsValidName(std::string_view name);
+
+// `name` for messages and imaged-lpdump: `\` becomes `\\` and every byte outside printable ASCII
+// becomes `\xNN`, since a name read from another tool may hold any byte.
+std::string PrintableName(std::string_view name);
 
 }  // namespace imaged::metadata
