@@ -98,9 +98,6 @@ Result<void> SetPartition(LpMetadata& md, std::string_view name, uint32_t attrib
   for (size_t i = 0; i < extents.size(); ++i) {
     const Extent& e = extents[i];
     if (e.num_sectors == 0) return fail(EINVAL, fmt::format("extent {} is empty", i));
-    if (e.target_type != kTargetTypeLinear && e.target_type != kTargetTypeZero) {
-      return fail(EINVAL, fmt::format("extent {} has unknown target_type {}", i, e.target_type));
-    }
     if (e.target_type == kTargetTypeLinear && e.target_source >= md.block_devices.size()) {
       return fail(EINVAL, fmt::format("extent {} targets block device {} of {}", i, e.target_source,
                                       md.block_devices.size()));

@@ -129,12 +129,11 @@ Result<void> ValidatePartitions(const LpMetadata& md, uint16_t minor) {
   return {};
 }
 
+// Only LINEAR extents are checked, as liblp does: an unknown target_type is kept for the code that
+// maps extents to refuse, so a set holding one can still be listed and edited.
 Result<void> ValidateExtents(const LpMetadata& md) {
   for (size_t i = 0; i < md.extents.size(); ++i) {
     const Extent& e = md.extents[i];
-    if (e.target_type != kTargetTypeLinear && e.target_type != kTargetTypeZero) {
-      return MakeError(EINVAL, "extent {}: unknown target_type {}", i, e.target_type);
-    }
     if (e.target_type == kTargetTypeLinear && e.target_source >= md.block_devices.size()) {
       return MakeError(EINVAL, "extent {}: target_source {} out of range of {} block devices", i,
                        e.target_source, md.block_devices.size());

@@ -382,13 +382,6 @@ TEST(LpCorrupt, LinearExtentBlockDeviceOutOfRange) {
   ExpectParseError(b, EINVAL, "extent 1: target_source 1 out of range");
 }
 
-TEST(LpCorrupt, UnknownTargetType) {
-  std::vector<uint8_t> b = Serialize(SampleMetadata());
-  PokeU32(b, TablesOffset(b) + 2 * 52 + 8, 7);
-  ResignMetadata(b);
-  ExpectParseError(b, EINVAL, "extent 0: unknown target_type 7");
-}
-
 TEST(LpCorrupt, V1AttributeInVersion10_0) {
   std::vector<uint8_t> b = Serialize(SampleMetadata());
   PokeU32(b, TablesOffset(b) + 36, kPartitionAttrUpdated);
@@ -484,6 +477,14 @@ TEST(LpForeign, PartitionNamesWithAnyBytesAreKept) {
   ExpectForeignMetadataIsKept(md);
 }
 
+TEST(LpForeign, UnknownExtentTargetTypeIsKept) {
+  LpMetadata md = SampleMetadata();
+  md.extents[2] = Extent{8, 5, 777, 3};  // only LINEAR extents have their target_source checked
+  ExpectForeignMetadataIsKept(md);
+  md.extents[0].target_type = 0xFFFFFFFFu;
+  ExpectForeignMetadataIsKept(md);
+}
+
 TEST(LpForeign, GroupAndBlockDeviceNamesFillingAll36BytesAreKept) {
   LpMetadata md = SampleMetadata();
   md.groups[0].name = std::string(36, 'g');
@@ -535,6 +536,12 @@ TEST(LpForeign, RepeatedNamesAreKeptButNotSetByImaged) {
   EXPECT_TRUE(RemovePartition(edited, "system"));
   ASSERT_EQ(edited.partitions.size(), 1u);
   EXPECT_EQ(PartitionExtents(edited, edited.partitions[0]), PartitionExtents(md, md.partitions[1]));
+}
+
+TEST(LpForeign, SetPartitionLeavesTargetTypesToTheMapper) {
+  LpMetadata md = NewImageMetadata(BlockDevice{0, 4096, 0, 100ull << 30, "nvme0n1p2", 0}, 4096, 0);
+  ASSERT_TRUE(SetPartition(md, "a", 0, {Extent{8, 9, 100, 0}}));
+  EXPECT_EQ(PartitionExtents(md, *FindPartition(md, "a"))[0].target_type, 9u);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -893,7 +900,6 @@ TEST(LpEdit, SetPartitionRejectsBadInputAndLeavesMetadataUnchanged) {
   EXPECT_EQ(SetPartition(md, "a", 0x100, one).error().code, EINVAL);
   EXPECT_EQ(SetPartition(md, "a", 0, {Extent{8, kTargetTypeLinear, 100, 1}}).error().code, EINVAL);
   EXPECT_EQ(SetPartition(md, "a", 0, {Extent{0, kTargetTypeLinear, 100, 0}}).error().code, EINVAL);
-  EXPECT_EQ(SetPartition(md, "a", 0, {Extent{8, 9, 100, 0}}).error().code, EINVAL);
   EXPECT_EQ(md, before);
 }
 

@@ -85,6 +85,8 @@ struct Partition {
 
 struct Extent {
   uint64_t num_sectors = 0;
+  // Any value is kept as read (liblp's reader checks none); code that maps extents refuses the
+  // types it does not know.
   uint32_t target_type = kTargetTypeLinear;
   uint64_t target_data = 0;    // physical sector for LINEAR, 0 for ZERO
   uint32_t target_source = 0;  // block-device index for LINEAR
