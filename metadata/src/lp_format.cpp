@@ -88,10 +88,7 @@ Result<void> ValidateVersionAndGeometry(const LpMetadata& md, uint16_t minor) {
     return MakeError(EINVAL, "geometry: metadata_max_size {} is not a multiple of {}",
                      g.metadata_max_size, kSectorSize);
   }
-  if (g.logical_block_size == 0 || g.logical_block_size % kSectorSize != 0) {
-    return MakeError(EINVAL, "geometry: logical_block_size {} is not a non-zero multiple of {}",
-                     g.logical_block_size, kSectorSize);
-  }
+  // liblp's reader does not look at logical_block_size, so any value is kept as read.
   return {};
 }
 
@@ -372,11 +369,12 @@ Result<void> CheckTableDescriptors(const CheckedHeader& h, const Geometry& geome
     const char* name;
     const TableDescriptor& d;
     uint32_t entry_size;
+    bool larger_allowed;
   } tables[] = {
-      {"partitions", h.partitions, kPartitionEntrySize},
-      {"extents", h.extents, kExtentEntrySize},
-      {"groups", h.groups, kGroupEntrySize},
-      {"block_devices", h.block_devices, kBlockDeviceEntrySize},
+      {"partitions", h.partitions, kPartitionEntrySize, false},
+      {"extents", h.extents, kExtentEntrySize, false},
+      {"groups", h.groups, kGroupEntrySize, false},
+      {"block_devices", h.block_devices, kBlockDeviceEntrySize, true},
   };
   for (const auto& t : tables) {
     if (t.d.offset > h.tables_size ||
@@ -385,9 +383,14 @@ Result<void> CheckTableDescriptors(const CheckedHeader& h, const Geometry& geome
                        t.name, t.d.offset, t.d.num_entries, t.d.entry_size, h.tables_size);
     }
   }
-  // liblp skips this check for block_devices and would then read past the end of each entry.
+  // liblp does not check the block_devices entry_size at all: it reads the first 64 bytes of each
+  // entry, running past a shorter one. A longer entry is read the same way, so it is accepted.
   for (const auto& t : tables) {
-    if (t.d.entry_size != t.entry_size) {
+    if (t.larger_allowed && t.d.entry_size < t.entry_size) {
+      return MakeError(EINVAL, "header: {} entry_size {} is less than {}", t.name, t.d.entry_size,
+                       t.entry_size);
+    }
+    if (!t.larger_allowed && t.d.entry_size != t.entry_size) {
       return MakeError(EINVAL, "header: {} entry_size {} is not {}", t.name, t.d.entry_size,
                        t.entry_size);
     }

@@ -320,7 +320,7 @@ TEST(LpCorrupt, BlockDeviceEntrySizeWhichLiblpForgets) {
   std::vector<uint8_t> b = Serialize(SampleMetadata());
   PokeU32(b, kHdr + 116 + 8, 60);
   ResignMetadata(b);
-  ExpectParseError(b, EINVAL, "block_devices entry_size 60 is not 64");
+  ExpectParseError(b, EINVAL, "block_devices entry_size 60 is less than 64");
 }
 
 TEST(LpCorrupt, TableOffsetPastTablesSize) {
@@ -538,6 +538,30 @@ TEST(LpForeign, RepeatedNamesAreKeptButNotSetByImaged) {
   EXPECT_EQ(PartitionExtents(edited, edited.partitions[0]), PartitionExtents(md, md.partitions[1]));
 }
 
+TEST(LpForeign, AnyLogicalBlockSizeIsKept) {
+  // liblp's reader checks the geometry's magic, struct_size, checksum, slot count and
+  // metadata_max_size, not logical_block_size.
+  for (uint32_t lbs : {0u, 513u, 1u << 31}) {
+    LpMetadata md = SampleMetadata();
+    md.geometry.logical_block_size = lbs;
+    ExpectForeignMetadataIsKept(md);
+  }
+}
+
+TEST(LpForeign, LongerBlockDeviceEntriesAreReadLikeLiblp) {
+  // liblp reads the first 64 bytes of each block-device entry, whatever its entry_size.
+  const std::vector<uint8_t> canonical = Serialize(SampleMetadata());
+  std::vector<uint8_t> b = canonical;
+  b.insert(b.end(), 64, 0xAB);  // the block-device table is last: its one entry grows to 128
+  PokeU32(b, kHdr + 116 + 8, 128);
+  PokeU32(b, kHdr + 44, PeekU32(b, kHdr + 44) + 64);
+  ResignMetadata(b);
+  auto parsed = ParseImageFile(b);
+  ASSERT_TRUE(parsed) << parsed.error().ToString();
+  EXPECT_EQ(*parsed, SampleMetadata());
+  EXPECT_EQ(Serialize(*parsed), canonical) << "written back with liblp's 64-byte entries";
+}
+
 TEST(LpForeign, SetPartitionLeavesTargetTypesToTheMapper) {
   LpMetadata md = NewImageMetadata(BlockDevice{0, 4096, 0, 100ull << 30, "nvme0n1p2", 0}, 4096, 0);
   ASSERT_TRUE(SetPartition(md, "a", 0, {Extent{8, 9, 100, 0}}));
@@ -676,9 +700,6 @@ TEST(LpWriter, RefusesBadGeometry) {
   LpMetadata md = SampleMetadata();
   md.geometry.metadata_slot_count = 0;
   ExpectWriteError(md, EINVAL, "metadata_slot_count is 0");
-  md = SampleMetadata();
-  md.geometry.logical_block_size = 513;
-  ExpectWriteError(md, EINVAL, "logical_block_size 513");
   md = SampleMetadata();
   md.geometry.metadata_max_size = 65536 + 1;
   ExpectWriteError(md, EINVAL, "not a multiple of 512");

@@ -1,5 +1,6 @@
 // A plain value model of Android liblp's on-disk metadata (lp_metadata, versions 10.0-10.2), a
-// strict reader and a writer for the two layouts we use:
+// reader that accepts what liblp's reader accepts (and refuses what it refuses, plus a short
+// block-device entry that liblp would over-read), and a writer for the two layouts we use:
 //  * the image-file layout libfiemap keeps as `<metadata_dir>/lp_metadata`: the geometry padded to
 //    4096 bytes, then one copy of header + tables;
 //  * the full "super" layout (4096 reserved zeros, geometry twice, primary and backup slots), so an
