@@ -1,5 +1,7 @@
 // imaged-lpdump: prints an lp_metadata file (libfiemap image-file layout or a full super layout,
-// detected from where the geometry magic sits) in the spirit of AOSP's lpdump.
+// detected from where the geometry magic sits) in the spirit of AOSP's lpdump. Names are printed
+// through md::PrintableName: metadata written by other tools may hold any byte in a name, which
+// must neither reach the terminal raw nor make the JSON invalid UTF-8.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -8,8 +10,8 @@
 
 #include <fmt/format.h>
 
-#include "imaged/common/size.h"
 #include "imaged/common/file_io.h"
+#include "imaged/common/size.h"
 #include "metadata/lp_metadata.h"
 
 namespace md = imaged::metadata;
@@ -52,8 +54,13 @@ std::string TargetType(uint32_t t) {
 
 std::string SourceName(const md::LpMetadata& m, const md::Extent& e) {
   if (e.target_source < m.block_devices.size())
-    return m.block_devices[e.target_source].partition_name;
+    return md::PrintableName(m.block_devices[e.target_source].partition_name);
   return fmt::format("#{}", e.target_source);
+}
+
+std::string GroupName(const md::LpMetadata& m, const md::Partition& p, const char* missing) {
+  if (p.group_index < m.groups.size()) return md::PrintableName(m.groups[p.group_index].name);
+  return missing;
 }
 
 nlohmann::json ToJson(const md::LpMetadata& m, const char* layout) {
@@ -76,24 +83,25 @@ nlohmann::json ToJson(const md::LpMetadata& m, const char* layout) {
                          {"target_data", e.target_data},
                          {"target_source", e.target_source}});
     }
-    j["partitions"].push_back(
-        {{"name", p.name},
-         {"attributes", p.attributes},
-         {"attribute_names", PartitionAttributes(p.attributes)},
-         {"group", p.group_index < m.groups.size() ? m.groups[p.group_index].name : ""},
-         {"group_index", p.group_index},
-         {"first_extent_index", p.first_extent_index},
-         {"num_extents", p.num_extents},
-         {"size", md::PartitionSizeBytes(m, p)},
-         {"extents", extents}});
+    j["partitions"].push_back({{"name", md::PrintableName(p.name)},
+                               {"attributes", p.attributes},
+                               {"attribute_names", PartitionAttributes(p.attributes)},
+                               {"group", GroupName(m, p, "")},
+                               {"group_index", p.group_index},
+                               {"first_extent_index", p.first_extent_index},
+                               {"num_extents", p.num_extents},
+                               {"size", md::PartitionSizeBytes(m, p)},
+                               {"extents", extents}});
   }
   j["groups"] = json::array();
   for (const md::Group& g : m.groups) {
-    j["groups"].push_back({{"name", g.name}, {"flags", g.flags}, {"maximum_size", g.maximum_size}});
+    j["groups"].push_back({{"name", md::PrintableName(g.name)},
+                           {"flags", g.flags},
+                           {"maximum_size", g.maximum_size}});
   }
   j["block_devices"] = json::array();
   for (const md::BlockDevice& b : m.block_devices) {
-    j["block_devices"].push_back({{"partition_name", b.partition_name},
+    j["block_devices"].push_back({{"partition_name", md::PrintableName(b.partition_name)},
                                   {"first_logical_sector", b.first_logical_sector},
                                   {"alignment", b.alignment},
                                   {"alignment_offset", b.alignment_offset},
@@ -114,15 +122,19 @@ void PrintText(const md::LpMetadata& m, const char* layout) {
   fmt::print("Header flags: {}\n", HeaderFlags(m.header_flags));
   fmt::print("Partition table:\n{}\n", rule);
   for (const md::Partition& p : m.partitions) {
-    fmt::print("  Name: {}\n", p.name);
-    fmt::print("  Group: {}\n",
-               p.group_index < m.groups.size() ? m.groups[p.group_index].name : "?");
+    fmt::print("  Name: {}\n", md::PrintableName(p.name));
+    fmt::print("  Group: {}\n", GroupName(m, p, "?"));
     fmt::print("  Attributes: {}\n", PartitionAttributes(p.attributes));
     fmt::print("  Size: {} bytes ({})\n", md::PartitionSizeBytes(m, p),
                imaged::HumanSize(md::PartitionSizeBytes(m, p)));
     fmt::print("  Extents:\n");
     uint64_t first = 0;
     for (const md::Extent& e : md::PartitionExtents(m, p)) {
+      // Other tools' metadata may hold an empty extent; its range would wrap.
+      if (e.num_sectors == 0) {
+        fmt::print("    {} (0 sectors) {}\n", first, TargetType(e.target_type));
+        continue;
+      }
       uint64_t last = first + e.num_sectors - 1;
       if (e.target_type == md::kTargetTypeLinear) {
         fmt::print("    {} .. {} linear {} {}\n", first, last, SourceName(m, e), e.target_data);
@@ -135,7 +147,7 @@ void PrintText(const md::LpMetadata& m, const char* layout) {
   }
   fmt::print("Block device table:\n{}\n", rule);
   for (const md::BlockDevice& b : m.block_devices) {
-    fmt::print("  Partition name: {}\n", b.partition_name);
+    fmt::print("  Partition name: {}\n", md::PrintableName(b.partition_name));
     fmt::print("  First sector: {}\n", b.first_logical_sector);
     fmt::print("  Size: {} bytes\n", b.size);
     fmt::print("  Alignment: {} (offset {})\n", b.alignment, b.alignment_offset);
@@ -144,7 +156,7 @@ void PrintText(const md::LpMetadata& m, const char* layout) {
   }
   fmt::print("Group table:\n{}\n", rule);
   for (const md::Group& g : m.groups) {
-    fmt::print("  Name: {}\n", g.name);
+    fmt::print("  Name: {}\n", md::PrintableName(g.name));
     fmt::print("  Maximum size: {} bytes\n", g.maximum_size);
     fmt::print("  Flags: {}\n", SlotFlags(g.flags));
     fmt::print("{}\n", rule);

@@ -3,8 +3,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "lp_test_util.h"
 #include "dir.h"
+#include "lp_test_util.h"
 #include "metadata/lp_metadata.h"
 #include "process.h"
 
@@ -53,6 +53,33 @@ TEST_F(LpdumpTest, JsonOfSuperLayoutMatchesModel) {
   EXPECT_EQ(j["partitions"][0]["extents"][1]["target_data"], 100000);
   EXPECT_EQ(j["block_devices"][0]["partition_name"], "sda1");
   EXPECT_EQ(j["groups"][0]["name"], "default");
+}
+
+TEST_F(LpdumpTest, PrintsNamesAndTargetTypesOtherToolsWrite) {
+  LpMetadata md = md_;
+  md.partitions[0].name = std::string(36, 'p');  // fills the field, no NUL
+  md.partitions[1].name = "sys@a\x01\xff";
+  md.extents[2].target_type = 5;
+  md.groups[0].name = "grp+1";
+  std::vector<uint8_t> bytes = testing::ReferenceImageFile(md, 1);
+  ASSERT_TRUE(imaged::test::OpenDir(dir_.path()).AtomicWrite("foreign", bytes));
+  const std::string foreign = (dir_.path() / "foreign").string();
+
+  auto text = imaged::test::RunCommand({IMAGED_LPDUMP_BIN, foreign});
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  for (const std::string& needle :
+       {"Name: " + std::string(36, 'p') + "\n", std::string("Name: sys@a\\x01\\xff\n"),
+        std::string("0 .. 7 type5"), std::string("Group: grp+1")}) {
+    EXPECT_NE(text.out.find(needle), std::string::npos) << needle << "\n" << text.out;
+  }
+
+  auto json = imaged::test::RunCommand({IMAGED_LPDUMP_BIN, "--json", foreign});
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  auto j = nlohmann::json::parse(json.out);
+  EXPECT_EQ(j["partitions"][0]["name"], std::string(36, 'p'));
+  EXPECT_EQ(j["partitions"][1]["name"], "sys@a\\x01\\xff");
+  EXPECT_EQ(j["partitions"][1]["extents"][0]["target_type"], "type5");
+  EXPECT_EQ(j["groups"][0]["name"], "grp+1");
 }
 
 TEST_F(LpdumpTest, CorruptFileFailsWithReason) {
