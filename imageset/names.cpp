@@ -44,6 +44,10 @@ Result<void> ValidateImageName(std::string_view name) {
   return Ok();
 }
 
+bool IsImageName(std::string_view name) {
+  return ValidateImageName(name).has_value();
+}
+
 std::string ListFileName(std::string_view image) {
   return std::string(image) + std::string(kListSuffix);
 }

@@ -473,7 +473,9 @@ Result<std::vector<std::string>> ImageManager::RemoveDisabled() {
   std::vector<std::string> removed;
   if (!md) return removed;
   for (const auto& p : md->partitions) {
-    if (!(p.attributes & metadata::kPartitionAttrDisabled)) continue;
+    if (!(p.attributes & metadata::kPartitionAttrDisabled) || !imageset::IsImageName(p.name)) {
+      continue;  // not disabled, or another tool's partition: never ours to delete
+    }
     auto locks = IMAGED_TRY_CTX(impl_->LockImage(p.name), "remove disabled \"{}\"", p.name);
     // A mapped image stays until it is unmapped; the next call removes it.
     if (IMAGED_TRY(impl_->MappedDeviceLocked(p.name))) continue;
@@ -527,6 +529,7 @@ Result<std::vector<ValidationResult>> ImageManager::Validate() {
   std::vector<ValidationResult> out;
   if (!md) return out;
   for (const auto& p : md->partitions) {
+    if (!imageset::IsImageName(p.name)) continue;  // another tool's: no files of ours to check
     auto locks = IMAGED_TRY_CTX(impl_->LockImage(p.name), "validate \"{}\"", p.name);
     // Re-read under the lock: the image may have been resized or deleted meanwhile.
     auto image = impl_->FindImage(p.name);

@@ -120,6 +120,12 @@ Result<std::vector<ImageInfo>> ImageManager::Impl::ListFresh() {
   out.reserve(md->partitions.size());
   for (const auto& p : md->partitions) {
     ImageInfo info = manager::LpImageInfo(*md, p);
+    if (!imageset::IsImageName(p.name)) {
+      // Another tool's partition: shown (printably: it may hold any byte), never looked up.
+      info.name = metadata::PrintableName(p.name);
+      out.push_back(std::move(info));
+      continue;
+    }
     if (auto pieces = fiemap::SplitFiemap::ListPieces(data, imageset::ListFileName(p.name))) {
       info.pieces = static_cast<uint32_t>(pieces->size());
     }

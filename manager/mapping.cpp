@@ -232,7 +232,9 @@ Result<std::vector<std::string>> ImageManager::MapAll() {
   std::vector<std::string> mapped;
   if (!md) return mapped;
   for (const auto& p : md->partitions) {
-    if (p.attributes & metadata::kPartitionAttrDisabled) continue;
+    if ((p.attributes & metadata::kPartitionAttrDisabled) || !imageset::IsImageName(p.name)) {
+      continue;
+    }
     auto locks = IMAGED_TRY_CTX(impl_->LockImage(p.name), "map all: \"{}\"", p.name);
     if (IMAGED_TRY(impl_->MappedDeviceLocked(p.name))) continue;
     Impl::MapRequest request;

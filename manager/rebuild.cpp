@@ -67,6 +67,11 @@ Result<RebuildReport> ImageManager::RebuildMetadata() {
   }
   if (now) {
     for (const auto& p : now->partitions) {
+      if (!imageset::IsImageName(p.name)) {
+        report.skipped.push_back(fmt::format("\"{}\": another tool's partition, left out",
+                                             metadata::PrintableName(p.name)));
+        continue;
+      }
       if (!metadata::FindPartition(md, p.name) &&
           !impl.data.Exists(imageset::ListFileName(p.name))) {
         report.skipped.push_back(

@@ -172,7 +172,10 @@ class Recovery {
   void AdoptBootMappings(const manager::KernelView& kernel) {
     if (!md_) return;
     for (const auto& p : md_->partitions) {
-      if (with_status_.count(p.name) || !kernel.HasDm(impl_.dm_name(p.name))) continue;
+      if (!imageset::IsImageName(p.name) || with_status_.count(p.name) ||
+          !kernel.HasDm(impl_.dm_name(p.name))) {
+        continue;
+      }
       auto matches = impl_.DmLinearMatches(p.name, *md_);
       if (matches && *matches) {
         auto written = metadata::WriteStatusFile(impl_.metadata, imageset::StatusFileName(p.name),
@@ -198,7 +201,9 @@ class Recovery {
     // Only images lp_metadata lists: the files of others are not known to be ours (step 7).
     std::set<std::string> names;
     if (md_) {
-      for (const auto& p : md_->partitions) names.insert(p.name);
+      for (const auto& p : md_->partitions) {
+        if (imageset::IsImageName(p.name)) names.insert(p.name);
+      }
     }
     for (const auto& name : names) {
       auto ids = impl_.PieceIds(name);

@@ -132,6 +132,7 @@ void MapPassthrough(MapContext& c) {
 
 // Why `p` is not mapped at all (disabled, empty), or nullopt when it should be.
 std::optional<std::string> SkipReason(const Partition& p) {
+  if (!imageset::IsImageName(p.name)) return "another tool's partition, not an image of imaged's";
   if (p.attributes & metadata::kPartitionAttrDisabled) return "disabled";
   if (p.num_extents == 0) return "no extents";
   return std::nullopt;
@@ -201,7 +202,7 @@ int RunMap(const Options& options, std::ostream& out, std::ostream& err, const D
         err << kTool << ": map \"" << p->name << "\": image is " << *skip << "\n";
         ++c.failed;
       } else {
-        out << p->name << ": skipped (" << *skip << ")\n";
+        out << metadata::PrintableName(p->name) << ": skipped (" << *skip << ")\n";
       }
       continue;
     }
@@ -259,6 +260,7 @@ int RunUnmap(const Options& options, std::ostream& out, std::ostream& err) {
     }
   }
   for (const Partition* p : sel.partitions) {
+    if (!imageset::IsImageName(p->name)) continue;  // imaged-init never maps those
     auto unmapped = UnmapImage(dm, *dir, options.prefix, *p, err);
     if (!unmapped) {
       err << kTool << ": unmap \"" << p->name << "\": " << unmapped.error().ToString() << "\n";
@@ -280,25 +282,28 @@ std::string FormatList(const LpMetadata& md, const std::string& prefix,
   const metadata::BlockDevice* disk = md.block_devices.empty() ? nullptr : &md.block_devices[0];
   if (json) {
     nlohmann::json j;
-    j["block_device"] = disk ? nlohmann::json{{"name", disk->partition_name}, {"size", disk->size}}
+    j["block_device"] = disk ? nlohmann::json{{"name", metadata::PrintableName(disk->partition_name)},
+                                              {"size", disk->size}}
                              : nlohmann::json(nullptr);
     j["images"] = nlohmann::json::array();
     for (const auto& p : md.partitions) {
       const std::string dm_name = imageset::DmName(prefix, p.name);
       nlohmann::json image{
-          {"name", p.name},
+          {"name", metadata::PrintableName(p.name)},
           {"size", metadata::PartitionSizeBytes(md, p)},
           {"attributes", p.attributes},
           {"readonly", (p.attributes & metadata::kPartitionAttrReadonly) != 0},
           {"disabled", (p.attributes & metadata::kPartitionAttrDisabled) != 0},
-          {"dm_name", dm_name},
+          {"dm_name", metadata::PrintableName(dm_name)},
       };
       image["mapped"] = mapped ? nlohmann::json(is_mapped(dm_name)) : nlohmann::json(nullptr);
       image["extents"] = nlohmann::json::array();
       for (const auto& e : metadata::PartitionExtents(md, p)) {
         image["extents"].push_back(
             {{"sectors", e.num_sectors},
-             {"type", e.target_type == metadata::kTargetTypeLinear ? "linear" : "zero"},
+             {"type", e.target_type == metadata::kTargetTypeLinear ? std::string("linear")
+                      : e.target_type == metadata::kTargetTypeZero ? std::string("zero")
+                                                                   : std::to_string(e.target_type)},
              {"physical_sector", e.target_data}});
       }
       j["images"].push_back(std::move(image));
@@ -307,7 +312,8 @@ std::string FormatList(const LpMetadata& md, const std::string& prefix,
   }
   std::string text;
   if (disk) {
-    text += fmt::format("data disk: {} ({} bytes, {})\n", disk->partition_name, disk->size,
+    text += fmt::format("data disk: {} ({} bytes, {})\n",
+                        metadata::PrintableName(disk->partition_name), disk->size,
                         HumanSize(disk->size));
   }
   text +=
@@ -320,7 +326,7 @@ std::string FormatList(const LpMetadata& md, const std::string& prefix,
     flags += !mapped ? '?' : is_mapped(dm_name) ? 'm' : '-';
     std::string device = mapped && is_mapped(dm_name) ? dm::DeviceMapper::DevicePath(dm_name) : "";
     text +=
-        fmt::format("{:<36} {:>12} {:>8} {:<5} {}\n", p.name,
+        fmt::format("{:<36} {:>12} {:>8} {:<5} {}\n", metadata::PrintableName(p.name),
                     HumanSize(metadata::PartitionSizeBytes(md, p)), p.num_extents, flags, device);
   }
   return text;

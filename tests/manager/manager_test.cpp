@@ -765,6 +765,49 @@ TEST_F(ManagerTest, LpMetadataRecordsTheDisksAlignmentAsLibfiemapDoes) {
   }
 }
 
+// lp_metadata written by another liblp tool may hold partitions whose names imaged would never
+// make (36 bytes, other characters) and extent types it cannot map. They are listed, kept
+// byte for byte through imaged's own changes, and never mapped, validated or removed.
+TEST_F(ManagerTest, AnotherToolsPartitionsAreListedKeptAndLeftAlone) {
+  ASSERT_OK(mgr().Create("ours", kMiB, {}));
+  auto dir = imaged::test::OpenDir(set_->meta(""));
+  auto md = metadata::ReadImageFile(dir, "lp_metadata");
+  ASSERT_OK(md);
+  const std::string long_name(36, 'f');
+  md->extents.push_back({8, 5, 0, 0});  // a target type imaged does not know
+  md->partitions.push_back({long_name, metadata::kPartitionAttrDisabled,
+                            static_cast<uint32_t>(md->extents.size() - 1), 1, 0});
+  md->extents.push_back({8, metadata::kTargetTypeLinear, 4096, 0});
+  md->partitions.push_back({"sys@a", metadata::kPartitionAttrDisabled,
+                            static_cast<uint32_t>(md->extents.size() - 1), 1, 0});
+  ASSERT_OK(metadata::WriteImageFile(dir, "lp_metadata", *md));
+  set_->Reopen();
+  ASSERT_OK(mgr().Recover());
+  auto list = mgr().List();
+  ASSERT_OK(list);
+  ASSERT_EQ(list->size(), 3u);
+  EXPECT_EQ((*list)[1].name, long_name);
+  EXPECT_EQ((*list)[2].name, "sys@a");
+  ASSERT_OK(mgr().Disable("ours"));
+  auto removed = mgr().RemoveDisabled();
+  ASSERT_OK(removed);
+  EXPECT_EQ(*removed, std::vector<std::string>{"ours"});  // only ours, though all are disabled
+  ASSERT_OK(mgr().Create("next", kMiB, {}));
+  auto mapped = mgr().MapAll();
+  ASSERT_OK(mapped);
+  EXPECT_EQ(*mapped, std::vector<std::string>{"next"});
+  ASSERT_OK(mgr().Unmap("next"));
+  auto validation = mgr().Validate();
+  ASSERT_OK(validation);
+  ASSERT_EQ(validation->size(), 1u);
+  auto after = metadata::ReadImageFile(dir, "lp_metadata");
+  ASSERT_OK(after);
+  ASSERT_NE(metadata::FindPartition(*after, long_name), nullptr);
+  ASSERT_NE(metadata::FindPartition(*after, "sys@a"), nullptr);
+  EXPECT_EQ(metadata::PartitionExtents(*after, *metadata::FindPartition(*after, long_name)),
+            (std::vector<metadata::Extent>{{8, 5, 0, 0}}));
+}
+
 TEST_F(ManagerTest, RecoverLeavesAConsistentSetAlone) {
   ASSERT_OK(mgr().Create("a", kMiB, {}));
   ASSERT_OK(mgr().Create("b", kMiB, {}));

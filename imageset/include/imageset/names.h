@@ -21,6 +21,10 @@ namespace imaged::imageset {
 // `[A-Za-z0-9_.-]{1,35}`, not starting with '.': 35 because liblp's name field is 36 bytes with
 // a terminating NUL, so lp_metadata stays readable by liblp itself. EINVAL with the reason.
 Result<void> ValidateImageName(std::string_view name);
+// Whether an lp_metadata partition is one of imaged's images: its name is one imaged could
+// have made. Other liblp tools' partitions in the same lp_metadata are listed and kept, but
+// imaged never maps, changes or deletes them.
+bool IsImageName(std::string_view name);
 
 // ---- data dir ----
 std::string ListFileName(std::string_view image);  // "<image>.img"
