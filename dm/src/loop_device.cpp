@@ -146,110 +146,115 @@ Result<LoopDevice> LoopDevice::Attach(const std::string& backing_file, const Loo
   return Attach(file.get(), backing_file, options);
 }
 
-Result<LoopDevice> LoopDevice::Attach(int file_fd, const std::string& backing_file,
-                                      const LoopOptions& options) {
-  auto ctx = [&] { return fmt::format("attach loop to \"{}\"", backing_file); };
+namespace {
+
+// The loop's block size for the open file `file_fd`, after checking what Attach is asked for.
+Result<uint32_t> CheckAttachable(int file_fd, const LoopOptions& options) {
   struct stat st {};
-  if (fstat(file_fd, &st) != 0) return ErrnoError("{}: fstat", ctx());
-  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-    return MakeError(EINVAL, "{}: not a regular file", ctx());
-  }
+  if (fstat(file_fd, &st) != 0) return ErrnoError("fstat");
+  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) return MakeError(EINVAL, "not a regular file");
   const int mode = fcntl(file_fd, F_GETFL);
-  if (mode < 0) return ErrnoError("{}: fcntl", ctx());
+  if (mode < 0) return ErrnoError("fcntl");
   if (!options.read_only && (mode & O_ACCMODE) != O_RDWR) {
-    return MakeError(EBADF, "{}: a writable loop needs the file open for reading and writing",
-                     ctx());
+    return MakeError(EBADF, "a writable loop needs the file open for reading and writing");
   }
   uint32_t block_size = options.block_size;
   if (block_size == 0) block_size = BackingLogicalBlockSize(st.st_dev);
   if (block_size < 512 || block_size > 4096 || (block_size & (block_size - 1)) != 0) {
-    return MakeError(EINVAL, "{}: block size {} is not a power of two in 512..4096", ctx(),
-                     block_size);
+    return MakeError(EINVAL, "block size {} is not a power of two in 512..4096", block_size);
   }
   if (options.size_limit % block_size != 0) {
-    return MakeError(EINVAL, "{}: size {} is not a multiple of the block size {}", ctx(),
+    return MakeError(EINVAL, "size {} is not a multiple of the block size {}",
                      options.size_limit, block_size);
   }
   if (options.offset % block_size != 0) {
-    return MakeError(EINVAL, "{}: offset {} is not a multiple of the block size {}", ctx(),
-                     options.offset, block_size);
+    return MakeError(EINVAL, "offset {} is not a multiple of the block size {}", options.offset,
+                     block_size);
   }
+  return block_size;
+}
 
-  // The loop's own direct I/O check trusts the filesystem's address_space ops, which
-  // overlayfs fakes even over tmpfs (then every I/O fails with EINVAL). Opening the file with
-  // O_DIRECT asks the filesystem that really holds the data.
-  bool want_dio = options.direct_io;
-  if (want_dio) {
-    // The same open file, reopened: a path lookup could meet another file by now.
-    const std::string self = fmt::format("/proc/self/fd/{}", file_fd);
-    UniqueFd probe(open(self.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC));
-    if (!probe) {
-      if (errno != EINVAL) return ErrnoError("{}: open with O_DIRECT", ctx());
-      if (!options.allow_buffered) {
-        return MakeError(EINVAL, "{}: the filesystem cannot do direct I/O (O_DIRECT)", ctx());
-      }
-      want_dio = false;
-    }
+// Whether to ask the loop for direct I/O. The loop's own check trusts the filesystem's
+// address_space ops, which overlayfs fakes even over tmpfs (then every I/O fails with EINVAL);
+// opening the same file with O_DIRECT asks the filesystem that really holds the data.
+Result<bool> WantDirectIo(int file_fd, const LoopOptions& options) {
+  if (!options.direct_io) return false;
+  // The same open file, reopened: a path lookup could meet another file by now.
+  const std::string self = fmt::format("/proc/self/fd/{}", file_fd);
+  UniqueFd probe(open(self.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC));
+  if (probe) return true;
+  if (errno != EINVAL) return ErrnoError("open with O_DIRECT");
+  if (!options.allow_buffered) {
+    return MakeError(EINVAL, "the filesystem cannot do direct I/O (O_DIRECT)");
   }
+  return false;
+}
 
+// A free loop bound to the file; retried when another process takes the free loop first.
+Result<Configured> BindFreeLoop(int file_fd, const std::string& backing_file,
+                                const LoopOptions& options, uint32_t block_size, bool want_dio) {
   UniqueFd control(open("/dev/loop-control", O_RDWR | O_CLOEXEC));
-  if (!control) return ErrnoError("{}: open /dev/loop-control", ctx());
-
-  std::optional<Configured> configured;
-  for (int attempt = 0; !configured; ++attempt) {
+  if (!control) return ErrnoError("open /dev/loop-control");
+  for (int attempt = 0;; ++attempt) {
     bool hook_failed = false;
     auto r = ConfigureFreeLoop(control.get(), file_fd, backing_file, options, block_size,
                                want_dio, &hook_failed);
-    if (r) {
-      configured = std::move(*r);
-      break;
-    }
-    if (hook_failed || r.error().code != EBUSY || attempt + 1 >= kMaxAttachAttempts) {
-      return std::move(r).error().Wrap(ctx());
+    if (r || hook_failed || r.error().code != EBUSY || attempt + 1 >= kMaxAttachAttempts) {
+      return r;
     }
   }
+}
 
-  LoopDevice loop(std::move(configured->fd), configured->path, 0, false, block_size);
-  struct stat lst {};
-  if (fstat(loop.fd_.get(), &lst) != 0) return ErrnoError("{}: fstat {}", ctx(), loop.path_);
-  loop.dev_ = lst.st_rdev;
+}  // namespace
+
+Result<LoopDevice> LoopDevice::Attach(int file_fd, const std::string& backing_file,
+                                      const LoopOptions& options) {
+  const std::string ctx = fmt::format("attach loop to \"{}\"", backing_file);
+  const uint32_t block_size = IMAGED_TRY_CTX(CheckAttachable(file_fd, options), "{}", ctx);
+  const bool want_dio = IMAGED_TRY_CTX(WantDirectIo(file_fd, options), "{}", ctx);
+  auto configured = IMAGED_TRY_CTX(
+      BindFreeLoop(file_fd, backing_file, options, block_size, want_dio), "{}", ctx);
+  LoopDevice loop(std::move(configured.fd), configured.path, 0, false, block_size);
   // From here on `loop` detaches on every error path.
+  IMAGED_TRY_CTX(loop.CheckConfigured(options), "{}", ctx);
+  return loop;
+}
+
+Result<void> LoopDevice::CheckConfigured(const LoopOptions& options) {
+  struct stat lst {};
+  if (fstat(fd_.get(), &lst) != 0) return ErrnoError("fstat {}", path_);
+  dev_ = lst.st_rdev;
   loop_info64 info{};
-  if (ioctl(loop.fd_.get(), LOOP_GET_STATUS64, &info) != 0) {
-    return ErrnoError("{}: LOOP_GET_STATUS64 {}", ctx(), loop.path_);
+  if (ioctl(fd_.get(), LOOP_GET_STATUS64, &info) != 0) {
+    return ErrnoError("LOOP_GET_STATUS64 {}", path_);
   }
-  loop.direct_io_ = (info.lo_flags & LO_FLAGS_DIRECT_IO) != 0;
-  if (options.direct_io && !loop.direct_io_ && !options.allow_buffered) {
+  direct_io_ = (info.lo_flags & LO_FLAGS_DIRECT_IO) != 0;
+  if (options.direct_io && !direct_io_ && !options.allow_buffered) {
     return MakeError(EINVAL,
-                     "{}: {} could not enable direct I/O (the filesystem cannot do O_DIRECT, or "
+                     "{} could not enable direct I/O (the filesystem cannot do O_DIRECT, or "
                      "block size {} is below the disk's)",
-                     ctx(), loop.path_, block_size);
+                     path_, block_size_);
   }
   int ssz = 0;
-  if (ioctl(loop.fd_.get(), BLKSSZGET, &ssz) != 0) {
-    return ErrnoError("{}: BLKSSZGET {}", ctx(), loop.path_);
-  }
-  if (static_cast<uint32_t>(ssz) != block_size) {
-    return MakeError(EINVAL, "{}: {} has block size {}, wanted {}", ctx(), loop.path_, ssz,
-                     block_size);
+  if (ioctl(fd_.get(), BLKSSZGET, &ssz) != 0) return ErrnoError("BLKSSZGET {}", path_);
+  if (static_cast<uint32_t>(ssz) != block_size_) {
+    return MakeError(EINVAL, "{} has block size {}, wanted {}", path_, ssz, block_size_);
   }
   if (options.no_discard) {
-    const std::string attr = DevBlockDir(loop.dev_) + "/queue/discard_max_bytes";
+    const std::string attr = DevBlockDir(dev_) + "/queue/discard_max_bytes";
     UniqueFd fd(open(attr.c_str(), O_WRONLY | O_CLOEXEC));
-    if (!fd) return ErrnoError("{}: open \"{}\"", ctx(), attr);
-    if (write(fd.get(), "0", 1) != 1) return ErrnoError("{}: write 0 to \"{}\"", ctx(), attr);
+    if (!fd) return ErrnoError("open \"{}\"", attr);
+    if (write(fd.get(), "0", 1) != 1) return ErrnoError("write 0 to \"{}\"", attr);
   }
   if (options.size_limit != 0) {
     uint64_t bytes = 0;
-    if (ioctl(loop.fd_.get(), BLKGETSIZE64, &bytes) != 0) {
-      return ErrnoError("{}: BLKGETSIZE64 {}", ctx(), loop.path_);
-    }
+    if (ioctl(fd_.get(), BLKGETSIZE64, &bytes) != 0) return ErrnoError("BLKGETSIZE64 {}", path_);
     if (bytes != options.size_limit) {
-      return MakeError(EINVAL, "{}: {} is {} bytes, wanted {} (file shorter than the size?)", ctx(),
-                       loop.path_, bytes, options.size_limit);
+      return MakeError(EINVAL, "{} is {} bytes, wanted {} (file shorter than the size?)", path_,
+                       bytes, options.size_limit);
     }
   }
-  return loop;
+  return Ok();
 }
 
 LoopDevice::LoopDevice(LoopDevice&& other) noexcept

@@ -89,6 +89,10 @@ class LoopDevice {
         direct_io_(direct_io),
         block_size_(block_size) {}
 
+  // After LOOP_CONFIGURE: the device is what `options` asked for (direct I/O, block size,
+  // discard off, exact size).
+  Result<void> CheckConfigured(const LoopOptions& options);
+
   UniqueFd fd_;  // the loop, open O_RDWR (O_RDONLY when read-only)
   std::string path_;
   dev_t dev_ = 0;
