@@ -9,6 +9,8 @@
 #include <cstring>
 #include <string>
 
+#include "internal.h"
+
 namespace imaged::fiemap {
 namespace {
 
@@ -127,7 +129,9 @@ Result<std::vector<Extent>> MergeExtents(const std::vector<Extent>& in, uint64_t
   return std::move(coverage).Finish();
 }
 
-Result<std::vector<Extent>> ReadExtentsFiemap(int fd, uint64_t file_size) {
+namespace internal {
+
+Result<std::vector<struct fiemap_extent>> FiemapExtents(int fd, uint64_t length) {
   // Pages of 512 extents (28 KiB); a file of any fragmentation is read in as many pages as it
   // takes, each page starting where the previous one's last extent ended.
   constexpr uint32_t kPage = 512;
@@ -136,10 +140,10 @@ Result<std::vector<Extent>> ReadExtentsFiemap(int fd, uint64_t file_size) {
   auto* fm = reinterpret_cast<struct fiemap*>(storage.data());
   std::vector<struct fiemap_extent> raw;
   uint64_t start = 0;
-  while (true) {
+  while (start < length) {
     std::memset(fm, 0, sizeof(*fm));
     fm->fm_start = start;
-    fm->fm_length = FIEMAP_MAX_OFFSET - start;
+    fm->fm_length = length - start;
     // SYNC flushes dirty data first, so delayed allocations get real blocks before we look.
     fm->fm_flags = FIEMAP_FLAG_SYNC;
     fm->fm_extent_count = kPage;
@@ -153,7 +157,13 @@ Result<std::vector<Extent>> ReadExtentsFiemap(int fd, uint64_t file_size) {
     if (next <= start) return MakeError(EIO, "FIEMAP made no progress at offset {}", start);
     start = next;
   }
-  return ValidateAndMerge(raw, file_size);
+  return raw;
+}
+
+}  // namespace internal
+
+Result<std::vector<Extent>> ReadExtentsFiemap(int fd, uint64_t file_size) {
+  return ValidateAndMerge(IMAGED_TRY(internal::FiemapExtents(fd, FIEMAP_MAX_OFFSET)), file_size);
 }
 
 Result<std::vector<Extent>> ReadExtentsFibmap(int fd, uint64_t file_size) {

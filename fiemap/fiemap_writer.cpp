@@ -248,15 +248,7 @@ Result<FiemapWriter> FiemapWriter::Create(const Directory& dir, std::string_view
   }
   remove_on_error.Disarm();
 
-  FiemapWriter writer;
-  writer.dir_ = dir;
-  writer.name_ = std::string(name);
-  writer.path_ = path;
-  writer.size_ = total;
-  writer.fs_ = std::move(fs);
-  writer.extents_ = std::move(extents);
-  writer.zeroing_deferred_ = defer;
-  return writer;
+  return FiemapWriter(dir, name, total, std::move(fs), std::move(extents), defer);
 }
 
 Result<void> FiemapWriter::CompleteZeroing() {
@@ -379,14 +371,7 @@ Result<FiemapWriter> FiemapWriter::Open(const Directory& dir, std::string_view n
     bool pinned = IMAGED_TRY_CTX(F2fsIsPinned(fd.get(), path), "open");
     if (!pinned) return MakeError(EINVAL, "\"{}\" is not pinned; f2fs may move its blocks", path);
   }
-  FiemapWriter writer;
-  writer.dir_ = dir;
-  writer.name_ = std::string(name);
-  writer.path_ = path;
-  writer.size_ = size;
-  writer.fs_ = std::move(fs);
-  writer.extents_ = std::move(extents);
-  return writer;
+  return FiemapWriter(dir, name, size, std::move(fs), std::move(extents), false);
 }
 
 }  // namespace imaged::fiemap

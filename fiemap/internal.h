@@ -1,6 +1,8 @@
 // Helpers shared by the fiemap sources; not part of the public API.
 #pragma once
 
+#include <linux/fiemap.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -20,5 +22,8 @@ struct Range {
   bool operator==(const Range&) const = default;
 };
 Result<std::vector<Range>> UnwrittenRanges(int fd, uint64_t file_size);
+
+// The raw FIEMAP extents of [0, length) of `fd` (FIEMAP_FLAG_SYNC), paged until the last one.
+Result<std::vector<struct fiemap_extent>> FiemapExtents(int fd, uint64_t length);
 
 }  // namespace imaged::fiemap::internal

@@ -90,7 +90,15 @@ class FiemapWriter {
   const FilesystemInfo& filesystem() const { return fs_; }
 
  private:
-  FiemapWriter() = default;
+  FiemapWriter(const Directory& dir, std::string_view name, uint64_t size, FilesystemInfo fs,
+               std::vector<Extent> extents, bool zeroing_deferred)
+      : dir_(dir),
+        name_(name),
+        path_(dir.PathOf(name)),
+        size_(size),
+        fs_(std::move(fs)),
+        extents_(std::move(extents)),
+        zeroing_deferred_(zeroing_deferred) {}
   Directory dir_;
   std::string name_;
   std::string path_;
