@@ -248,22 +248,22 @@ Result<std::unique_ptr<ImageManager>> ImageManager::Open(const ManagerOptions& o
 
 Result<void> ImageManager::Create(std::string_view name, uint64_t size_bytes,
                                   const CreateOptions& options) {
-  IMAGED_TRY_CTX(imageset::ValidateImageName(name), "create");
-  auto locks = IMAGED_TRY_CTX(impl_->LockImage(name), "create \"{}\"", name);
-  // With zero-fill the image is not what was asked for until the zeros are in: a crash before
-  // then must not leave it behind (a fill intent makes Recover remove it; a create intent only
-  // what lp_metadata does not name yet).
-  manager::Intent intent;
-  intent.op =
-      options.zero_fill_bytes != 0 ? manager::Intent::Op::kFill : manager::Intent::Op::kCreate;
-  IMAGED_TRY_CTX(impl_->WriteIntent(name, intent), "create \"{}\"", name);
-  auto created = impl_->CreateLocked(name, size_bytes, options);
-  // Cleared on failure too: CreateLocked removed what it made.
-  auto cleared = impl_->ClearIntent(name);
-  IMAGED_TRY_CTX(std::move(created), "create \"{}\"", name);
-  IMAGED_TRY_CTX(std::move(cleared), "create \"{}\"", name);
-  IMAGED_CRASH_POINT("create.done");
-  return Ok();
+  return impl_->OnImage("create", name, [&]() -> Result<void> {
+    // With zero-fill the image is not what was asked for until the zeros are in: a crash before
+    // then must not leave it behind (a fill intent makes Recover remove it; a create intent
+    // only what lp_metadata does not name yet).
+    manager::Intent intent;
+    intent.op =
+        options.zero_fill_bytes != 0 ? manager::Intent::Op::kFill : manager::Intent::Op::kCreate;
+    IMAGED_TRY(impl_->WriteIntent(name, intent));
+    auto created = impl_->CreateLocked(name, size_bytes, options);
+    // Cleared on failure too: CreateLocked removed what it made.
+    auto cleared = impl_->ClearIntent(name);
+    IMAGED_TRY(std::move(created));
+    IMAGED_TRY(std::move(cleared));
+    IMAGED_CRASH_POINT("create.done");
+    return Ok();
+  });
 }
 
 Result<void> ImageManager::Impl::CheckCreatable(std::string_view name, uint64_t size,
@@ -376,10 +376,7 @@ Result<void> ImageManager::Impl::CreateLocked(std::string_view name, uint64_t si
 // Delete
 
 Result<void> ImageManager::Delete(std::string_view name) {
-  IMAGED_TRY_CTX(imageset::ValidateImageName(name), "delete");
-  auto locks = IMAGED_TRY_CTX(impl_->LockImage(name), "delete \"{}\"", name);
-  IMAGED_TRY_CTX(impl_->DeleteLocked(name), "delete \"{}\"", name);
-  return Ok();
+  return impl_->OnImage("delete", name, [&] { return impl_->DeleteLocked(name); });
 }
 
 Result<void> ImageManager::Impl::DeleteLocked(std::string_view name) {
@@ -454,8 +451,6 @@ Result<std::optional<std::string>> ImageManager::GetMappedDevice(std::string_vie
 // Disable / RemoveDisabled
 
 Result<void> ImageManager::Disable(std::string_view name) {
-  IMAGED_TRY_CTX(imageset::ValidateImageName(name), "disable");
-  auto locks = IMAGED_TRY_CTX(impl_->LockImage(name), "disable \"{}\"", name);
   auto disable = [&](std::optional<metadata::LpMetadata> current) -> Result<metadata::LpMetadata> {
     const auto* p = current ? metadata::FindPartition(*current, name) : nullptr;
     if (!p) return MakeError(ENOENT, "no such image");
@@ -464,8 +459,7 @@ Result<void> ImageManager::Disable(std::string_view name) {
                                       p->attributes | metadata::kPartitionAttrDisabled, extents));
     return std::move(*current);
   };
-  IMAGED_TRY_CTX(impl_->EditLp(disable), "disable \"{}\"", name);
-  return Ok();
+  return impl_->OnImage("disable", name, [&] { return impl_->EditLp(disable); });
 }
 
 Result<std::vector<std::string>> ImageManager::RemoveDisabled() {

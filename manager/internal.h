@@ -94,6 +94,16 @@ struct ImageManager::Impl {
     manager::ChangeNote change;
   };
   Result<OpLocks> LockImage(std::string_view name);
+  // The entry of every public operation on one image: the name checked, the image locked for
+  // the call of `fn`, its errors prefixed with what was done to which image.
+  template <typename Fn>
+  auto OnImage(std::string_view verb, std::string_view name, Fn&& fn) -> decltype(fn()) {
+    IMAGED_TRY_CTX(imageset::ValidateImageName(name), "{}", verb);
+    auto held = IMAGED_TRY_CTX(LockImage(name), "{} \"{}\"", verb, name);
+    auto result = fn();
+    if (!result) return std::move(result).error().Wrap(fmt::format("{} \"{}\"", verb, name));
+    return result;
+  }
 
   // lp_metadata; a missing file reads as an empty set (nullopt). Fails with the refusal while
   // the manager refuses to serve (Recover and RebuildMetadata read it themselves).

@@ -138,11 +138,9 @@ Result<bool> ImageManager::Impl::FileViewMatchesDevice(const fiemap::FilesystemI
 // Map
 
 Result<std::string> ImageManager::Map(std::string_view name, std::chrono::milliseconds timeout) {
-  IMAGED_TRY_CTX(imageset::ValidateImageName(name), "map");
-  auto locks = IMAGED_TRY_CTX(impl_->LockImage(name), "map \"{}\"", name);
   Impl::MapRequest request;
   request.timeout = timeout;
-  return IMAGED_TRY_CTX(impl_->MapLocked(name, request), "map \"{}\"", name);
+  return impl_->OnImage("map", name, [&] { return impl_->MapLocked(name, request); });
 }
 
 Result<std::string> ImageManager::Impl::MapLocked(std::string_view name,
@@ -273,10 +271,7 @@ Result<void> ImageManager::Impl::TearDown(std::string_view name) {
 }
 
 Result<void> ImageManager::Unmap(std::string_view name) {
-  IMAGED_TRY_CTX(imageset::ValidateImageName(name), "unmap");
-  auto locks = IMAGED_TRY_CTX(impl_->LockImage(name), "unmap \"{}\"", name);
-  IMAGED_TRY_CTX(impl_->UnmapLocked(name), "unmap \"{}\"", name);
-  return Ok();
+  return impl_->OnImage("unmap", name, [&] { return impl_->UnmapLocked(name); });
 }
 
 Result<void> ImageManager::Impl::UnmapLocked(std::string_view name) {
@@ -326,10 +321,8 @@ Result<bool> ImageManager::Impl::RestoreAllocationLocked(std::string_view name) 
 
 Result<void> ImageManager::ZeroFill(std::string_view name, uint64_t bytes,
                                     const Progress& progress) {
-  IMAGED_TRY_CTX(imageset::ValidateImageName(name), "zero-fill");
-  auto locks = IMAGED_TRY_CTX(impl_->LockImage(name), "zero-fill \"{}\"", name);
-  IMAGED_TRY_CTX(impl_->ZeroFillLocked(name, bytes, progress), "zero-fill \"{}\"", name);
-  return Ok();
+  return impl_->OnImage("zero-fill", name,
+                        [&] { return impl_->ZeroFillLocked(name, bytes, progress); });
 }
 
 namespace {

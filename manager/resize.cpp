@@ -7,11 +7,8 @@ namespace imaged {
 
 Result<void> ImageManager::Resize(std::string_view name, uint64_t new_size,
                                   const Progress& progress) {
-  IMAGED_TRY_CTX(imageset::ValidateImageName(name), "resize");
-  auto locks = IMAGED_TRY_CTX(impl_->LockImage(name), "resize \"{}\"", name);
-  IMAGED_TRY_CTX(impl_->GrowUnmappedLocked(name, new_size, progress), "resize \"{}\" to {}", name,
-                 new_size);
-  return Ok();
+  return impl_->OnImage("resize", name,
+                        [&] { return impl_->GrowUnmappedLocked(name, new_size, progress); });
 }
 
 Result<void> ImageManager::Impl::GrowUnmappedLocked(std::string_view name, uint64_t new_size,
