@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include "bytes.h"
 #include "imaged/common/result.h"
 
 namespace imaged::test {
@@ -26,19 +27,6 @@ template <typename R>
            << result.error().ToString();
   }
   return ::testing::AssertionSuccess();
-}
-
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-using AlignedBuffer = std::unique_ptr<char, FreeDeleter>;
-
-// A 4 KiB-aligned buffer for O_DIRECT, filled with `fill`.
-inline AlignedBuffer Aligned(size_t size, char fill) {
-  void* p = nullptr;
-  if (posix_memalign(&p, 4096, size) != 0 || p == nullptr) std::abort();
-  std::memset(p, fill, size);
-  return AlignedBuffer(static_cast<char*>(p));
 }
 
 }  // namespace imaged::test

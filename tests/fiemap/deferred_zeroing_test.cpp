@@ -16,29 +16,20 @@
 #include <fiemap/filesystem.h>
 #include <fiemap/split_file.h>
 
+#include "bytes.h"
 #include "fiemap_at.h"
 #include "fs_fixture.h"
 
 namespace imaged::fiemap {
 namespace {
 
+using test::Aligned;
 using test::LoopFilesystem;
 
 constexpr uint64_t kMiB = 1 << 20;
 
 uint64_t FsSizeFor(const std::string& fs) {
   return fs == "xfs" ? 320ull << 20 : fs == "f2fs" ? 256ull << 20 : 128ull << 20;
-}
-
-struct Free {
-  void operator()(void* p) const { std::free(p); }
-};
-using Buffer = std::unique_ptr<uint8_t, Free>;
-Buffer Aligned(size_t n, uint8_t fill) {
-  void* p = nullptr;
-  if (posix_memalign(&p, 4096, n) != 0) std::abort();
-  std::memset(p, fill, n);
-  return Buffer(static_cast<uint8_t*>(p));
 }
 
 class DeferredZeroingTest : public ::testing::TestWithParam<std::string> {

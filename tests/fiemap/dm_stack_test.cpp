@@ -14,6 +14,7 @@
 #include <fiemap/fiemap_writer.h>
 #include <fiemap/filesystem.h>
 
+#include "bytes.h"
 #include "fiemap_at.h"
 #include "../vm/vm_env.h"
 #include "fs_fixture.h"
@@ -95,18 +96,15 @@ class DmStack {
 std::vector<char> ReadDevice(const std::string& device, uint64_t offset, size_t length) {
   int fd = open(device.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
   EXPECT_GE(fd, 0) << device;
-  void* raw = nullptr;
-  EXPECT_EQ(posix_memalign(&raw, 4096, length), 0);
-  std::unique_ptr<void, decltype(&free)> hold(raw, &free);
-  EXPECT_EQ(pread(fd, raw, length, static_cast<off_t>(offset)), static_cast<ssize_t>(length));
+  auto buffer = test::Aligned(length);
+  EXPECT_EQ(pread(fd, buffer.get(), length, static_cast<off_t>(offset)),
+            static_cast<ssize_t>(length));
   close(fd);
-  const char* p = static_cast<const char*>(raw);
-  return std::vector<char>(p, p + length);
+  return std::vector<char>(buffer.get(), buffer.get() + length);
 }
 
 std::vector<char> WritePattern(const std::string& path, uint64_t size) {
-  std::vector<char> data(size);
-  for (size_t i = 0; i < size; ++i) data[i] = static_cast<char>((i * 131) ^ (i >> 12));
+  const auto data = test::Pattern<std::vector<char>>(size);
   int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
   EXPECT_GE(fd, 0);
   EXPECT_EQ(pwrite(fd, data.data(), size, 0), static_cast<ssize_t>(size));

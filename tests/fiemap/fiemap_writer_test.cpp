@@ -19,6 +19,7 @@
 #include <fiemap/fiemap_writer.h>
 #include <fiemap/filesystem.h>
 
+#include "bytes.h"
 #include "fiemap_at.h"
 #include "fs_fixture.h"
 
@@ -202,9 +203,8 @@ TEST_P(FiemapWriterTest, FileReadsBackAsZeros) {
   ASSERT_TRUE(w) << w.error().ToString();
   int fd = open(fs_->loop_device().c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
   ASSERT_GE(fd, 0);
-  void* buf = nullptr;
-  ASSERT_EQ(posix_memalign(&buf, 4096, 1 << 20), 0);
-  std::unique_ptr<void, decltype(&free)> hold(buf, &free);
+  auto buffer = test::Aligned(1 << 20);
+  char* buf = buffer.get();
   std::vector<char> zeros(1 << 20, 0);
   for (const auto& e : w->extents()) {
     for (uint64_t off = 0; off < e.length; off += 1 << 20) {
@@ -307,8 +307,7 @@ TEST_P(FiemapWriterTest, DataWrittenThroughTheFileIsAtThePhysicalOffsets) {
   // AOSP FibmapBlockAddressing, for every fs: the extents are what dm-linear will map.
   auto w = test::CreateAt(path_, 6 << 20);
   ASSERT_TRUE(w) << w.error().ToString();
-  std::vector<uint32_t> pattern(w->size() / 4);
-  for (size_t i = 0; i < pattern.size(); ++i) pattern[i] = static_cast<uint32_t>(i * 2654435761u);
+  const auto pattern = test::Pattern(w->size());
   {
     int fd = open(path_.c_str(), O_WRONLY | O_CLOEXEC);
     ASSERT_GE(fd, 0);
@@ -322,10 +321,9 @@ TEST_P(FiemapWriterTest, DataWrittenThroughTheFileIsAtThePhysicalOffsets) {
   EXPECT_EQ(again->extents(), w->extents());
   int fd = open(fs_->loop_device().c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
   ASSERT_GE(fd, 0);
-  void* buf = nullptr;
-  ASSERT_EQ(posix_memalign(&buf, 4096, w->size()), 0);
-  std::unique_ptr<void, decltype(&free)> hold(buf, &free);
-  const char* expect = reinterpret_cast<const char*>(pattern.data());
+  auto buffer = test::Aligned(w->size());
+  char* buf = buffer.get();
+  const char* expect = pattern.data();
   for (const auto& e : w->extents()) {
     ASSERT_EQ(pread(fd, buf, e.length, static_cast<off_t>(e.physical)),
               static_cast<ssize_t>(e.length));

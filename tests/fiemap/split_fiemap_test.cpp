@@ -8,12 +8,12 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <numeric>
 
 #include <gtest/gtest.h>
 
 #include <fiemap/split_file.h>
 
+#include "bytes.h"
 #include "fiemap_at.h"
 #include "fs_fixture.h"
 
@@ -21,6 +21,7 @@ namespace imaged::fiemap {
 namespace {
 
 using test::LoopFilesystem;
+using test::Pattern;
 
 bool Exists(const std::string& path) {
   struct stat st;
@@ -56,14 +57,6 @@ class SplitFiemapTest : public ::testing::TestWithParam<std::string> {
     SplitFiemap::CreateOptions o;
     o.max_piece_size = max;
     return o;
-  }
-  // An int sequence, the AOSP write tests' buffer.
-  static std::vector<char> Pattern(size_t bytes) {
-    std::vector<int> ints(bytes / sizeof(int));
-    std::iota(ints.begin(), ints.end(), 0);
-    std::vector<char> out(bytes);
-    memcpy(out.data(), ints.data(), bytes);
-    return out;
   }
   std::string Concatenation(int pieces) const {
     std::string all;
@@ -289,9 +282,8 @@ TEST_P(SplitFiemapTest, DirectIoWithAlignedBuffers) {
   auto s = test::CreateSplitAt(list_, 2 << 20, Pieces(1 << 20));
   ASSERT_TRUE(s) << s.error().ToString();
   ASSERT_TRUE(s->OpenForIo(true));
-  void* raw = nullptr;
-  ASSERT_EQ(posix_memalign(&raw, 4096, 1 << 20), 0);
-  std::unique_ptr<void, decltype(&free)> hold(raw, &free);
+  auto buffer = test::Aligned(1 << 20);
+  char* raw = buffer.get();
   auto data = Pattern(1 << 20);
   memcpy(raw, data.data(), data.size());
   // Straddles the piece boundary at 1 MiB.

@@ -6,20 +6,15 @@
 #include <cstdlib>
 #include <memory>
 
+#include "bytes.h"
 #include "fs_fixture.h"
 #include "import_test_util.h"
 
 namespace imaged::import::test {
 namespace {
 
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-using AlignedBuffer = std::unique_ptr<uint8_t, FreeDeleter>;
-
-AlignedBuffer Aligned(size_t size) {
-  return AlignedBuffer(static_cast<uint8_t*>(std::aligned_alloc(4096, size)));
-}
+using imaged::test::Aligned;
+using imaged::test::Pattern;
 
 // Pages of [offset, offset+length) of `path` in the page cache.
 size_t ResidentPages(const std::string& path, uint64_t offset, uint64_t length) {
@@ -46,19 +41,13 @@ void WriteUncached(const std::string& path, const Bytes& bytes) {
   ::close(fd);
 }
 
-Bytes Pattern(size_t size) {
-  Bytes b(size);
-  for (size_t i = 0; i < size; ++i) b[i] = static_cast<uint8_t>((i * 131) >> 7);
-  return b;
-}
-
 class FileSourceTest : public ::testing::Test {
  protected:
   void SetUp() override {
     IMAGED_SKIP_UNLESS_FS("ext4");
     fs_.emplace("ext4", 64ull << 20);
     path_ = fs_->Path("source");
-    bytes_ = Pattern((8 << 20) + 5000);  // ends past the last whole 4 KiB block
+    bytes_ = Pattern<Bytes>((8 << 20) + 5000);  // ends past the last whole 4 KiB block
     WriteUncached(path_, bytes_);
   }
   std::optional<imaged::test::LoopFilesystem> fs_;

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "bytes.h"
 #include "imaged/common/result.h"
 #include "metadata/lp_metadata.h"
 
@@ -21,15 +22,7 @@
 namespace imaged::init::test {
 
 // Non-zero bytes everywhere (mkfs.ext4 -d turns all-zero blocks into holes), distinct per seed.
-inline std::string Pattern(size_t size, uint8_t seed) {
-  std::string data(size, '\0');
-  uint32_t x = 0x9e3779b9u * (seed + 1u);
-  for (size_t i = 0; i < size; ++i) {
-    x = x * 1103515245u + 12345u;
-    data[i] = static_cast<char>(((x >> 16) % 255) + 1);
-  }
-  return data;
-}
+using imaged::test::Pattern;
 
 inline void WriteFile(const std::string& path, const std::string& data) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

@@ -11,7 +11,6 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -19,6 +18,7 @@
 
 #include "dm/device_mapper.h"
 #include "dm/loop_device.h"
+#include "bytes.h"
 #include "fs_fixture.h"
 #include "manager/image_manager.h"
 #include "process.h"
@@ -92,12 +92,8 @@ class ImageSet {
 };
 
 // ---- byte helpers ----
-inline std::vector<uint8_t> Pattern(size_t n, uint32_t seed) {
-  std::vector<uint8_t> v(n);
-  std::mt19937 rng(seed);
-  for (auto& b : v) b = static_cast<uint8_t>(rng());
-  return v;
-}
+// What these tests write and read back through devices.
+using Bytes = std::vector<uint8_t>;
 
 inline uint64_t BlockDeviceSize(const std::string& path) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -112,16 +108,11 @@ inline uint64_t BlockDeviceSize(const std::string& path) {
 inline bool DirectWrite(const std::string& path, const std::vector<uint8_t>& data, uint64_t off) {
   int fd = open(path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
   if (fd < 0) return false;
-  void* buf = nullptr;
-  if (posix_memalign(&buf, 4096, data.size()) != 0) {
-    close(fd);
-    return false;
-  }
-  memcpy(buf, data.data(), data.size());
-  bool ok =
-      pwrite(fd, buf, data.size(), static_cast<off_t>(off)) == static_cast<ssize_t>(data.size()) &&
-      fsync(fd) == 0;
-  free(buf);
+  auto buf = Aligned(data.size());
+  memcpy(buf.get(), data.data(), data.size());
+  bool ok = pwrite(fd, buf.get(), data.size(), static_cast<off_t>(off)) ==
+                static_cast<ssize_t>(data.size()) &&
+            fsync(fd) == 0;
   close(fd);
   return ok;
 }
@@ -130,12 +121,9 @@ inline std::vector<uint8_t> DirectRead(const std::string& path, size_t n, uint64
   std::vector<uint8_t> out;
   int fd = open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
   if (fd < 0) return out;
-  void* buf = nullptr;
-  if (posix_memalign(&buf, 4096, n) == 0) {
-    if (pread(fd, buf, n, static_cast<off_t>(off)) == static_cast<ssize_t>(n)) {
-      out.assign(static_cast<uint8_t*>(buf), static_cast<uint8_t*>(buf) + n);
-    }
-    free(buf);
+  auto buf = Aligned(n);
+  if (pread(fd, buf.get(), n, static_cast<off_t>(off)) == static_cast<ssize_t>(n)) {
+    out.assign(buf.get(), buf.get() + n);
   }
   close(fd);
   return out;

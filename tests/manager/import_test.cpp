@@ -29,7 +29,7 @@ class ImportTest : public ::testing::Test {
   // Data with holes: zeros, random blocks, a run of one byte value, zeros at the end.
   std::vector<uint8_t> SourceBytes(size_t size) {
     std::vector<uint8_t> v(size, 0);
-    auto random = Pattern(size / 3, 11);
+    auto random = Pattern<Bytes>(size / 3, 11);
     std::copy(random.begin(), random.end(), v.begin() + size / 4);
     std::fill(v.begin() + size / 4 * 3, v.begin() + size / 4 * 3 + 8192, 0xAB);
     return v;
@@ -109,7 +109,7 @@ TEST_F(ImportTest, IntoExistingOverwritesAndZeroesTheRest) {
   ASSERT_OK(mgr().Create("target", 8 * kMiB, {}));
   auto split = test::OpenSplitAt(set_->data("target.img"));
   ASSERT_OK(split);
-  const auto old = Pattern(8 * kMiB, 12);
+  const auto old = Pattern<Bytes>(8 * kMiB, 12);
   ASSERT_OK(split->PWrite(old.data(), old.size(), 0));
   ASSERT_OK(split->Sync());
   const auto bytes = SourceBytes(4 * kMiB);

@@ -60,7 +60,7 @@ class ListTest : public ::testing::Test {
 
   std::string Source(uint64_t size) {
     const std::string path = (src_.path() / "source.raw").string();
-    const auto bytes = Pattern(size, 7);
+    const auto bytes = Pattern<Bytes>(size, 7);
     int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     EXPECT_GE(fd, 0);
     EXPECT_EQ(pwrite(fd, bytes.data(), bytes.size(), 0), static_cast<ssize_t>(bytes.size()));

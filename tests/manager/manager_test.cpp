@@ -152,7 +152,7 @@ TEST_F(ManagerTest, DataWrittenThroughDeviceIsInTheFile) {
   ASSERT_OK(mgr().Create("img", 4 * kMiB, {}));
   auto path = mgr().Map("img");
   ASSERT_OK(path);
-  const auto data = Pattern(64 * 1024, 1);
+  const auto data = Pattern<Bytes>(64 * 1024, 1);
   ASSERT_TRUE(DirectWrite(*path, data, kMiB + 8192));
   ASSERT_OK(mgr().Unmap("img"));
   EXPECT_EQ(DirectRead(Piece("img"), data.size(), kMiB + 8192), data);
@@ -160,7 +160,7 @@ TEST_F(ManagerTest, DataWrittenThroughDeviceIsInTheFile) {
 
 TEST_F(ManagerTest, DataWrittenToTheFileIsSeenThroughDevice) {
   ASSERT_OK(mgr().Create("img", 4 * kMiB, {}));
-  const auto data = Pattern(8192, 2);
+  const auto data = Pattern<Bytes>(8192, 2);
   ASSERT_TRUE(DirectWrite(Piece("img"), data, 4096));
   auto path = mgr().Map("img");
   ASSERT_OK(path);
@@ -183,7 +183,7 @@ TEST_F(ManagerTest, ReadonlyImageMapsReadOnly) {
   ASSERT_OK(mgr().Create("ro", kMiB, ro));
   auto path = mgr().Map("ro");
   ASSERT_OK(path);
-  EXPECT_FALSE(DirectWrite(*path, Pattern(4096, 9), 0));
+  EXPECT_FALSE(DirectWrite(*path, Pattern<Bytes>(4096, 9), 0));
   ASSERT_OK(mgr().Unmap("ro"));
 }
 
@@ -207,14 +207,14 @@ TEST_F(ManagerTest, LpMetadataRecordsTheDiskAndExtentsInSectors) {
   EXPECT_EQ(metadata::PartitionSizeBytes(*md, *p), 2 * kMiB);
   // Sector N of the first extent on the disk holds the image's first bytes.
   const auto extents = metadata::PartitionExtents(*md, *p);
-  const auto data = Pattern(4096, 3);
+  const auto data = Pattern<Bytes>(4096, 3);
   ASSERT_TRUE(DirectWrite(Piece("img"), data, 0));
   EXPECT_EQ(DirectRead(set_->fs().loop_device(), 4096, extents[0].target_data * 512), data);
 }
 
 TEST_F(ManagerTest, ZeroFillZeroesTheImage) {
   ASSERT_OK(mgr().Create("img", 2 * kMiB, {}));
-  const auto data = Pattern(2 * kMiB, 4);
+  const auto data = Pattern<Bytes>(2 * kMiB, 4);
   ASSERT_TRUE(DirectWrite(Piece("img"), data, 0));
   uint64_t last = 0;
   ASSERT_OK(mgr().ZeroFill("img", kMiB, [&](uint64_t done, uint64_t) {
@@ -232,7 +232,7 @@ TEST_F(ManagerTest, ZeroFillOfMappedImageWritesThroughItsDevice) {
   ASSERT_OK(mgr().Create("img", kMiB, {}));
   auto path = mgr().Map("img");
   ASSERT_OK(path);
-  ASSERT_TRUE(DirectWrite(*path, Pattern(kMiB, 5), 0));
+  ASSERT_TRUE(DirectWrite(*path, Pattern<Bytes>(kMiB, 5), 0));
   ASSERT_OK(mgr().ZeroFill("img", 0));
   EXPECT_EQ(DirectRead(*path, kMiB, 0), std::vector<uint8_t>(kMiB, 0));
   ASSERT_OK(mgr().Unmap("img"));
@@ -255,7 +255,7 @@ TEST_F(ManagerTest, MapAllMapsEnabledUnmappedImages) {
 
 TEST_F(ManagerTest, ResizeGrowsAnUnmappedImageKeepingItsData) {
   ASSERT_OK(mgr().Create("img", kMiB, {}));
-  const auto data = Pattern(kMiB, 6);
+  const auto data = Pattern<Bytes>(kMiB, 6);
   ASSERT_TRUE(DirectWrite(Piece("img"), data, 0));
   ASSERT_OK(mgr().Resize("img", 3 * kMiB));
   auto info = mgr().Info("img");
@@ -307,7 +307,7 @@ TEST_F(ManagerTest, UnmapRestoresBlocksPunchedWhileMapped) {
   ASSERT_OK(mgr().Create("img", 4 * kMiB, {}));
   auto path = mgr().Map("img");
   ASSERT_OK(path);
-  const auto data = Pattern(4096, 10);
+  const auto data = Pattern<Bytes>(4096, 10);
   ASSERT_TRUE(DirectWrite(*path, data, 0));
   {
     int fd = open(Piece("img").c_str(), O_WRONLY | O_CLOEXEC);
@@ -331,7 +331,7 @@ TEST_F(ManagerTest, UnmapRestoresBlocksPunchedWhileMapped) {
 
 TEST_F(ManagerTest, CreateRefusesAnExistingImageAndKeepsItsData) {
   ASSERT_OK(mgr().Create("img", kMiB, {}));
-  const auto data = Pattern(4096, 7);
+  const auto data = Pattern<Bytes>(4096, 7);
   ASSERT_TRUE(DirectWrite(Piece("img"), data, 0));
   EXPECT_ERRNO(mgr().Create("img", 2 * kMiB, {}), EEXIST);
   EXPECT_EQ(DirectRead(Piece("img"), 4096, 0), data);
@@ -628,7 +628,7 @@ TEST_F(ManagerTest, RecoverRollsAnInterruptedGrowBack) {
   auto split_mgr = ImageManager::Open(o);
   ASSERT_OK(split_mgr);
   ASSERT_OK((*split_mgr)->Create("img", 512 * 1024, {}));
-  const auto data = Pattern(512 * 1024, 4);
+  const auto data = Pattern<Bytes>(512 * 1024, 4);
   ASSERT_TRUE(DirectWrite(Piece("img"), data, 0));
   { std::ofstream(set_->meta("img.intent")) << "grow 524288 1 524288\n"; }
   {
@@ -657,7 +657,7 @@ TEST_F(ManagerTest, RecoverRollsAnInterruptedGrowBack) {
 // single loop device (no device-mapper needed), and its data stays where it was.
 TEST_F(ManagerTest, ResizeOfAOnePieceImageGrowsThePieceInPlace) {
   ASSERT_OK(mgr().Create("img", kMiB, {}));
-  const auto data = Pattern(kMiB, 9);
+  const auto data = Pattern<Bytes>(kMiB, 9);
   ASSERT_TRUE(DirectWrite(Piece("img"), data, 0));
   auto before = test::OpenAt(Piece("img"));
   ASSERT_OK(before);
@@ -691,7 +691,7 @@ TEST_F(ManagerTest, MissingLpMetadataWithImagesIsRefusedAndRebuilt) {
   CreateOptions ro;
   ro.readonly = true;
   ASSERT_OK(mgr().Create("b", kMiB + 4096, ro));
-  const auto data = Pattern(kMiB, 3);
+  const auto data = Pattern<Bytes>(kMiB, 3);
   ASSERT_TRUE(DirectWrite(Piece("a"), data, 0));
   ASSERT_EQ(rename(set_->meta("lp_metadata").c_str(), set_->meta("lp_metadata.away").c_str()), 0);
   set_->Reopen();
@@ -858,7 +858,7 @@ TEST_P(FilesystemTest, CreateMapWriteUnmapReadBackDelete) {
   auto path = set.mgr().Map("img");
   ASSERT_OK(path);
   EXPECT_EQ(BlockDeviceSize(*path), 4 * kMiB);
-  const auto data = Pattern(kMiB, 8);
+  const auto data = Pattern<Bytes>(kMiB, 8);
   ASSERT_TRUE(DirectWrite(*path, data, 2 * kMiB));
   ASSERT_OK(set.mgr().Unmap("img"));
   auto split = test::OpenSplitAt(set.data("img.img"));

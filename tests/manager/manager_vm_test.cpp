@@ -109,11 +109,11 @@ void ExpectDeviceAndFileAgree(DmBackedSet& set, const std::string& expected_pref
   EXPECT_EQ(path->rfind(expected_prefix, 0), 0u) << *path;
   EXPECT_EQ(BlockDeviceSize(*path), 8 * kMiB);
   // Device -> file.
-  const auto data = Pattern(kMiB, 21);
+  const auto data = Pattern<Bytes>(kMiB, 21);
   ASSERT_TRUE(DirectWrite(*path, data, 3 * kMiB));
   EXPECT_EQ(DirectRead(set.piece("img"), data.size(), 3 * kMiB), data);
   // File -> device.
-  const auto more = Pattern(64 * 1024, 22);
+  const auto more = Pattern<Bytes>(64 * 1024, 22);
   ASSERT_TRUE(DirectWrite(set.piece("img"), more, 0));
   EXPECT_EQ(DirectRead(*path, more.size(), 0), more);
   ASSERT_OK(set.mgr().Unmap("img"));
@@ -171,7 +171,7 @@ TEST_F(VmTest, ReadonlyImageGetsAReadOnlyTable) {
   ASSERT_OK(set.mgr().Create("ro", kMiB, ro));
   auto path = set.mgr().Map("ro");
   ASSERT_OK(path);
-  EXPECT_FALSE(DirectWrite(*path, Pattern(4096, 23), 0));
+  EXPECT_FALSE(DirectWrite(*path, Pattern<Bytes>(4096, 23), 0));
   ASSERT_OK(set.mgr().Unmap("ro"));
 }
 
@@ -244,7 +244,7 @@ TEST_F(VmTest, SplitImageIsLoopsJoinedByDmOfExactlyTheImageSize) {
   ASSERT_OK(path);
   EXPECT_EQ(*path, "/dev/mapper/" + set.options().dm_prefix + "split");
   EXPECT_EQ(BlockDeviceSize(*path), size);
-  const auto data = Pattern(2 * kMiB, 24);
+  const auto data = Pattern<Bytes>(2 * kMiB, 24);
   ASSERT_TRUE(DirectWrite(*path, data, kMiB / 2));  // crosses two piece boundaries
   // A restarted daemon adopts the whole stack.
   set.Reopen();

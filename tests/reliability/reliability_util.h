@@ -22,6 +22,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "bytes.h"
 #include "fs_fixture.h"
 #include "process.h"
 
@@ -109,19 +110,6 @@ inline uint64_t BytesHash(const std::string& bytes) {
     h *= 1099511628211ull;
   }
   return h;
-}
-
-// Deterministic non-zero content (so a lost or zeroed block shows).
-inline std::string Pattern(size_t size, uint32_t seed) {
-  std::string s(size, '\0');
-  uint32_t x = seed * 2654435761u + 1;
-  for (size_t i = 0; i < size; ++i) {
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    s[i] = static_cast<char>(x | 1);
-  }
-  return s;
 }
 
 inline void WriteFile(const std::string& path, const std::string& bytes) {
