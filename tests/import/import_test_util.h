@@ -36,7 +36,7 @@ class FdStream : public Stream {
   Result<void> Read(void* buf, size_t len) override {
     auto* p = static_cast<uint8_t*>(buf);
     const size_t from_prefix = std::min(len, prefix_.size() - prefix_pos_);
-    std::memcpy(p, prefix_.data() + prefix_pos_, from_prefix);
+    if (from_prefix > 0) std::memcpy(p, prefix_.data() + prefix_pos_, from_prefix);
     prefix_pos_ += from_prefix;
     pos_ += from_prefix;
     for (size_t got = from_prefix; got < len;) {
