@@ -475,43 +475,26 @@ int CmdResize(const Context& ctx, const std::string& name, uint64_t size) {
   return FinishOperation(stream, ctx, "resizing", "resized", cancel);
 }
 
-int CmdImport(const Context& ctx, const std::string& file, const std::string& name,
-              const std::string& format, bool into_existing, bool readonly, bool upload) {
-  grpc::ClientContext call;
-  ctx.SetDeadline(call, true);
-  CancelOnInterrupt cancel(ctx, &call);
-  if (!upload) {
-    // The daemon opens the file itself: it must be an absolute path it can read.
-    char* resolved = realpath(file.c_str(), nullptr);
-    if (!resolved) {
-      fmt::print(stderr, "imagectl: {}: {}\n", file, std::strerror(errno));
-      return kExitFailed;
-    }
-    v1::ImportImageRequest request;
-    request.set_name(name);
-    request.set_source_path(resolved);
-    free(resolved);
-    request.set_format(FormatArg(format));
-    request.set_into_existing(into_existing);
-    request.set_readonly(readonly);
-    auto stream = ctx.Stub()->ImportImage(&call, request);
-    return FinishOperation(stream, ctx, "importing", "imported", cancel);
-  }
-  int fd = open(file.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
+// The daemon opens the file itself: it must be an absolute path it can read.
+int CmdImportPath(const Context& ctx, const std::string& file, v1::ImportImageRequest request) {
+  char* resolved = realpath(file.c_str(), nullptr);
+  if (!resolved) {
     fmt::print(stderr, "imagectl: {}: {}\n", file, std::strerror(errno));
     return kExitFailed;
   }
-  struct stat st {};
-  fstat(fd, &st);
-  auto stream = ctx.Stub()->UploadImage(&call);
-  v1::UploadImageRequest header;
-  header.mutable_header()->set_name(name);
-  header.mutable_header()->set_format(FormatArg(format));
-  header.mutable_header()->set_into_existing(into_existing);
-  header.mutable_header()->set_readonly(readonly);
-  header.mutable_header()->set_total_bytes(S_ISREG(st.st_mode) ? static_cast<uint64_t>(st.st_size) : 0);
-  bool ok = stream->Write(header);
+  request.set_source_path(resolved);
+  free(resolved);
+  grpc::ClientContext call;
+  ctx.SetDeadline(call, true);
+  CancelOnInterrupt cancel(ctx, &call);
+  auto stream = ctx.Stub()->ImportImage(&call, request);
+  return FinishOperation(stream, ctx, "importing", "imported", cancel);
+}
+
+// Sends fd's bytes to the end; false (after printing why) when reading it failed, so that the
+// caller cancels the upload rather than let a pipe's stream end early as if complete.
+template <typename Writer>
+bool SendChunks(int fd, const std::string& file, Writer& stream) {
   // One message, its data read into in place and reused for every chunk: no copy, and no
   // allocation per chunk. Allocating a fresh 1 MiB string per chunk (freed together with
   // gRPC's 1 MiB serialization slice) made glibc give the top of the heap back and grow it
@@ -521,17 +504,60 @@ int CmdImport(const Context& ctx, const std::string& file, const std::string& na
   constexpr size_t kChunk = 1 << 20;
   v1::UploadImageRequest chunk;
   std::string& data = *chunk.mutable_data();
-  while (ok) {
+  for (;;) {
     data.resize(kChunk);
-    ssize_t n = read(fd, data.data(), data.size());
+    const ssize_t n = read(fd, data.data(), data.size());
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
+    if (n < 0) {
+      fmt::print(stderr, "imagectl: {}: {}\n", file, std::strerror(errno));
+      return false;
+    }
+    if (n == 0) return true;
     data.resize(static_cast<size_t>(n));
-    ok = stream->Write(chunk);
+    if (!stream.Write(chunk)) return true;  // the daemon ended the call: Finish says why
   }
+}
+
+// The client reads the file with its own rights and streams it to the daemon.
+int CmdUpload(const Context& ctx, const std::string& file, const v1::ImportImageRequest& request) {
+  int fd = open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    fmt::print(stderr, "imagectl: {}: {}\n", file, std::strerror(errno));
+    return kExitFailed;
+  }
+  struct stat st {};
+  fstat(fd, &st);
+  grpc::ClientContext call;
+  ctx.SetDeadline(call, true);
+  CancelOnInterrupt cancel(ctx, &call);
+  auto stream = ctx.Stub()->UploadImage(&call);
+  v1::UploadImageRequest header;
+  auto& h = *header.mutable_header();
+  h.set_name(request.name());
+  h.set_format(request.format());
+  h.set_into_existing(request.into_existing());
+  h.set_readonly(request.readonly());
+  h.set_total_bytes(S_ISREG(st.st_mode) ? static_cast<uint64_t>(st.st_size) : 0);
+  bool read_ok = true;
+  if (stream->Write(header)) read_ok = SendChunks(fd, file, *stream);  // else Finish says why
   close(fd);
+  if (!read_ok) {
+    call.TryCancel();
+    stream->Finish();
+    return kExitFailed;
+  }
   stream->WritesDone();
   return FinishOperation(stream, ctx, "importing", "imported", cancel);
+}
+
+int CmdImport(const Context& ctx, const std::string& file, const std::string& name,
+              const std::string& format, bool into_existing, bool readonly, bool upload) {
+  v1::ImportImageRequest request;
+  request.set_name(name);
+  request.set_format(FormatArg(format));
+  request.set_into_existing(into_existing);
+  request.set_readonly(readonly);
+  return upload ? CmdUpload(ctx, file, request) : CmdImportPath(ctx, file, std::move(request));
 }
 
 // What the subcommands' arguments parse into.

@@ -335,6 +335,16 @@ TEST_F(ApiTest, ImportByPathAndByUploadAreBitExact) {
   }
 }
 
+// A source that fails to read part way must not end the upload as if it were complete: for a
+// raw stream of unknown length the daemon could not tell a short image from a whole one.
+TEST_F(ApiTest, UploadWhoseSourceFailsToReadIsCancelledAndLeavesNothing) {
+  auto upload = Ctl({"import", "--upload", "--format", "raw", dir_.path().string(), "unreadable"});
+  EXPECT_NE(upload.exit_code, 0);
+  EXPECT_NE(upload.err.find("Is a directory"), std::string::npos) << upload.err;
+  auto info = Ctl({"info", "unreadable"});
+  EXPECT_NE(info.exit_code, 0) << info.out;
+}
+
 TEST_F(ApiTest, CorruptImportIsRefusedAndLeavesNothing) {
   std::string bogus = (dir_.path() / "bogus.qcow2").string();
   ASSERT_EQ(RunCommand({"qemu-img", "create", "-q", "-f", "qcow2", bogus, "1M"}).exit_code, 0);
