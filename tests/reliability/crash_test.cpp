@@ -13,6 +13,7 @@
 #include <cstring>
 #include <functional>
 
+#include "dm/loop_device.h"
 #include "reliability_util.h"
 
 #ifdef IMAGED_CRASH_IN_VM
@@ -20,7 +21,6 @@
 
 #include "../vm/vm_env.h"
 #include "dm/device_mapper.h"
-#include "dm/loop_device.h"
 #include "dm/table.h"
 #endif
 
@@ -166,6 +166,9 @@ class CrashTest : public ::testing::TestWithParam<std::string> {
     std::unique_ptr<DaemonSet> set;
     ~Trial() {
       set.reset();
+      // A trial whose checks failed half way may leave its images mapped; their loops must
+      // not outlive the test (the data filesystem is only detached lazily at the end).
+      for (const auto& entry : LoopsUnder(data)) (void)dm::LoopDevice::DetachPath(entry.first);
       std::error_code ec;
       std::filesystem::remove_all(data, ec);
       std::filesystem::remove_all(metadata, ec);
