@@ -2,6 +2,7 @@
 // imaged/common/crash_point.h; the grow.* points are in fiemap/split_file.cpp). Points
 // (operation.step, in the order they are hit):
 //   create.checked          checks done, nothing durable yet
+//   create.set_metadata_written  a new set's first (empty) lp_metadata written, no pieces yet
 //   create.piece_progress   each progress report while pieces are allocated and written
 //   create.pieces_done      pieces and list file written, no lp_metadata entry
 //   create.lp_written       lp_metadata names the image (before any zero-fill)

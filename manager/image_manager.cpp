@@ -315,11 +315,26 @@ Result<void> ImageManager::Impl::RecordNewImage(std::string_view name,
         entry.alignment_offset = now.alignment_offset;
       }
     } else {
-      next = metadata::NewImageMetadata(imageset::BlockDeviceOf(disk), disk.logical_block_size, 0);
+      // EnsureSetMetadata wrote it before the first piece: someone removed it since.
+      return MakeError(ENOENT, "lp_metadata vanished while the image was being created");
     }
     IMAGED_TRY(metadata::SetPartition(next, name, attributes, extents));
     return next;
   });
+}
+
+// A set's lp_metadata exists before its first piece does, so that pieces without lp_metadata
+// beside them always mean a missing metadata dir (Recover refuses to judge that), never a power
+// cut or crash in the middle of the set's first create (the intent then proves them ours).
+Result<void> ImageManager::Impl::EnsureSetMetadata(const fiemap::FilesystemInfo& fs) {
+  auto lock = IMAGED_TRY(FileLock::Acquire(locks, imageset::kLpMetadataLock, true));
+  if (IMAGED_TRY(ReadLp())) return Ok();
+  const auto disk = imageset::DiskFactsOf(fs);
+  const auto empty =
+      metadata::NewImageMetadata(imageset::BlockDeviceOf(disk), disk.logical_block_size, 0);
+  IMAGED_TRY_CTX(imageset::WriteLpMetadata(metadata, empty), "write the set's first lp_metadata");
+  IMAGED_CRASH_POINT("create.set_metadata_written");
+  return Ok();
 }
 
 Result<void> ImageManager::Impl::CreateLocked(std::string_view name, uint64_t size,
@@ -327,6 +342,7 @@ Result<void> ImageManager::Impl::CreateLocked(std::string_view name, uint64_t si
   const auto fs = IMAGED_TRY(fiemap::InspectFilesystem(data.fd(), data.path()));
   IMAGED_TRY(CheckCreatable(name, size, fs));
   IMAGED_CRASH_POINT("create.checked");
+  IMAGED_TRY(EnsureSetMetadata(fs));
 
   fiemap::SplitFiemap::CreateOptions split_options;
   split_options.max_piece_size = options.max_piece_size;

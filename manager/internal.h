@@ -164,6 +164,8 @@ struct ImageManager::Impl {
                             const FillFn& fill = {});
   Result<void> CheckCreatable(std::string_view name, uint64_t size,
                               const fiemap::FilesystemInfo& fs);
+  // Writes an empty lp_metadata for a new set; nothing when one exists.
+  Result<void> EnsureSetMetadata(const fiemap::FilesystemInfo& fs);
   Result<void> RecordNewImage(std::string_view name, const fiemap::SplitFiemap& split,
                               const fiemap::FilesystemInfo& fs, uint64_t size, bool readonly);
   Result<void> DeleteLocked(std::string_view name);

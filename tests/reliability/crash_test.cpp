@@ -103,6 +103,7 @@ struct Scenario {
   uint64_t expect_size = 0;                 // create/import/resize: the size when done
   uint64_t expect_hash = 0;                 // create/import: the content when done
   std::vector<std::string> must_pass;       // points the trace must contain
+  bool first_in_set = false;                // no other image before the operation
 };
 
 const char* kKeep = "keep";
@@ -189,8 +190,10 @@ class CrashTest : public ::testing::TestWithParam<std::string> {
   Before Prepare(DaemonSet& set, const Scenario& s) {
     Before b;
     EXPECT_TRUE(set.Start()) << "daemon did not start";
-    auto keep = set.Ctl({"import", shared->sources["keep"], kKeep});
-    EXPECT_EQ(keep.exit_code, 0) << keep.err;
+    if (!s.first_in_set) {
+      auto keep = set.Ctl({"import", shared->sources["keep"], kKeep});
+      EXPECT_EQ(keep.exit_code, 0) << keep.err;
+    }
     if (s.prepare) s.prepare(set);
     b.keep_hash = ImageHash(set.data_dir(), kKeep, kMiB).value_or(0);
     if (auto info = set.CtlJson({"info", kVictim})) {
@@ -207,12 +210,16 @@ class CrashTest : public ::testing::TestWithParam<std::string> {
 
   void Check(DaemonSet& set, const Scenario& s, const Before& b, const std::string& ctx) {
     auto images = ExpectConsistent(set, ctx);
-    ASSERT_TRUE(images.count(kKeep)) << ctx << ": the untouched image is gone";
-    EXPECT_EQ(images[kKeep].size, kMiB) << ctx;
-    EXPECT_EQ(!images[kKeep].mapped_device.empty(), b.keep_mapped)
-        << ctx << ": the untouched image's mapping changed";
-    EXPECT_EQ(ImageHash(set.data_dir(), kKeep, kMiB), b.keep_hash)
-        << ctx << ": the untouched image changed";
+    if (s.first_in_set) {
+      EXPECT_FALSE(images.count(kKeep)) << ctx;
+    } else {
+      ASSERT_TRUE(images.count(kKeep)) << ctx << ": the untouched image is gone";
+      EXPECT_EQ(images[kKeep].size, kMiB) << ctx;
+      EXPECT_EQ(!images[kKeep].mapped_device.empty(), b.keep_mapped)
+          << ctx << ": the untouched image's mapping changed";
+      EXPECT_EQ(ImageHash(set.data_dir(), kKeep, kMiB), b.keep_hash)
+          << ctx << ": the untouched image changed";
+    }
     const bool exists = images.count(kVictim) != 0;
     const uint64_t size = exists ? images[kVictim].size : 0;
     switch (s.kind) {
@@ -289,6 +296,15 @@ std::vector<Scenario> AllScenarios() {
                kMiB,
                zeros(kMiB),
                {"create.pieces_done", "create.lp_written", "atomic.renamed"}});
+  // The set's first image: nothing but this create has written lp_metadata yet.
+  v.push_back({"create_first_in_set",
+               Kind::kCreate,
+               nullptr,
+               {"create", kVictim, "2M"},
+               2 * kMiB,
+               zeros(2 * kMiB),
+               {"create.set_metadata_written", "create.pieces_done", "create.lp_written"},
+               /*first_in_set=*/true});
   v.push_back({"create_3pieces",
                Kind::kCreate,
                nullptr,
