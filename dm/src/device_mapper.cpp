@@ -315,6 +315,29 @@ Result<void> DeviceMapper::Resume(const std::string& name) {
   return Run(task.get(), "resume dm device", name, true);
 }
 
+Result<void> DeviceMapper::ReplaceTable(const std::string& name, const Table& table) {
+  IMAGED_TRY(Load(name, table));
+  // Resume swaps the loaded table in (suspending first itself if that failed here).
+  (void)Suspend(name);
+  if (auto resumed = Resume(name); !resumed) {
+    // The kernel checks a table's limits (e.g. a target past its device's end) only here; the
+    // refused table is dropped, and a second resume brings the old one back live.
+    Error e = std::move(resumed).error();
+    if (auto again = Resume(name); !again) {
+      e.message += fmt::format(" (and {} stays suspended: {})", name, again.error().ToString());
+    }
+    return e;
+  }
+  // What users see is the device's size: it must be the new table's.
+  uint64_t live_sectors = 0;
+  for (const auto& target : IMAGED_TRY(GetTable(name))) live_sectors += target.length;
+  if (live_sectors != table.num_sectors()) {
+    return MakeError(EIO, "replace the table of {}: {} sectors live, {} loaded", name,
+                     live_sectors, table.num_sectors());
+  }
+  return Ok();
+}
+
 Result<void> DeviceMapper::Remove(const std::string& name, const RemoveOptions& options) {
   IMAGED_TRY_CTX(ValidateName(name), "remove dm device");
   std::lock_guard lock(g_mutex);

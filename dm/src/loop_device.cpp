@@ -137,6 +137,17 @@ Result<Configured> ConfigureFreeLoop(int control_fd, int file_fd, const std::str
   return Configured{std::move(loop), path};
 }
 
+// LOOP_SET_STATUS64 answers EAGAIN while the loop's page cache is being written back after a
+// size change (the kernel invalidates it); a short wait lets it finish.
+Result<void> SetStatus(int loop_fd, const loop_info64& info) {
+  constexpr int kAttempts = 100;
+  for (int attempt = 1;; ++attempt) {
+    if (ioctl(loop_fd, LOOP_SET_STATUS64, &info) == 0) return Ok();
+    if (errno != EAGAIN || attempt == kAttempts) return ErrnoError("LOOP_SET_STATUS64");
+    usleep(10 * 1000);
+  }
+}
+
 }  // namespace
 
 Result<LoopDevice> LoopDevice::Attach(const std::string& backing_file, const LoopOptions& options) {
@@ -310,6 +321,46 @@ Result<void> LoopDevice::DetachPath(const std::string& loop_path) {
     return ErrnoError("detach \"{}\": LOOP_CLR_FD", loop_path);
   }
   return Ok();
+}
+
+Result<uint64_t> LoopDevice::SizeOf(const std::string& loop_path) {
+  IMAGED_TRY_CTX(LoopDevOf(loop_path), "size of loop");
+  UniqueFd fd(open(loop_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return ErrnoError("size of \"{}\": open", loop_path);
+  uint64_t bytes = 0;
+  if (ioctl(fd.get(), BLKGETSIZE64, &bytes) != 0) return ErrnoError("BLKGETSIZE64 {}", loop_path);
+  return bytes;
+}
+
+Result<void> LoopDevice::Resize(const std::string& loop_path, uint64_t size_limit) {
+  IMAGED_TRY_CTX(LoopDevOf(loop_path), "resize loop");
+  UniqueFd fd(open(loop_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return ErrnoError("resize \"{}\": open", loop_path);
+  loop_info64 info{};
+  if (ioctl(fd.get(), LOOP_GET_STATUS64, &info) != 0) {
+    return ErrnoError("resize \"{}\": LOOP_GET_STATUS64", loop_path);
+  }
+  const uint64_t old_limit = info.lo_sizelimit;
+  if (old_limit != size_limit) {
+    // Only the limit changes: the flags LOOP_SET_STATUS64 may set are the loop's own.
+    info.lo_sizelimit = size_limit;
+    IMAGED_TRY_CTX(SetStatus(fd.get(), info), "resize \"{}\" to {} bytes", loop_path, size_limit);
+  }
+  // Without a limit the size follows the file; LOOP_SET_CAPACITY re-reads it.
+  if (size_limit == 0) {
+    if (ioctl(fd.get(), LOOP_SET_CAPACITY, 0) != 0) {
+      return ErrnoError("resize \"{}\": LOOP_SET_CAPACITY", loop_path);
+    }
+    return Ok();
+  }
+  uint64_t now = 0;
+  if (ioctl(fd.get(), BLKGETSIZE64, &now) != 0) return ErrnoError("BLKGETSIZE64 {}", loop_path);
+  if (now == size_limit) return Ok();
+  // The file is shorter than the limit: the kernel took the file's size. Put the old back.
+  info.lo_sizelimit = old_limit;
+  (void)SetStatus(fd.get(), info);
+  return MakeError(EINVAL, "resize \"{}\" to {} bytes: its backing file holds only {}", loop_path,
+                   size_limit, now);
 }
 
 Result<std::string> LoopDevice::BackingFile(const std::string& loop_path) {

@@ -337,6 +337,46 @@ TEST_F(DeviceMapperTest, TableSwapToErrorGivesEioAndBackRestoresData) {
   EXPECT_EQ(std::string(buf.get(), 4096), std::string(4096, 'd'));
 }
 
+// Online grow: a longer table goes live under an open descriptor, which sees the new size; the
+// node and device number stay, and the device is not left suspended.
+TEST_F(DeviceMapperTest, ReplaceTableGrowsTheDeviceInPlace) {
+  LoopDevice loop = MakeLoop(64 * 1024, 'g');
+  std::string name = Name();
+  Table small;
+  small.Emplace<LinearTarget>(0, 64, loop.path(), 0);
+  auto path = dm_.Create(name, small);
+  ASSERT_OK(path);
+  struct stat before {};
+  ASSERT_EQ(stat(path->c_str(), &before), 0);
+  UniqueFd fd(open(path->c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC));
+  ASSERT_TRUE(fd.valid());
+  Table grown;
+  grown.Emplace<LinearTarget>(0, 64, loop.path(), 0);
+  grown.Emplace<LinearTarget>(64, 64, loop.path(), 64);
+  ASSERT_OK(dm_.ReplaceTable(name, grown));
+  uint64_t bytes = 0;
+  ASSERT_EQ(ioctl(fd.get(), BLKGETSIZE64, &bytes), 0);
+  EXPECT_EQ(bytes, 128 * kSector);
+  auto buf = Aligned(4096, 0);
+  ASSERT_EQ(pread(fd.get(), buf.get(), 4096, 60 * 1024), 4096);
+  EXPECT_EQ(std::string(buf.get(), 4096), std::string(4096, 'g'));
+  struct stat after {};
+  ASSERT_EQ(stat(path->c_str(), &after), 0);
+  EXPECT_EQ(after.st_rdev, before.st_rdev);
+  auto info = dm_.Info(name);
+  ASSERT_OK(info);
+  ASSERT_TRUE(info->has_value());
+  EXPECT_FALSE((*info)->suspended);
+  // A table the kernel refuses (here at resume: a target past its device) leaves the live one,
+  // resumed.
+  Table bad;
+  bad.Emplace<LinearTarget>(0, 1 << 20, loop.path(), 0);  // beyond the loop's end
+  EXPECT_FALSE(dm_.ReplaceTable(name, bad));
+  ASSERT_EQ(ioctl(fd.get(), BLKGETSIZE64, &bytes), 0);
+  EXPECT_EQ(bytes, 128 * kSector);
+  EXPECT_FALSE((*dm_.Info(name))->suspended);
+}
+
 // AOSP DmSuspendResume.
 TEST_F(DeviceMapperTest, SuspendAndResumeChangeTheState) {
   std::string name = Name();

@@ -165,6 +165,43 @@ TEST_F(LoopDeviceTest, UnalignedSizeLimitIsRefused) {
   ASSERT_ERRNO(LoopDevice::Attach(file, {.block_size = 4096, .size_limit = 4096 + 512}), EINVAL);
 }
 
+uint64_t DeviceBytes(int fd) {
+  uint64_t bytes = 0;
+  EXPECT_EQ(ioctl(fd, BLKGETSIZE64, &bytes), 0) << strerror(errno);
+  return bytes;
+}
+
+// Online grow: the same node and dev_t, an open descriptor sees the new size, the data stays.
+TEST_F(LoopDeviceTest, ResizeGrowsTheLoopInPlace) {
+  std::string file = Tracked(MakeFile("img", (1 << 20) + 4096, 'a'));
+  auto loop = LoopDevice::Attach(file, {.size_limit = 1 << 20});
+  ASSERT_OK(loop);
+  UniqueFd fd(open(loop->path().c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(fd.valid());
+  ASSERT_EQ(truncate(file.c_str(), 3 << 20), 0);
+  ASSERT_OK(LoopDevice::Resize(loop->path(), 2 << 20));
+  EXPECT_EQ(DeviceBytes(fd.get()), 2u << 20);
+  EXPECT_EQ(*LoopDevice::SizeOf(loop->path()), 2u << 20);
+  struct stat st {};
+  ASSERT_EQ(stat(loop->path().c_str(), &st), 0);
+  EXPECT_EQ(st.st_rdev, loop->dev());
+  std::string head(4096, '\0');
+  ASSERT_EQ(pread(fd.get(), head.data(), head.size(), 0), 4096);
+  EXPECT_EQ(head, std::string(4096, 'a'));
+  // 0: the whole file, as it is now.
+  ASSERT_OK(LoopDevice::Resize(loop->path(), 0));
+  EXPECT_EQ(DeviceBytes(fd.get()), 3u << 20);
+}
+
+TEST_F(LoopDeviceTest, ResizeBeyondTheFileIsRefusedAndChangesNothing) {
+  std::string file = Tracked(MakeFile("img", 2 << 20));
+  auto loop = LoopDevice::Attach(file, {.size_limit = 1 << 20});
+  ASSERT_OK(loop);
+  ASSERT_ERRNO(LoopDevice::Resize(loop->path(), 4 << 20), EINVAL);
+  EXPECT_EQ(*LoopDevice::SizeOf(loop->path()), 1u << 20);
+  ASSERT_ERRNO(LoopDevice::Resize(file, 1 << 20), EINVAL);  // not a loop device
+}
+
 TEST_F(LoopDeviceTest, DataWrittenThroughTheLoopLandsInTheFile) {
   std::string file = Tracked(MakeFile("img", 1 << 20, 'a'));
   {

@@ -62,6 +62,12 @@ class DeviceMapper {
   Result<void> Load(const std::string& name, const Table& table);
   Result<void> Suspend(const std::string& name);
   Result<void> Resume(const std::string& name);
+  // Load + Suspend + Resume: `table` goes live under the open device (online grow). I/O pauses
+  // between suspend and resume (a mounted filesystem is frozen and thawed); the node and dev_t
+  // stay and the kernel sends a change event. A table the kernel refuses (at load, or at resume
+  // where it checks the targets' limits) leaves the old one live and resumed; the error says
+  // why. Success means the device now has the new table's size.
+  Result<void> ReplaceTable(const std::string& name, const Table& table);
 
   // Removes `name`. EBUSY (after retries) when it is still open and not deferred.
   Result<void> Remove(const std::string& name, const RemoveOptions& options = {});

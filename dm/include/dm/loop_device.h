@@ -72,6 +72,14 @@ class LoopDevice {
   // it). Returns its path.
   std::string release();
 
+  // Changes the size of the attached loop at `loop_path` in place (same node, same dev_t; the
+  // kernel sends a change event): `size_limit` bytes exactly, or with 0 the backing file's size
+  // now (after the file grew). EINVAL if the file is shorter than `size_limit` (nothing changes)
+  // or the path is not a loop device.
+  static Result<void> Resize(const std::string& loop_path, uint64_t size_limit);
+  // The loop's size in bytes (BLKGETSIZE64).
+  static Result<uint64_t> SizeOf(const std::string& loop_path);
+
   // Detaches the loop at `loop_path` (teardown from a status file). EINVAL if the path is not a
   // loop device; success if it is already detached.
   static Result<void> DetachPath(const std::string& loop_path);
