@@ -180,6 +180,11 @@ Result<void> SplitFiemap::Grow(uint64_t size, const GrowOptions& options) {
   // device-mapper.
   const uint64_t in_place = std::min(extra, piece_size > old_last ? piece_size - old_last : 0);
   IMAGED_TRY_CTX(CheckPieceCount(pieces_.size(), extra - in_place, piece_size), "{}", what);
+  const uint64_t added = (extra - in_place + piece_size - 1) / piece_size;
+  if (options.max_pieces != 0 && pieces_.size() + added > options.max_pieces) {
+    return MakeError(EFBIG, "{}: {} bytes need {} pieces of at most {}, {} allowed", what, size,
+                     pieces_.size() + added, HumanSize(piece_size), options.max_pieces);
+  }
   auto grown = GrowLastPiece(in_place, extra, options.progress);
   if (grown && in_place < extra) {
     Progress rest;
@@ -196,7 +201,7 @@ Result<void> SplitFiemap::Grow(uint64_t size, const GrowOptions& options) {
   if (!grown) {
     Error e = std::move(grown).error().Wrap(what);
     fds_.clear();
-    if (auto undone = RollBack(dir_, list_, old_pieces, old_last); !undone) {
+    if (auto undone = CutTo(dir_, list_, old_pieces, old_last); !undone) {
       e.message += fmt::format(" (and undoing it failed: {})", undone.error().ToString());
     }
     return e;
@@ -216,9 +221,9 @@ Result<void> SplitFiemap::GrowLastPiece(uint64_t bytes, uint64_t total, const Pr
   return Ok();
 }
 
-Result<void> SplitFiemap::RollBack(const Directory& dir, std::string_view list, size_t pieces,
-                                   uint64_t last_piece_size) {
-  const std::string what = fmt::format("roll back \"{}\"", dir.PathOf(list));
+Result<void> SplitFiemap::CutTo(const Directory& dir, std::string_view list, size_t pieces,
+                                uint64_t last_piece_size) {
+  const std::string what = fmt::format("cut \"{}\" to {} piece(s)", dir.PathOf(list), pieces);
   if (pieces == 0 || pieces > kMaxPieces) return MakeError(EINVAL, "{}: {} pieces", what, pieces);
   // The list first: once it names only the old pieces, later ones are not part of the image.
   const std::string content = SerializeList(list, pieces);

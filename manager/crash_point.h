@@ -22,7 +22,12 @@
 //   resize.checked          checks done, nothing durable yet
 //   grow.piece_created      after each new piece (SplitFiemap::Grow)
 //   grow.list_written       list file names the new pieces, lp_metadata not yet grown
-//   resize.lp_written       lp_metadata has the new size
+//   resize.lp_written       lp_metadata has the new size (a mapped image's device not yet)
+//   grow.loop_recorded      mapped split image: a new piece's loop recorded, not configured
+//   resize.device_grown     a mapped image's device has the new size, the intent remains
+//   shrink.checked          checks done (unmapped, no filesystem cut), nothing durable yet
+//   shrink.lp_written       lp_metadata has the smaller size, pieces not yet cut
+//   shrink.pieces_cut       list file and pieces cut, the intent remains
 //   import.marked           <name>.incomplete written, image not yet created
 //   import.created          image created (empty), no data copied
 //   import.copy_progress    each progress report while data is copied

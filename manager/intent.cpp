@@ -12,6 +12,7 @@ constexpr std::string_view kCreate = "create";
 constexpr std::string_view kFill = "fill";
 constexpr std::string_view kDelete = "delete";
 constexpr std::string_view kGrow = "grow";
+constexpr std::string_view kShrink = "shrink";
 
 Result<uint64_t> Number(std::string_view word) {
   uint64_t v = 0;
@@ -33,8 +34,9 @@ std::string SerializeIntent(const Intent& intent) {
     case Intent::Op::kDelete:
       return std::string(kDelete) + "\n";
     case Intent::Op::kGrow:
-      return fmt::format("{} {} {} {}\n", kGrow, intent.old_size, intent.old_pieces,
-                         intent.old_last_piece);
+    case Intent::Op::kShrink:
+      return fmt::format("{} {} {} {}\n", intent.op == Intent::Op::kGrow ? kGrow : kShrink,
+                         intent.old_size, intent.cut_pieces, intent.cut_last_piece);
   }
   return {};
 }
@@ -42,11 +44,12 @@ std::string SerializeIntent(const Intent& intent) {
 Result<Intent> ParseIntent(std::string_view text) {
   if (text.empty() || text.back() != '\n') return MakeError(EINVAL, "intent: no final newline");
   text.remove_suffix(1);
+  // Split at every single space: a doubled or trailing space gives an empty word, refused below.
   std::vector<std::string_view> words;
-  while (!text.empty()) {
-    const size_t space = text.find(' ');
+  for (size_t space = text.find(' ');; space = text.find(' ')) {
     words.push_back(text.substr(0, space));
-    text = space == std::string_view::npos ? std::string_view() : text.substr(space + 1);
+    if (space == std::string_view::npos) break;
+    text.remove_prefix(space + 1);
   }
   Intent intent;
   if (words.size() == 1 && words[0] == kCreate) {
@@ -55,12 +58,12 @@ Result<Intent> ParseIntent(std::string_view text) {
     intent.op = Intent::Op::kFill;
   } else if (words.size() == 1 && words[0] == kDelete) {
     intent.op = Intent::Op::kDelete;
-  } else if (words.size() == 4 && words[0] == kGrow) {
-    intent.op = Intent::Op::kGrow;
+  } else if (words.size() == 4 && (words[0] == kGrow || words[0] == kShrink)) {
+    intent.op = words[0] == kGrow ? Intent::Op::kGrow : Intent::Op::kShrink;
     intent.old_size = IMAGED_TRY(Number(words[1]));
-    intent.old_pieces = static_cast<size_t>(IMAGED_TRY(Number(words[2])));
-    intent.old_last_piece = IMAGED_TRY(Number(words[3]));
-    if (intent.old_pieces == 0) return MakeError(EINVAL, "intent: grow from 0 pieces");
+    intent.cut_pieces = static_cast<size_t>(IMAGED_TRY(Number(words[2])));
+    intent.cut_last_piece = IMAGED_TRY(Number(words[3]));
+    if (intent.cut_pieces == 0) return MakeError(EINVAL, "intent: {} to 0 pieces", words[0]);
   } else {
     return MakeError(EINVAL, "intent: unknown operation");
   }

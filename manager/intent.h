@@ -19,12 +19,15 @@ struct Intent {
     kFill,    // a new image filled with data (import, zero-fill); complete only when cleared
     kDelete,  // the image goes; Recover finishes the job
     kGrow,    // the image grows; Recover rolls back to the old size unless lp_metadata has the new
+    kShrink,  // the image shrinks; Recover finishes the cut once lp_metadata has the new size
   };
   Op op = Op::kCreate;
-  // kGrow: the image as it was, to roll back to.
-  uint64_t old_size = 0;        // bytes lp_metadata recorded
-  size_t old_pieces = 0;        // pieces the list file named
-  uint64_t old_last_piece = 0;  // bytes of the last of them
+  // kGrow and kShrink: the size lp_metadata recorded before, and the layout Recover cuts the
+  // pieces to (SplitFiemap::CutTo): for a grow lp_metadata does not record yet, the old one; for
+  // a shrink it does, the new one.
+  uint64_t old_size = 0;
+  size_t cut_pieces = 0;        // pieces the list file names
+  uint64_t cut_last_piece = 0;  // bytes of the last of them
 
   bool operator==(const Intent&) const = default;
 };

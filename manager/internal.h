@@ -170,8 +170,12 @@ struct ImageManager::Impl {
                               const fiemap::FilesystemInfo& fs, uint64_t size, bool readonly);
   Result<void> DeleteLocked(std::string_view name);
   Result<ImageInfo> InfoLocked(std::string_view name, const metadata::LpMetadata& md);
-  Result<void> GrowUnmappedLocked(std::string_view name, uint64_t new_size,
-                                  const Progress& progress);
+  // Grows the image; a mapped one grows live (GrowMappingLocked) once lp_metadata has the size.
+  Result<void> GrowLocked(std::string_view name, uint64_t new_size,
+                          const ResizeOptions& options);
+  // resize --fs: the filesystem on the image grows to fill it (manager/fs_grow.h).
+  Result<void> GrowFilesystemLocked(std::string_view name);
+  Result<void> ShrinkLocked(std::string_view name, uint64_t new_size);
 
   struct MapRequest {
     std::chrono::milliseconds timeout{0};
@@ -185,6 +189,15 @@ struct ImageManager::Impl {
   Result<std::string> MapLoops(std::string_view name, const Image& image,
                                const fiemap::SplitFiemap& split, const fiemap::FilesystemInfo& fs,
                                bool readonly, std::chrono::milliseconds timeout);
+  // Brings the live devices of a mapped image up to the size lp_metadata records, in place (same
+  // node and dev_t): dm tables swapped (load, suspend, resume), loops resized, loops for new
+  // pieces attached and recorded first. Nothing when it is not mapped. Idempotent, so Recover
+  // can finish a grow a crash interrupted.
+  Result<void> GrowMappingLocked(std::string_view name);
+  Result<void> GrowLoopMapping(std::string_view name, const Image& image,
+                               const fiemap::SplitFiemap& split,
+                               const std::vector<metadata::StatusEntry>& entries,
+                               const manager::KernelView& kernel);
   Result<void> UnmapLocked(std::string_view name);
   Result<void> ZeroFillLocked(std::string_view name, uint64_t bytes, const Progress& progress);
   // SAFETY RULE: the image's live extents are exactly the recorded ones (EUCLEAN, kind

@@ -225,6 +225,112 @@ Result<std::string> ImageManager::Impl::MapLoops(std::string_view name, const Im
   return undo.Commit(std::move(path));
 }
 
+// ---------------------------------------------------------------------------------------------
+// Grow a live mapping
+
+Result<void> ImageManager::Impl::GrowMappingLocked(std::string_view name) {
+  const Image image = IMAGED_TRY(FindImage(name));
+  auto entries = metadata::ReadStatusFile(metadata, imageset::StatusFileName(name));
+  if (!entries) return entries.error().code == ENOENT ? Ok() : Result<void>(entries.error());
+  const bool has_loops = std::any_of(entries->begin(), entries->end(), [](const StatusEntry& e) {
+    return e.kind == StatusEntry::Kind::Loop;
+  });
+  // SAFETY RULE: the grown device maps only blocks the files own now.
+  const fiemap::SplitFiemap split = IMAGED_TRY(CheckExtentsLocked(name, image));
+  const auto kernel = IMAGED_TRY(ScanKernel());
+  if (has_loops) return GrowLoopMapping(name, image, split, *entries, kernel);
+  if (!kernel.HasDm(dm_name(name))) return Ok();  // recorded, but gone (a reboot)
+  dm::DeviceMapper* mapper = IMAGED_TRY(Dm());
+  const auto info = IMAGED_TRY(mapper->Info(dm_name(name)));
+  if (!info) return Ok();
+  const auto fs = IMAGED_TRY(fiemap::InspectFilesystem(data.fd(), data.path()));
+  const dm::Table table = IMAGED_TRY(imageset::TableFromExtents(
+      name, image.extents, dm::DeviceMapper::DeviceString(fs.disk_dev), info->readonly));
+  IMAGED_TRY_CTX(mapper->ReplaceTable(dm_name(name), table), "grow {}", dm_name(name));
+  return Ok();
+}
+
+Result<void> ImageManager::Impl::GrowLoopMapping(std::string_view name, const Image& image,
+                                                 const fiemap::SplitFiemap& split,
+                                                 const std::vector<StatusEntry>& entries,
+                                                 const manager::KernelView& kernel) {
+  const auto& pieces = split.pieces();
+  // The loop holding each piece now (by the file's identity), "" for pieces that have none yet.
+  std::vector<std::string> loops;
+  for (const auto& piece : pieces) {
+    auto st = IMAGED_TRY(data.Stat(piece.name()));
+    const auto& held = st ? kernel.LoopsOf({st->st_dev, st->st_ino}) : std::vector<std::string>{};
+    loops.push_back(held.empty() ? std::string() : held.front());
+  }
+  if (loops.front().empty()) return Ok();  // recorded, but gone (a reboot)
+  const std::string dm_dev = dm_name(name);
+  if (pieces.size() == 1) {
+    if (kernel.HasDm(dm_dev)) return MakeError(EINVAL, "{} over one loop is not ours", dm_dev);
+    // The loop is the device: exactly the image size (the file is block-rounded).
+    IMAGED_TRY_CTX(dm::LoopDevice::Resize(loops.front(), image.size), "grow {}", loops.front());
+    return Ok();
+  }
+  if (!kernel.HasDm(dm_dev)) {
+    return MakeError(EINVAL, "{} pieces on loops, but no {} joins them", pieces.size(), dm_dev);
+  }
+  dm::DeviceMapper* mapper = IMAGED_TRY(Dm());
+  const auto info = IMAGED_TRY(mapper->Info(dm_dev));
+  if (!info) return MakeError(ENXIO, "{} vanished", dm_dev);
+  // Pieces mapped already take their file's size (only the old last piece grew).
+  for (const auto& loop : loops) {
+    if (!loop.empty()) IMAGED_TRY_CTX(dm::LoopDevice::Resize(loop, 0), "grow {}", loop);
+  }
+  // New pieces: a loop each, recorded in the status file before it is configured (as Map does).
+  const std::string status = imageset::StatusFileName(name);
+  auto record = [&](const std::vector<std::string>& now) {
+    std::vector<StatusEntry> recorded;
+    for (const auto& loop : now) {
+      if (!loop.empty()) recorded.push_back({StatusEntry::Kind::Loop, loop});
+    }
+    recorded.push_back({StatusEntry::Kind::Dm, dm_dev});
+    return metadata::WriteStatusFile(metadata, status, recorded);
+  };
+  const auto fs = IMAGED_TRY(fiemap::InspectFilesystem(data.fd(), data.path()));
+  std::vector<dm::LoopDevice> added;
+  auto undo = [&](Error e) -> Error {
+    added.clear();  // detached
+    if (auto r = metadata::WriteStatusFile(metadata, status, entries); !r) {
+      e.message += fmt::format(" (and restoring {} failed: {})", status, r.error().ToString());
+    }
+    return e;
+  };
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    if (!loops[i].empty()) continue;
+    dm::LoopOptions lo = LoopOptionsFor(
+        info->readonly, fs.disk_logical_block_size ? fs.disk_logical_block_size : 512);
+    lo.before_configure = [&](const std::string& loop_path) -> Result<void> {
+      loops[i] = loop_path;
+      IMAGED_TRY(record(loops));
+      IMAGED_CRASH_POINT("grow.loop_recorded");
+      return Ok();
+    };
+    auto file = pieces[i].OpenFile(info->readonly ? O_RDONLY : O_RDWR);
+    auto loop = file ? dm::LoopDevice::Attach(file->get(), pieces[i].path(), lo)
+                     : Result<dm::LoopDevice>(file.error());
+    if (!loop) return undo(loop.error().Wrap(fmt::format("loop over \"{}\"", pieces[i].path())));
+    added.push_back(std::move(*loop));
+  }
+  std::vector<uint64_t> sizes;
+  std::vector<dev_t> devs;
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    struct stat st {};
+    if (stat(loops[i].c_str(), &st) != 0) return undo(ErrnoError("stat {}", loops[i]));
+    sizes.push_back(pieces[i].size());
+    devs.push_back(st.st_rdev);
+  }
+  const dm::Table table = imageset::JoinTable(sizes, devs, image.size, info->readonly);
+  if (auto swapped = mapper->ReplaceTable(dm_dev, table); !swapped) {
+    return undo(std::move(swapped).error().Wrap(fmt::format("grow {}", dm_dev)));
+  }
+  for (auto& loop : added) loop.release();  // the table holds them now
+  return Ok();
+}
+
 Result<std::vector<std::string>> ImageManager::MapAll() {
   const auto md = IMAGED_TRY_CTX(impl_->ReadLp(), "map all");
   std::vector<std::string> mapped;

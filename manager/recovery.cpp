@@ -130,11 +130,23 @@ class Recovery {
       }
       case Op::kGrow: {
         const auto* p = md_ ? metadata::FindPartition(*md_, name) : nullptr;
-        // lp_metadata has the new size: complete. Else the old size is what is recorded, and
-        // the pieces go back to what they were.
-        if (!p || metadata::PartitionSizeBytes(*md_, *p) != intent.old_size) return Ok();
-        return fiemap::SplitFiemap::RollBack(impl_.data, list, intent.old_pieces,
-                                             intent.old_last_piece);
+        if (!p) return Ok();
+        // lp_metadata has the new size: the grow is finished by bringing a live mapping up to
+        // it (before step 4 judges the mapping). Else the old size is what is recorded, and the
+        // pieces go back to what they were (a live mapping never saw the new ones).
+        if (metadata::PartitionSizeBytes(*md_, *p) != intent.old_size) {
+          return impl_.GrowMappingLocked(name);
+        }
+        return fiemap::SplitFiemap::CutTo(impl_.data, list, intent.cut_pieces,
+                                          intent.cut_last_piece);
+      }
+      case Op::kShrink: {
+        const auto* p = md_ ? metadata::FindPartition(*md_, name) : nullptr;
+        // lp_metadata still has the old size: nothing was cut yet. Else nothing maps the cut
+        // blocks any more, and the cut is finished.
+        if (!p || metadata::PartitionSizeBytes(*md_, *p) == intent.old_size) return Ok();
+        return fiemap::SplitFiemap::CutTo(impl_.data, list, intent.cut_pieces,
+                                          intent.cut_last_piece);
       }
     }
     return Ok();
@@ -323,7 +335,12 @@ Result<bool> ImageManager::Impl::LoopsMatch(std::string_view name,
     devs.push_back(loop.st_rdev);
   }
   const bool dm_live = kernel.HasDm(dm_name(name));
-  if (pieces->size() == 1) return !dm_joined && !dm_live;
+  if (pieces->size() == 1) {
+    // The loop is the device: exactly the image (a grow a crash interrupted leaves it short).
+    if (dm_joined || dm_live) return false;
+    auto bytes = dm::LoopDevice::SizeOf(loops.front());
+    return bytes && *bytes == metadata::PartitionSizeBytes(md, *p);
+  }
   if (!dm_joined || !dm_live) return false;
   dm::DeviceMapper* mapper = IMAGED_TRY(Dm());
   const uint64_t size = metadata::PartitionSizeBytes(md, *p);

@@ -464,12 +464,24 @@ int CmdZeroFill(const Context& ctx, const std::string& name, uint64_t bytes) {
   return FinishOperation(stream, ctx, "zero-filling", "zero-filled", cancel);
 }
 
-int CmdResize(const Context& ctx, const std::string& name, uint64_t size) {
+struct ResizeFlags {
+  bool relative = false;  // `size` is the bytes to add ("+1G")
+  bool shrink = false;
+  bool grow_fs = false;
+};
+
+int CmdResize(const Context& ctx, const std::string& name, uint64_t size, ResizeFlags flags) {
   grpc::ClientContext call;
   ctx.SetDeadline(call, true);
   v1::ResizeImageRequest request;
   request.set_name(name);
-  request.set_size_bytes(size);
+  request.set_shrink(flags.shrink);
+  request.set_grow_filesystem(flags.grow_fs);
+  if (flags.relative) {
+    request.set_grow_by_bytes(size);
+  } else {
+    request.set_size_bytes(size);
+  }
   CancelOnInterrupt cancel(ctx, &call);
   auto stream = ctx.Stub()->ResizeImage(&call, request);
   return FinishOperation(stream, ctx, "resizing", "resized", cancel);
@@ -563,7 +575,7 @@ int CmdImport(const Context& ctx, const std::string& file, const std::string& na
 // What the subcommands' arguments parse into.
 struct Args {
   std::string name, size_text, file, format = "auto";
-  bool readonly = false, into_existing = false, upload = false;
+  bool readonly = false, into_existing = false, upload = false, shrink = false, grow_fs = false;
   std::string zero_fill_text = "0";
   uint32_t timeout_ms = 0;
 };
@@ -604,11 +616,29 @@ void AddCreateCommands(CLI::App& app, Context& ctx, Args& a, int& rc) {
     auto bytes = SizeArg(a.zero_fill_text, "bytes");
     rc = bytes ? CmdZeroFill(ctx, a.name, *bytes) : kExitUsage;
   });
-  auto* resize = NameCommand(app, "resize", "grow an unmapped image to SIZE", a);
-  resize->add_option("size", a.size_text)->required();
+  auto* resize = NameCommand(
+      app, "resize", "grow an image to SIZE, or by +SIZE; a mapped image grows in place", a);
+  resize->add_option("size", a.size_text, "new size (e.g. 8G), or +SIZE to add (e.g. +1G)")
+      ->required();
+  resize->add_flag("--shrink", a.shrink,
+                   "allow SIZE below the image's size (unmapped only; the bytes past SIZE are "
+                   "lost; refused if a filesystem on the image is larger)");
+  resize->add_flag("--fs", a.grow_fs,
+                   "then grow the ext4/xfs/f2fs filesystem on it (resize2fs online when mounted, "
+                   "xfs_growfs mounted only, resize.f2fs unmounted only)");
   resize->callback([&] {
-    auto size = SizeArg(a.size_text, "size");
-    rc = size ? CmdResize(ctx, a.name, *size) : kExitUsage;
+    const bool relative = a.size_text.starts_with('+');
+    if (a.shrink && (relative || a.grow_fs)) {
+      fmt::print(stderr, "imagectl: resize: --shrink takes the new size, without +SIZE or --fs\n");
+      rc = kExitUsage;
+      return;
+    }
+    auto size = SizeArg(relative ? a.size_text.substr(1) : a.size_text, "size");
+    if (size && relative && *size == 0) {
+      fmt::print(stderr, "imagectl: size: \"{}\" adds nothing\n", a.size_text);
+      size.reset();
+    }
+    rc = size ? CmdResize(ctx, a.name, *size, {relative, a.shrink, a.grow_fs}) : kExitUsage;
   });
   auto* import =
       app.add_subcommand("import", "import a raw, Android sparse or qcow/qcow2 FILE as NAME");

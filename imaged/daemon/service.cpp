@@ -360,8 +360,21 @@ Status ImagedService::ResizeImage(ServerContext* context, const v1::ResizeImageR
                                   grpc::ServerWriter<v1::OperationUpdate>* writer) {
   IMAGED_AUTHORIZE(context);
   ProgressStreamer progress(context, writer, operations_.Begin(context, CallerUid(context)));
-  auto result = manager_->Resize(request->name(), request->size_bytes(),
-                                 [&](uint64_t d, uint64_t t) { return progress(d, t); });
+  if ((request->size_bytes() == 0) == (request->grow_by_bytes() == 0)) {
+    return Status(StatusCode::INVALID_ARGUMENT,
+                  "exactly one of size_bytes and grow_by_bytes must be non-zero");
+  }
+  if (request->shrink() && (request->grow_by_bytes() != 0 || request->grow_filesystem())) {
+    return Status(StatusCode::INVALID_ARGUMENT,
+                  "shrink takes size_bytes, and cannot grow a filesystem");
+  }
+  ResizeOptions options;
+  options.progress = [&](uint64_t d, uint64_t t) { return progress(d, t); };
+  options.grow_filesystem = request->grow_filesystem();
+  auto result = request->shrink() ? manager_->Shrink(request->name(), request->size_bytes())
+                : request->grow_by_bytes() != 0
+                    ? manager_->GrowBy(request->name(), request->grow_by_bytes(), options)
+                    : manager_->Resize(request->name(), request->size_bytes(), options);
   return FinishWithInfo(context, manager_, request->name(), result, progress);
 }
 

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fs_fixture.h"
+#include "live_writer.h"
 #include "process.h"
 
 namespace imaged::test {
@@ -379,7 +380,33 @@ TEST_F(ApiTest, ResizeGrowsAnUnmappedImage) {
   auto r = Ctl({"--json", "resize", "grow", "3M"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["size_bytes"], 3u << 20);
-  EXPECT_EQ(Ctl({"resize", "grow", "2M"}).exit_code, 1);  // shrinking is refused
+  auto implicit = Ctl({"resize", "grow", "2M"});
+  EXPECT_EQ(implicit.exit_code, 1);  // shrinking must be asked for
+  EXPECT_NE(implicit.err.find("--shrink"), std::string::npos) << implicit.err;
+}
+
+// +SIZE is added under the daemon's lock; a mapped image grows in place; --shrink cuts an
+// unmapped one; the flags that make no sense together are usage errors.
+TEST_F(ApiTest, ResizeRelativeMappedAndShrink) {
+  ASSERT_EQ(Ctl({"create", "img", "1M"}).exit_code, 0);
+  auto mapped = Ctl({"map", "img"});
+  ASSERT_EQ(mapped.exit_code, 0) << mapped.err;
+  const std::string device = mapped.out.substr(0, mapped.out.find('\n'));
+  auto grown = Ctl({"--json", "resize", "img", "+1M"});
+  ASSERT_EQ(grown.exit_code, 0) << grown.err;
+  EXPECT_EQ(json::parse(grown.out)["size_bytes"], 2u << 20);
+  EXPECT_EQ(json::parse(grown.out)["mapped_device"], device);
+  const int fd = open(device.c_str(), O_RDONLY | O_CLOEXEC);
+  EXPECT_EQ(OpenDeviceSize(fd), 2u << 20);
+  close(fd);
+  EXPECT_EQ(Ctl({"resize", "img", "1M", "--shrink"}).exit_code, 1);  // mapped
+  ASSERT_EQ(Ctl({"unmap", "img"}).exit_code, 0);
+  auto cut = Ctl({"--json", "resize", "img", "1M", "--shrink"});
+  ASSERT_EQ(cut.exit_code, 0) << cut.err;
+  EXPECT_EQ(json::parse(cut.out)["size_bytes"], 1u << 20);
+  EXPECT_EQ(Ctl({"resize", "img", "+1M", "--shrink"}).exit_code, 2);
+  EXPECT_EQ(Ctl({"resize", "img", "+0"}).exit_code, 2);
+  EXPECT_EQ(Ctl({"resize", "img", "2M", "--shrink", "--fs"}).exit_code, 2);
 }
 
 TEST_F(ApiTest, DisableThenRemoveDisabled) {

@@ -3,6 +3,7 @@
 // maps images with dm-linear straight over the disk; split images are joined by dm over loops.
 #include <fcntl.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -15,6 +16,7 @@
 #include "../vm/vm_env.h"
 #include "fiemap/split_file.h"
 #include "image_set.h"
+#include "live_writer.h"
 #include "metadata/status_file.h"
 
 namespace imaged::test {
@@ -162,6 +164,34 @@ TEST_F(VmTest, IndirectMount) {
   EXPECT_EQ(text, "indirect");
   umount2(mnt.path().c_str(), 0);
   ASSERT_OK(set.mgr().Unmap("fs-image"));
+}
+
+// Online grow of a dm-linear image straight over the disk: the grown table is swapped in under
+// the writer (suspend, resume); same node and dev_t, the writer's data and the new space hold.
+TEST_F(VmTest, DmLinearImageGrowsWhileItIsWritten) {
+  DmBackedSet set(kPassthrough);
+  ASSERT_OK(set.mgr().Create("img", 4 * kMiB, {}));
+  auto path = set.mgr().Map("img");
+  ASSERT_OK(path);
+  ASSERT_EQ(path->rfind("/dev/mapper/", 0), 0u) << *path;
+  struct stat before {};
+  ASSERT_EQ(stat(path->c_str(), &before), 0);
+  LiveWriter writer(*path, 4 * kMiB);
+  ASSERT_EQ(writer.open_errno(), 0) << strerror(writer.open_errno());
+  ASSERT_OK(set.mgr().Resize("img", 12 * kMiB));
+  EXPECT_EQ(OpenDeviceSize(writer.fd()), 12 * kMiB);
+  writer.Stop();
+  EXPECT_EQ(writer.failed_writes(), 0u);
+  struct stat after {};
+  ASSERT_EQ(stat(path->c_str(), &after), 0);
+  EXPECT_EQ(after.st_rdev, before.st_rdev);
+  EXPECT_TRUE(LiveWriter::Holds(*path, 4 * kMiB));
+  const auto tail = Pattern<Bytes>(8 * kMiB, 24);
+  ASSERT_TRUE(DirectWrite(*path, tail, 4 * kMiB));
+  // The new blocks are the file's: device -> file.
+  EXPECT_EQ(DirectRead(set.piece("img"), tail.size(), 4 * kMiB), tail);
+  ASSERT_OK(set.mgr().Unmap("img"));
+  ASSERT_OK(set.mgr().Delete("img"));
 }
 
 TEST_F(VmTest, ReadonlyImageGetsAReadOnlyTable) {

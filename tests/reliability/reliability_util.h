@@ -5,6 +5,8 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -205,6 +207,18 @@ inline std::map<std::string, ImageState> ExpectConsistent(const DaemonSet& set,
     for (const auto& v : *validate) {
       EXPECT_TRUE(v["ok"].get<bool>()) << context << ": " << v["name"] << ": " << v["problem"];
     }
+  }
+  // A mapped device is exactly the image lp_metadata records (an online grow is never half
+  // done).
+  for (const auto& [name, st] : images) {
+    if (st.mapped_device.empty()) continue;
+    const int dev = open(st.mapped_device.c_str(), O_RDONLY | O_CLOEXEC);
+    uint64_t bytes = 0;
+    EXPECT_TRUE(dev >= 0 && ioctl(dev, BLKGETSIZE64, &bytes) == 0) << context << ": "
+                                                                   << st.mapped_device;
+    if (dev >= 0) close(dev);
+    EXPECT_EQ(bytes, st.size) << context << ": " << name << " is mapped at "
+                              << st.mapped_device << " of another size";
   }
   // Loops: only over pieces of mapped images (one per piece under the loop strategy).
   std::set<std::string> mapped_pieces;

@@ -46,6 +46,9 @@ class SplitFiemap {
 
   struct GrowOptions {
     uint64_t max_piece_size = 0;  // as for Create
+    // When non-zero, a grow that would need more pieces is refused (EFBIG) before anything is
+    // allocated, e.g. for an image mapped on one loop device with nothing to join a second.
+    size_t max_pieces = 0;
     Progress progress;  // over the bytes added; ends with one (added, added), (0, 0) for none
   };
   // Grows the image to hold at least `size` bytes without moving a block it has (so every
@@ -53,14 +56,14 @@ class SplitFiemap {
   // then pieces are appended. New pieces are created and synced, then the list file naming them
   // replaces the old one atomically. On failure or cancel the image is back as it was (pieces
   // removed, list file and last piece restored). EFBIG beyond kMaxPieces pieces. A crash
-  // mid-way is undone by RollBack with the old piece count and last piece size. After a failed
+  // mid-way is undone by CutTo with the old piece count and last piece size. After a failed
   // Grow this object no longer describes the files: Open the image again to use it.
   Result<void> Grow(uint64_t size, const GrowOptions& options);
   // Brings image `list` back to its first `pieces` pieces with the last one `last_piece_size`
   // bytes long: the list file names those, the last piece's extra tail is cut, later pieces are
-  // removed. For undoing a Grow that was interrupted.
-  static Result<void> RollBack(const Directory& dir, std::string_view list, size_t pieces,
-                               uint64_t last_piece_size);
+  // removed. Idempotent: it undoes an interrupted Grow and does (or finishes) a shrink.
+  static Result<void> CutTo(const Directory& dir, std::string_view list, size_t pieces,
+                            uint64_t last_piece_size);
 
   SplitFiemap(SplitFiemap&&) = default;
   SplitFiemap& operator=(SplitFiemap&&) = default;

@@ -57,6 +57,14 @@ struct ImageInfo {
   std::optional<std::string> mapped_device;  // device node path while mapped
 };
 
+struct ResizeOptions {
+  Progress progress;  // over the bytes added
+  // Then grow the ext4, xfs or f2fs filesystem on the image to fill it (imagectl resize --fs,
+  // like lvextend -r): on its device when mapped, else through a temporary mapping. The
+  // image's grow stands if this fails; the error says so.
+  bool grow_filesystem = false;
+};
+
 struct ValidationResult {
   std::string name;
   bool ok = false;
@@ -137,8 +145,20 @@ class ImageManager {
   Result<void> ZeroFill(std::string_view name, uint64_t bytes, const Progress& progress = {});
   // Checks every image's live extents against lp_metadata.
   Result<std::vector<ValidationResult>> Validate();
-  // Grows an unmapped image; shrinking and resizing a mapped image are refused.
-  Result<void> Resize(std::string_view name, uint64_t new_size, const Progress& progress = {});
+  // Grows an image to `new_size`, mapped or not: a mapped image's device grows in place (same
+  // node and dev_t) while it is in use. A one-piece image mapped on its loop grows only within
+  // its piece (EFBIG beyond). Shrinking is refused (EINVAL).
+  Result<void> Resize(std::string_view name, uint64_t new_size, const ResizeOptions& options);
+  Result<void> Resize(std::string_view name, uint64_t new_size, const Progress& progress = {}) {
+    return Resize(name, new_size, ResizeOptions{progress});
+  }
+  // The same to its current size plus `bytes` ("+1G"), read under the image's lock.
+  Result<void> GrowBy(std::string_view name, uint64_t bytes, const ResizeOptions& options = {});
+  // Shrinks an unmapped image to `new_size`: the bytes past it are gone, so callers ask for it
+  // explicitly. Refused when mapped (EBUSY), read-only (EROFS), or when the image holds an
+  // ext4, xfs or f2fs filesystem larger than `new_size` (EFBIG, naming it). lp_metadata records
+  // the new size before any piece is cut, so nothing ever maps a freed block.
+  Result<void> Shrink(std::string_view name, uint64_t new_size);
   // Creates (or fills, with into_existing) an image from a raw/sparse/qcow file.
   // The source is opened by the caller, with its own rights (the daemon opens a client's path
   // as the client: see imaged/daemon/peer.h).
