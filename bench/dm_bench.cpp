@@ -1,5 +1,6 @@
 // imaged_dm_bench dm --extents 1,1000,10000 --reps R --dir D    (needs device-mapper: guest)
 // imaged_dm_bench loop --file F --reps R                         (host)
+// imaged_dm_bench grow --reps R --dir D                          (needs device-mapper: guest)
 // Times our library against the command-line peers on the same objects, interleaved rep by rep
 // (alternating which goes first). One JSON line per sample:
 //   {"row": "dm_map_1000", "side": "ours", "seconds": 0.0123}
@@ -14,10 +15,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
+#include <mutex>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -180,6 +187,135 @@ int RunDm(const bench::Args& args) {
   return 0;
 }
 
+// Reads 4 KiB with O_DIRECT at offset 0 of `device` in a loop and keeps each read's start
+// and end, so that the longest read overlapping a window is the I/O pause a user saw there.
+class PauseProbe {
+ public:
+  explicit PauseProbe(const std::string& device)
+      : fd_(open(device.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC)) {
+    if (!fd_) bench::Die(fmt::format("open {}: {}", device, std::strerror(errno)));
+    reads_.reserve(1 << 22);
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~PauseProbe() {
+    stop_ = true;
+    thread_.join();
+  }
+  // The longest read that overlapped [from, to] (seconds, bench::Now() clock). Call after
+  // `to`; waits for the read in flight at `to` to end.
+  double LongestReadOverlapping(double from, double to) {
+    const size_t seen = completed_.load();
+    while (completed_.load() == seen) std::this_thread::yield();
+    std::lock_guard lock(mu_);
+    double longest = 0;
+    for (const auto& [start, end] : reads_) {
+      if (end >= from && start <= to) longest = std::max(longest, end - start);
+    }
+    reads_.clear();
+    return longest;
+  }
+
+ private:
+  void Run() {
+    void* buf = nullptr;
+    if (posix_memalign(&buf, 4096, 4096) != 0) bench::Die("posix_memalign");
+    while (!stop_) {
+      const double start = bench::Now();
+      if (pread(fd_.get(), buf, 4096, 0) != 4096) bench::Die("probe read failed");
+      const double end = bench::Now();
+      {
+        std::lock_guard lock(mu_);
+        if (reads_.size() < reads_.capacity()) reads_.emplace_back(start, end);
+      }
+      ++completed_;
+    }
+    std::free(buf);
+  }
+
+  UniqueFd fd_;
+  std::mutex mu_;
+  std::vector<std::pair<double, double>> reads_;
+  std::atomic<size_t> completed_{0};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+double P99(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, v.size() * 99 / 100)];
+}
+
+// Online grow: a 1,000-target table goes live over a 999-target one while a reader reads the
+// device; ours is DeviceMapper::ReplaceTable (what imaged's online grow runs), the peer is
+// `dmsetup reload` + `suspend` + `resume`. One line per side: the p99 over the reps of the
+// longest read overlapping the swap, {"row": "grow_pause", "side": "ours", "ms": 1.234, ...}.
+int RunGrow(const bench::Args& args) {
+  const int reps = static_cast<int>(args.Size("reps", 50));
+  const std::string dir = args.Str("dir");
+  constexpr uint64_t kTargets = 1000;
+  const std::string backing = dir + "/dm-bench-grow";
+  {
+    UniqueFd fd(open(backing.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (!fd || ftruncate(fd.get(), static_cast<off_t>(kTargets * 2 * kTargetSectors * 512)) != 0) {
+      bench::Die(fmt::format("create {}: {}", backing, std::strerror(errno)));
+    }
+  }
+  dm::LoopOptions lo;
+  lo.allow_buffered = true;
+  auto loop = bench::Check(dm::LoopDevice::Attach(backing, lo), "attach loop");
+  unlink(backing.c_str());
+  const std::string device = dm::DeviceMapper::DeviceString(loop.dev());
+  std::vector<Extent> extents;
+  for (uint64_t i = 0; i < kTargets; ++i) extents.push_back({i * 2 * kTargetSectors, kTargetSectors});
+  const dm::Table grown = BuildTable(extents, device);
+  extents.pop_back();
+  const dm::Table small = BuildTable(extents, device);
+  const std::string table_file = dir + "/dm-bench-grow-table";
+  {
+    std::ofstream out(table_file);
+    for (const auto& t : grown.targets()) {
+      out << t->start() << ' ' << t->length() << ' ' << t->type() << ' ' << t->params() << '\n';
+    }
+    if (!out) bench::Die("write " + table_file);
+  }
+  dm::DeviceMapper dm;
+  const std::string name = fmt::format("imaged-bench-grow-{}", getpid());
+  const std::string node = bench::Check(dm.Create(name, small), "dm create");
+  std::vector<double> ours, peer;
+  {
+    PauseProbe probe(node);
+    auto measure = [&](std::vector<double>& into, const std::function<void()>& grow) {
+      bench::Check(dm.ReplaceTable(name, small), "shrink back");
+      const double from = bench::Now();
+      grow();
+      const double to = bench::Now();
+      into.push_back(probe.LongestReadOverlapping(from, to) * 1000);
+    };
+    auto by_us = [&] { bench::Check(dm.ReplaceTable(name, grown), "replace table"); };
+    auto by_dmsetup = [&] {
+      Run({"dmsetup", "reload", name, table_file});
+      Run({"dmsetup", "suspend", name});
+      Run({"dmsetup", "resume", name});
+    };
+    for (int rep = 0; rep < reps; ++rep) {
+      if (rep % 2 == 0) {
+        measure(ours, by_us);
+        measure(peer, by_dmsetup);
+      } else {
+        measure(peer, by_dmsetup);
+        measure(ours, by_us);
+      }
+    }
+  }
+  bench::Check(dm.Remove(name), "dm remove");
+  unlink(table_file.c_str());
+  for (const auto& [side, pauses] : {std::pair{"ours", &ours}, std::pair{"peer", &peer}}) {
+    fmt::print("{{\"row\": \"grow_pause\", \"side\": \"{}\", \"ms\": {:.3f}, \"reps\": {}}}\n",
+               side, P99(*pauses), pauses->size());
+  }
+  return 0;
+}
+
 int RunLoop(const bench::Args& args) {
   const std::string file = args.Str("file");
   const int reps = static_cast<int>(args.Size("reps", 3));
@@ -225,5 +361,6 @@ int main(int argc, char** argv) {
   const std::string mode = argv[1];
   if (mode == "dm") return RunDm(args);
   if (mode == "loop") return RunLoop(args);
+  if (mode == "grow") return RunGrow(args);
   bench::Die("unknown mode " + mode);
 }
