@@ -2,10 +2,11 @@
 # vm (device-mapper: runs inside the guest kernel via tests/vm/run), fuzz (short libFuzzer runs).
 include(GoogleTest OPTIONAL)
 
-# imaged_gtest(NAME LABEL <label> SOURCES ... LIBS ... [TIMEOUT s])
+# imaged_gtest(NAME LABEL <label> SOURCES ... LIBS ... [TIMEOUT s] [PREFIX p])
 # One executable per test file group; each TEST is its own ctest case so a failure names itself.
+# PREFIX goes before each case's name (so `ctest -R <prefix>` picks the executable's cases).
 function(imaged_gtest name)
-  cmake_parse_arguments(T "" "LABEL;TIMEOUT" "SOURCES;LIBS" ${ARGN})
+  cmake_parse_arguments(T "" "LABEL;TIMEOUT;PREFIX" "SOURCES;LIBS" ${ARGN})
   if(IMAGED_FUZZ)
     return()
   endif()
@@ -16,6 +17,7 @@ function(imaged_gtest name)
   target_link_libraries(${name} PRIVATE ${T_LIBS} GTest::gtest GTest::gmock GTest::gtest_main)
   target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests/support ${PROJECT_SOURCE_DIR}/tests)
   gtest_discover_tests(${name}
+    TEST_PREFIX "${T_PREFIX}"
     PROPERTIES LABELS ${T_LABEL} TIMEOUT ${T_TIMEOUT}
     DISCOVERY_TIMEOUT 60)
 endfunction()
