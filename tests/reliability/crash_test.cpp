@@ -17,11 +17,8 @@
 #include "reliability_util.h"
 
 #ifdef IMAGED_CRASH_IN_VM
-#include <sys/mount.h>
-
 #include "../vm/vm_env.h"
-#include "dm/device_mapper.h"
-#include "dm/table.h"
+#include "dm_fixture.h"
 #endif
 
 namespace imaged::test {
@@ -31,45 +28,6 @@ constexpr uint64_t kMiB = 1 << 20;
 
 #ifdef IMAGED_CRASH_IN_VM
 // The data filesystem on a dm-linear device over a loop, so the dm-linear strategy applies.
-class DmBackedFs {
- public:
-  explicit DmBackedFs(uint64_t size) {
-    backing_ = (dir_.path() / "disk.img").string();
-    WriteFile(backing_, "");
-    if (truncate(backing_.c_str(), static_cast<off_t>(size)) != 0)
-      throw std::runtime_error("truncate");
-    dm::LoopOptions lo;
-    lo.direct_io = false;
-    lo.allow_buffered = true;
-    auto loop = dm::LoopDevice::Attach(backing_, lo);
-    if (!loop) throw std::runtime_error(loop.error().ToString());
-    loop_.emplace(std::move(*loop));
-    name_ = "reliability-crash-" + std::to_string(getpid());
-    dm::Table t;
-    t.Emplace<dm::LinearTarget>(0, size / 512, dm::DeviceMapper::DeviceString(loop_->dev()), 0);
-    auto dev = mapper_.Create(name_, t, {});
-    if (!dev) throw std::runtime_error(dev.error().ToString());
-    if (RunCommand({"mkfs.ext4", "-q", "-F", *dev}).exit_code != 0)
-      throw std::runtime_error("mkfs");
-    mnt_ = (dir_.path() / "mnt").string();
-    std::filesystem::create_directories(mnt_);
-    if (mount(dev->c_str(), mnt_.c_str(), "ext4", 0, nullptr) != 0)
-      throw std::runtime_error("mount");
-  }
-  ~DmBackedFs() {
-    umount2(mnt_.c_str(), MNT_DETACH);
-    dm::RemoveOptions ro;
-    ro.ignore_missing = true;
-    (void)mapper_.Remove(name_, ro);
-  }
-  std::string Path(const std::string& n) const { return mnt_ + "/" + n; }
-
- private:
-  TempDir dir_;
-  dm::DeviceMapper mapper_;
-  std::string backing_, name_, mnt_;
-  std::optional<dm::LoopDevice> loop_;
-};
 using SharedFs = DmBackedFs;
 #else
 using SharedFs = LoopFilesystem;
