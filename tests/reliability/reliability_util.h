@@ -135,7 +135,8 @@ class DaemonSet {
 
   // Starts the daemon with extra environment entries ("NAME=value"), run under `prefix` (e.g.
   // prlimit) when given; true when it is ready.
-  bool Start(const std::vector<std::string>& env = {}, const std::vector<std::string>& prefix = {}) {
+  bool Start(const std::vector<std::string>& env = {},
+             const std::vector<std::string>& prefix = {}) {
     daemon_.reset();
     std::vector<std::string> argv = {IMAGED_BIN, "--socket",       socket_,  "--data-dir",
                                      data_,      "--metadata-dir", metadata_};
@@ -187,27 +188,14 @@ struct ImageState {
   std::string mapped_device;
 };
 
-// Checks, through a running daemon, that the set is consistent: validate all ok, no loop over
-// our files that no mapped image owns, no file in data/metadata dir that no image explains.
-// Returns the images (name -> state) for further checks; adds gtest failures with `context`.
-inline std::map<std::string, ImageState> ExpectConsistent(const DaemonSet& set,
-                                                          const std::string& context) {
-  std::map<std::string, ImageState> images;
-  auto list = set.CtlJson({"list"});
-  EXPECT_TRUE(list.has_value()) << context << ": list failed";
-  if (!list) return images;
-  for (const auto& i : *list) {
-    images[i["name"].get<std::string>()] = {i["size_bytes"].get<uint64_t>(),
-                                            i["mapped_device"].get<std::string>()};
-  }
-  auto validate = set.CtlJson({"validate"});
-  EXPECT_TRUE(validate.has_value()) << context << ": validate failed";
-  if (validate) {
-    EXPECT_EQ(validate->size(), images.size()) << context;
-    for (const auto& v : *validate) {
-      EXPECT_TRUE(v["ok"].get<bool>()) << context << ": " << v["name"] << ": " << v["problem"];
-    }
-  }
+// Checks that the kernel and the set's directories hold only what `images` (as the set lists
+// them) explain: no loop over our files that no mapped image owns, no dm device named like ours
+// (`dm_prefix`) that no mapped image owns, no file in the data/metadata dir that no image
+// explains. Adds gtest failures with `context`.
+inline void ExpectOnlyListedImages(const std::map<std::string, ImageState>& images,
+                                   const std::string& data_dir, const std::string& metadata_dir,
+                                   const std::string& context,
+                                   const std::string& dm_prefix = "imaged-") {
   // A mapped device is exactly the image lp_metadata records (an online grow is never half
   // done).
   for (const auto& [name, st] : images) {
@@ -227,49 +215,73 @@ inline std::map<std::string, ImageState> ExpectConsistent(const DaemonSet& set,
     if (st.mapped_device.empty()) continue;
     if (st.mapped_device.rfind("/dev/mapper/", 0) == 0)
       mapped_dm.insert(st.mapped_device.substr(12));
-    std::ifstream listf(set.data_dir() + "/" + name + ".img");
+    std::ifstream listf(data_dir + "/" + name + ".img");
     std::string piece;
-    while (std::getline(listf, piece)) mapped_pieces.insert(set.data_dir() + "/" + piece);
+    while (std::getline(listf, piece)) mapped_pieces.insert(data_dir + "/" + piece);
   }
   std::map<std::string, int> loops_per_piece;
-  for (const auto& [loop, backing] : LoopsUnder(set.data_dir())) {
+  for (const auto& [loop, backing] : LoopsUnder(data_dir)) {
     EXPECT_TRUE(mapped_pieces.count(backing))
         << context << ": leaked " << loop << " over " << backing;
     EXPECT_EQ(++loops_per_piece[backing], 1) << context << ": a second loop over " << backing;
   }
   // dm devices named like ours: only those of mapped images.
   for (const auto& dm : DmNames()) {
-    if (dm.rfind("imaged-", 0) != 0) continue;
+    if (dm.rfind(dm_prefix, 0) != 0) continue;
     EXPECT_TRUE(mapped_dm.count(dm)) << context << ": leaked dm device " << dm;
   }
   // Data dir: list file + listed pieces of each image, nothing else.
   std::set<std::string> expected;
   for (const auto& [name, st] : images) {
     expected.insert(name + ".img");
-    std::ifstream listf(set.data_dir() + "/" + name + ".img");
+    std::ifstream listf(data_dir + "/" + name + ".img");
     std::string piece;
     while (std::getline(listf, piece)) expected.insert(piece);
   }
-  for (const auto& f : ListDirNames(set.data_dir())) {
+  for (const auto& f : ListDirNames(data_dir)) {
     if (f == "lost+found") continue;
     EXPECT_TRUE(expected.count(f)) << context << ": stray file in data dir: " << f;
   }
   // Lock dir: the set's own locks and those of images that exist (recovery removes the rest).
-  for (const auto& f : ListDirNames(set.metadata_dir() + "/.locks")) {
+  for (const auto& f : ListDirNames(metadata_dir + "/.locks")) {
     if (f == ".daemon" || f == ".set" || f == ".lp_metadata" || images.count(f)) continue;
     ADD_FAILURE() << context << ": lock file of no image: .locks/" << f;
   }
   // Metadata dir: lp_metadata, the lock dir, status files of mapped images only.
-  for (const auto& f : ListDirNames(set.metadata_dir())) {
+  for (const auto& f : ListDirNames(metadata_dir)) {
     if (f == "lp_metadata" || f == "lp_metadata.prev" || f == ".locks") continue;
     if (f.ends_with(".status")) {
       const std::string name = f.substr(0, f.size() - 7);
-      EXPECT_TRUE(images.count(name) && !images[name].mapped_device.empty())
+      EXPECT_TRUE(images.count(name) && !images.at(name).mapped_device.empty())
           << context << ": status file of an unmapped image: " << f;
       continue;
     }
     ADD_FAILURE() << context << ": stray file in metadata dir: " << f;
   }
+}
+
+// Checks, through a running daemon, that the set is consistent: validate all ok, and nothing
+// but its listed images in the kernel and its directories (ExpectOnlyListedImages).
+// Returns the images (name -> state) for further checks; adds gtest failures with `context`.
+inline std::map<std::string, ImageState> ExpectConsistent(
+    const DaemonSet& set, const std::string& context, const std::string& dm_prefix = "imaged-") {
+  std::map<std::string, ImageState> images;
+  auto list = set.CtlJson({"list"});
+  EXPECT_TRUE(list.has_value()) << context << ": list failed";
+  if (!list) return images;
+  for (const auto& i : *list) {
+    images[i["name"].get<std::string>()] = {i["size_bytes"].get<uint64_t>(),
+                                            i["mapped_device"].get<std::string>()};
+  }
+  auto validate = set.CtlJson({"validate"});
+  EXPECT_TRUE(validate.has_value()) << context << ": validate failed";
+  if (validate) {
+    EXPECT_EQ(validate->size(), images.size()) << context;
+    for (const auto& v : *validate) {
+      EXPECT_TRUE(v["ok"].get<bool>()) << context << ": " << v["name"] << ": " << v["problem"];
+    }
+  }
+  ExpectOnlyListedImages(images, set.data_dir(), set.metadata_dir(), context, dm_prefix);
   return images;
 }
 
