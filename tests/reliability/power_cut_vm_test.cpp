@@ -4,10 +4,11 @@
 // filesystem sit on one dm-log-writes device (two dm-linear partitions of it), which logs every
 // write in the order the disk completed it. The real daemon, driven by the real imagectl, runs
 // a fresh set through create (its first image), a split create, raw and sparse imports, a
-// grow, map/unmap, a delete, and a SIGKILL mid-import with a restart; a log mark follows each
-// acknowledged operation. Then the log is replayed forward, once, onto a fresh device; at each
-// point checked, a throw-away snapshot of the replay is mounted and recovered under another dm
-// prefix (so nothing of the logged run, all unmapped by then, can be touched), and then:
+// grow, map, an online grow, unmap, a delete, and a SIGKILL mid-import with a restart; a log
+// mark follows each acknowledged operation. Then the log is replayed forward, once, onto a
+// fresh device; at each point checked, a throw-away snapshot of the replay is mounted and
+// recovered under another dm prefix (so nothing of the logged run, all unmapped by then, can be
+// touched), and then:
 //   - lp_metadata, as the cut left it, parses (or is absent);
 //   - recovery accepts the set; list and validate agree; no stray file, lock or device;
 //   - every image is complete (size and content as written; mapping it works) or absent with
@@ -272,7 +273,8 @@ class PowerCutTest : public ::testing::Test {
     Acked(*set, {"import", dir + "/sparse.simg", "sparse"}, "sparse", sparse_);
     Acked(*set, {"resize", "raw", "3M"}, "raw", grown_raw_);
     Acked(*set, {"map", "split"}, "split", zeros(3 * kMiB));
-    Acked(*set, {"unmap", "split"}, "split", zeros(3 * kMiB));
+    Acked(*set, {"resize", "split", "+1M"}, "split", zeros(4 * kMiB));  // online
+    Acked(*set, {"unmap", "split"}, "split", zeros(4 * kMiB));
     Acked(*set, {"delete", "sparse"}, "sparse", kAbsent);
     ASSERT_FALSE(HasFailure());
     // Killed half way through copying: never acknowledged, so it must never appear.
