@@ -266,7 +266,9 @@ int RunGrow(const bench::Args& args) {
   unlink(backing.c_str());
   const std::string device = dm::DeviceMapper::DeviceString(loop.dev());
   std::vector<Extent> extents;
-  for (uint64_t i = 0; i < kTargets; ++i) extents.push_back({i * 2 * kTargetSectors, kTargetSectors});
+  for (uint64_t i = 0; i < kTargets; ++i) {
+    extents.push_back({i * 2 * kTargetSectors, kTargetSectors});
+  }
   const dm::Table grown = BuildTable(extents, device);
   extents.pop_back();
   const dm::Table small = BuildTable(extents, device);

@@ -17,8 +17,9 @@ namespace {
 Result<void> CheckSizeUnit(uint64_t size, const fiemap::FilesystemInfo& fs) {
   const uint32_t lbs = fs.disk_logical_block_size ? fs.disk_logical_block_size : 512;
   if (size == 0 || size % metadata::kSectorSize != 0 || size % lbs != 0) {
-    return MakeError(EINVAL, "size {} is not a positive multiple of the disk's logical block size {}",
-                     size, std::max<uint32_t>(lbs, metadata::kSectorSize));
+    return MakeError(EINVAL,
+                     "size {} is not a positive multiple of the disk's logical block size {}", size,
+                     std::max<uint32_t>(lbs, metadata::kSectorSize));
   }
   return Ok();
 }
@@ -177,7 +178,8 @@ Result<void> ImageManager::Impl::ShrinkLocked(std::string_view name, uint64_t ne
   IMAGED_TRY(CheckSizeUnit(new_size, fs));
   fiemap::SplitFiemap split = IMAGED_TRY(CheckExtentsLocked(name, image));
   IMAGED_TRY(CheckNoFilesystemCut(split, image.size, new_size));
-  const auto extents = IMAGED_TRY(imageset::ComputeLpExtents(split, imageset::DiskFactsOf(fs), new_size));
+  const auto extents =
+      IMAGED_TRY(imageset::ComputeLpExtents(split, imageset::DiskFactsOf(fs), new_size));
   const auto [pieces, last_piece] = CutLayout(split, new_size);
   IMAGED_CRASH_POINT("shrink.checked");
   manager::Intent intent;
