@@ -26,11 +26,14 @@ Result<uint64_t> RoundToBlock(uint64_t size, uint32_t block_size) {
   return (size + block_size - 1) / block_size * block_size;
 }
 
-Result<void> CheckPieceCount(size_t existing, uint64_t bytes, uint64_t piece_size) {
+// `existing` pieces and `bytes` more in pieces of `piece_size` must stay within `max` pieces
+// (kMaxPieces, or less when the caller can use fewer).
+Result<void> CheckPieceCount(size_t existing, uint64_t bytes, uint64_t piece_size,
+                             size_t max = kMaxPieces) {
   const uint64_t count = existing + (bytes + piece_size - 1) / piece_size;
-  if (count > kMaxPieces) {
+  if (count > max) {
     return MakeError(EFBIG, "{} needs {} pieces of {}, more than {}", HumanSize(bytes), count,
-                     HumanSize(piece_size), kMaxPieces);
+                     HumanSize(piece_size), max);
   }
   return Ok();
 }
@@ -179,12 +182,10 @@ Result<void> SplitFiemap::Grow(uint64_t size, const GrowOptions& options) {
   // The last piece first: growing it in place keeps a one-piece image mappable without
   // device-mapper.
   const uint64_t in_place = std::min(extra, piece_size > old_last ? piece_size - old_last : 0);
-  IMAGED_TRY_CTX(CheckPieceCount(pieces_.size(), extra - in_place, piece_size), "{}", what);
-  const uint64_t added = (extra - in_place + piece_size - 1) / piece_size;
-  if (options.max_pieces != 0 && pieces_.size() + added > options.max_pieces) {
-    return MakeError(EFBIG, "{}: {} bytes need {} pieces of at most {}, {} allowed", what, size,
-                     pieces_.size() + added, HumanSize(piece_size), options.max_pieces);
-  }
+  const size_t max_pieces = options.max_pieces != 0 ? std::min(options.max_pieces, kMaxPieces)
+                                                    : kMaxPieces;
+  IMAGED_TRY_CTX(CheckPieceCount(pieces_.size(), extra - in_place, piece_size, max_pieces), "{}",
+                 what);
   auto grown = GrowLastPiece(in_place, extra, options.progress);
   if (grown && in_place < extra) {
     Progress rest;
