@@ -114,34 +114,28 @@ Result<fsprobe::Filesystem> ProbeDevice(const std::string& device) {
 
 }  // namespace
 
-Result<std::string> GrowFilesystem(const std::string& device) {
+Result<void> GrowFilesystem(const std::string& device) {
   const auto fs = IMAGED_TRY(ProbeDevice(device));
   struct stat st {};
   if (stat(device.c_str(), &st) != 0) return ErrnoError("stat {}", device);
   const auto mounted = IMAGED_TRY(MountPointOf(st.st_rdev));
   if (fs.type == "ext4") {
-    if (mounted) {
-      IMAGED_TRY(RunTool({"resize2fs", device}));
-      return std::string("ext4 grown online by resize2fs");
-    }
-    IMAGED_TRY(RunTool({"e2fsck", "-f", "-p", device}, /*max_ok_exit=*/1));
-    IMAGED_TRY(RunTool({"resize2fs", device}));
-    return std::string("ext4 checked by e2fsck and grown by resize2fs");
+    // Online when mounted; offline resize2fs wants a freshly checked filesystem.
+    if (!mounted) IMAGED_TRY(RunTool({"e2fsck", "-f", "-p", device}, /*max_ok_exit=*/1));
+    return RunTool({"resize2fs", device});
   }
   if (fs.type == "xfs") {
     if (!mounted) {
       return MakeError(EOPNOTSUPP, "xfs grows only while mounted (xfs_growfs): mount {} and "
                        "run imagectl resize --fs again", device);
     }
-    IMAGED_TRY(RunTool({"xfs_growfs", *mounted}));
-    return fmt::format("xfs grown online by xfs_growfs on {}", *mounted);
+    return RunTool({"xfs_growfs", *mounted});
   }
   if (mounted) {
     return MakeError(EOPNOTSUPP, "f2fs grows only while unmounted (resize.f2fs): unmount {} "
                      "and run imagectl resize --fs again", *mounted);
   }
-  IMAGED_TRY(RunTool({"resize.f2fs", device}));
-  return std::string("f2fs grown by resize.f2fs");
+  return RunTool({"resize.f2fs", device});
 }
 
 }  // namespace imaged::manager

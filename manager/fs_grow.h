@@ -10,10 +10,9 @@
 
 namespace imaged::manager {
 
-// Grows the filesystem on block device `device` to the device's size. Returns what was done
-// ("ext4 grown online by resize2fs"). Errors name the tool and its last output lines; no
-// filesystem on the device, or one that cannot grow in its state, is EOPNOTSUPP with the
-// reason.
-Result<std::string> GrowFilesystem(const std::string& device);
+// Grows the filesystem on block device `device` to the device's size. Errors name the tool and
+// its last output lines; no filesystem on the device, or one that cannot grow in its state, is
+// EOPNOTSUPP with the reason.
+Result<void> GrowFilesystem(const std::string& device);
 
 }  // namespace imaged::manager

@@ -144,10 +144,7 @@ Result<void> ImageManager::Impl::GrowFilesystemLocked(std::string_view name) {
   if (IMAGED_TRY(FindImage(name)).readonly()) {
     return MakeError(EROFS, "the image is read-only: the filesystem on it cannot grow");
   }
-  if (auto device = IMAGED_TRY(MappedDeviceLocked(name))) {
-    IMAGED_TRY(manager::GrowFilesystem(*device));
-    return Ok();
-  }
+  if (auto device = IMAGED_TRY(MappedDeviceLocked(name))) return manager::GrowFilesystem(*device);
   // Through a temporary mapping (as zero-fill does), removed again whatever happens.
   MapRequest map;
   map.timeout = options.default_map_timeout;
