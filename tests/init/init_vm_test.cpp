@@ -450,11 +450,13 @@ TEST_F(InitVmTest, MapsAHundredImagesOfAHundredExtents) {
 // again: it adopts the devices imaged-init made, so `imagectl unmap` removes them.
 class InitDaemonVmTest : public InitVmTest {
  protected:
-  std::unique_ptr<imaged::test::DaemonProcess> StartDaemon() {
+  std::unique_ptr<imaged::test::DaemonProcess> StartDaemon(
+      const std::vector<std::string>& extra_args = {}) {
     socket_ = (tmp_.path() / "imaged.sock").string();
     std::vector<std::string> argv = {IMAGED_BIN,   "--socket",       socket_,
                                      "--data-dir", mnt_ + "/images", "--metadata-dir",
                                      meta_,        "--dm-prefix",    prefix_};
+    argv.insert(argv.end(), extra_args.begin(), extra_args.end());
     auto daemon = std::make_unique<imaged::test::DaemonProcess>(argv, tmp_.path());
     EXPECT_TRUE(daemon->ready()) << "imaged did not become ready";
     return daemon;
@@ -463,19 +465,32 @@ class InitDaemonVmTest : public InitVmTest {
     args.insert(args.begin(), {IMAGECTL_BIN, "--socket", socket_});
     return RunCommand(args);
   }
-  // Writes the image's pattern through the daemon's mapping of it.
-  void FillThroughDaemon(const std::string& name, uint64_t size) {
-    auto map = Ctl({"map", name});
-    ASSERT_EQ(map.exit_code, 0) << map.err;
-    std::string device = map.out.substr(0, map.out.find_last_not_of(" \n") + 1);
-    contents_[name] = Pattern(size, static_cast<uint8_t>(name[0]));
-    UniqueFd fd(::open(device.c_str(), O_WRONLY | O_CLOEXEC));
-    ASSERT_TRUE(fd.valid()) << device << ": " << std::strerror(errno);
-    ASSERT_EQ(::pwrite(fd.get(), contents_[name].data(), size, 0), static_cast<ssize_t>(size));
-    ASSERT_EQ(::fsync(fd.get()), 0);
-    fd.reset();
+  // Maps the image through the daemon, writes the image's pattern over [from, size) of the
+  // device (which must be `size` long by now), and unmaps it again.
+  void FillThroughDaemon(const std::string& name, uint64_t size, uint64_t from = 0) {
+    std::string device = MapThroughDaemon(name);
+    ASSERT_FALSE(device.empty());
+    WriteTail(name, device, from, size);
     auto unmap = Ctl({"unmap", name});
     ASSERT_EQ(unmap.exit_code, 0) << unmap.err;
+  }
+  std::string MapThroughDaemon(const std::string& name) {
+    auto map = Ctl({"map", name});
+    EXPECT_EQ(map.exit_code, 0) << map.err;
+    return map.out.substr(0, map.out.find_last_not_of(" \n") + 1);
+  }
+  void WriteTail(const std::string& name, const std::string& device, uint64_t from, uint64_t size) {
+    UniqueFd fd(::open(device.c_str(), O_WRONLY | O_CLOEXEC));
+    ASSERT_TRUE(fd.valid()) << device << ": " << std::strerror(errno);
+    uint64_t device_size = 0;
+    ASSERT_EQ(::ioctl(fd.get(), BLKGETSIZE64, &device_size), 0);
+    ASSERT_EQ(device_size, size) << device;
+    std::string tail = Pattern(size - from, static_cast<uint8_t>(name[0] + from / (1 << 20)));
+    ASSERT_EQ(::pwrite(fd.get(), tail.data(), tail.size(), static_cast<off_t>(from)),
+              static_cast<ssize_t>(tail.size()));
+    ASSERT_EQ(::fsync(fd.get()), 0);
+    contents_[name].resize(from);
+    contents_[name] += tail;
   }
   std::string socket_;
 };
@@ -507,6 +522,45 @@ TEST_F(InitDaemonVmTest, ImagesFromTheDaemonMapAtBootAndAreAdoptedLater) {
   auto unmap_beta = Ctl({"unmap", "beta"});
   EXPECT_EQ(unmap_beta.exit_code, 0) << unmap_beta.out << unmap_beta.err;
   EXPECT_FALSE(Exists("beta"));
+}
+
+// Issue 16: imaged-init builds a grown image's table from lp_metadata like any other's. The
+// image grows twice: online while the daemon has it mapped on a loop device held open (the
+// fixture's filesystem is not on device-mapper), within its piece, and then unmapped, past the
+// piece limit, so that it is split and imaged-init joins its pieces.
+TEST_F(InitDaemonVmTest, AGrownImageMapsAtBootWithItsNewSizeAndData) {
+  constexpr uint64_t kMiB = 1 << 20;
+  {
+    auto daemon = StartDaemon({"--max-piece-size", "2M"});
+    ASSERT_TRUE(daemon->ready());
+    ASSERT_EQ(Ctl({"create", "grown", "1M"}).exit_code, 0);
+    FillThroughDaemon("grown", 1 * kMiB);
+
+    std::string device = MapThroughDaemon("grown");
+    ASSERT_FALSE(device.empty());
+    UniqueFd held(::open(device.c_str(), O_RDONLY | O_CLOEXEC));
+    ASSERT_TRUE(held.valid()) << device << ": " << std::strerror(errno);
+    auto online = Ctl({"resize", "grown", "2M"});
+    ASSERT_EQ(online.exit_code, 0) << online.out << online.err;
+    WriteTail("grown", device, 1 * kMiB, 2 * kMiB);
+    held.reset();
+    ASSERT_EQ(Ctl({"unmap", "grown"}).exit_code, 0);
+
+    auto offline = Ctl({"resize", "grown", "+1M"});
+    ASSERT_EQ(offline.exit_code, 0) << offline.out << offline.err;
+    FillThroughDaemon("grown", 3 * kMiB, 2 * kMiB);
+    EXPECT_TRUE(std::filesystem::exists(mnt_ + "/images/grown.img.0001"))
+        << "precondition: the grown image is split";
+    EXPECT_EQ(WIFEXITED(daemon->Stop()) ? 0 : 1, 0);
+  }
+  Unmount();
+
+  auto map = Init({"map", "--verify", "--passthrough", prefix_ + "data"});
+  ASSERT_EQ(map.exit_code, 0) << map.out << map.err;
+  ExpectContent("grown");
+  auto unmap = Init({"unmap"});
+  EXPECT_EQ(unmap.exit_code, 0) << unmap.err;
+  EXPECT_FALSE(Exists("grown"));
 }
 
 // The daemon and imaged-init build and compare tables with the same code, read-only flag
