@@ -77,15 +77,13 @@ class EndCheckedReader : public import::ImageReader {
  public:
   EndCheckedReader(std::unique_ptr<import::ImageReader> inner, UploadStream& stream)
       : inner_(std::move(inner)), stream_(stream) {}
-  import::Format format() const override { return inner_->format();
-} uint64_t virtual_size() const override {
-  return inner_->virtual_size();
-}
-Result<std::optional<import::Run>> Next() override;
+  import::Format format() const override { return inner_->format(); }
+  uint64_t virtual_size() const override { return inner_->virtual_size(); }
+  Result<std::optional<import::Run>> Next() override;
 
-private:
-std::unique_ptr<import::ImageReader> inner_;
-UploadStream& stream_;
-};  // namespace imaged
+ private:
+  std::unique_ptr<import::ImageReader> inner_;
+  UploadStream& stream_;
+};
 
 }  // namespace imaged
