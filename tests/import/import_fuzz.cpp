@@ -6,19 +6,9 @@
 #include "import/reader.h"
 #include "import/source.h"
 #include "import/writer.h"
+#include "null_sink.h"
 
 namespace {
-
-class NullSink : public imaged::import::RunSink {
- public:
-  explicit NullSink(uint64_t size) : size_(size) {}
-  imaged::Result<void> Write(uint64_t, std::span<const uint8_t>) override { return {}; }
-  imaged::Result<void> WriteZeroes(uint64_t, uint64_t) override { return {}; }
-  uint64_t size() const override { return size_; }
-
- private:
-  uint64_t size_;
-};
 
 // Data runs can repeat one host cluster many times, so the work per input is bounded by
 // refusing virtual sizes over this (zero coverage is free).
@@ -37,7 +27,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto reader = OpenReader(source, Format::IMPORT_FUZZ_FORMAT, options);
   if (!reader) return 0;
   if ((*reader)->virtual_size() > kMaxVirtualSize) return 0;
-  NullSink sink((*reader)->virtual_size());
+  fuzz::NullSink sink((*reader)->virtual_size());
   CopyOptions copy;
   copy.buffer_size = 1 << 20;
   (void)Copy(**reader, sink, nullptr, copy);
