@@ -4,11 +4,13 @@
 // writes in flight), and only then are its extents read and recorded (CreateLocked's fill).
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 
 #include "crash_point.h"
 #include "import/reader.h"
 #include "import/source.h"
+#include "import/unwrap.h"
 #include "import/writer.h"
 #include "internal.h"
 
@@ -89,17 +91,16 @@ class SplitSink : public import::RunSink {
 
 // A new image's one pass: every byte written (zero runs as zeros: the pieces are not pre-zeroed),
 // 8 MiB writes, 4 in flight (several O_DIRECT streams measured 1.2-1.7x one on the bench disk).
-import::CopyOptions SinglePassCopyOptions() {
-  import::CopyOptions o;
-  o.target_is_zeroed = false;
-  o.buffer_size = 8 << 20;
-  // Zero runs shorter than a buffer are cheaper inside one large data write.
-  o.min_zero_write = o.buffer_size;
-  o.max_in_flight = 4;
-  return o;
-}
-
+import::CopyOptions SinglePassCopyOptions(){import::CopyOptions o;
+o.target_is_zeroed = false;
+o.buffer_size = 8 << 20;
+// Zero runs shorter than a buffer are cheaper inside one large data write.
+o.min_zero_write = o.buffer_size;
+o.max_in_flight = 4;
+return o;
 }  // namespace
+
+}  // namespace imaged
 
 // One import: the reader over the source, the target image (new or existing) and the copy.
 class ImportOperation {
@@ -128,9 +129,12 @@ class ImportOperation {
     fs_ = IMAGED_TRY(fiemap::InspectFilesystem(impl_.data.fd(), impl_.data.path()));
     lbs_ = std::max<uint32_t>(fs_.disk_logical_block_size, 512);
     copy_progress_ = options_.progress;
-    if (CrashPoints().armed) {
+    if (CrashPoints().armed || input_position_) {
       copy_progress_ = [this](uint64_t done, uint64_t total) {
         IMAGED_CRASH_POINT("import.copy_progress");
+        if (input_position_ && !options_.input_progress(input_position_(), source_->size())) {
+          return false;
+        }
         return options_.progress ? options_.progress(done, total) : true;
       };
     }
@@ -143,6 +147,16 @@ class ImportOperation {
 
   Result<void> OpenReader() {
     const std::string& source_path = source_->name();
+    // Explicitly raw means the file's own bytes, compressed or not.
+    if (options_.format != import::Format::Raw) {
+      const import::Wrapping wrapping = IMAGED_TRY(import::DetectWrapping(*source_));
+      if (wrapping != import::Wrapping::None) {
+        owned_reader_ = IMAGED_TRY_CTX(OpenUnwrapped(wrapping), "read {} \"{}\"",
+                                       import::WrappingName(wrapping), source_path);
+        reader_ = owned_reader_.get();
+        return CheckNotEmpty();
+      }
+    }
     const import::Format format =
         options_.format ? *options_.format : IMAGED_TRY(import::DetectFormat(*source_));
     import::ReaderOptions reader_options;
@@ -151,8 +165,32 @@ class ImportOperation {
     owned_reader_ = IMAGED_TRY_CTX(import::OpenReader(*source_, format, reader_options),
                                    "read {} \"{}\"", import::FormatName(format), source_path);
     reader_ = owned_reader_.get();
+    return CheckNotEmpty();
+  }
+
+  // A compressed or archived image, decoded as a stream. A raw one inside may be decoded once
+  // just to count its size, bounded by the space it could take: a new image needs free space,
+  // an existing one cannot be larger than its filesystem.
+  Result<std::unique_ptr<import::ImageReader>> OpenUnwrapped(import::Wrapping wrapping) {
+    const auto fs = IMAGED_TRY(fiemap::InspectFilesystem(impl_.data.fd(), impl_.data.path()));
+    import::UnwrapOptions unwrap;
+    unwrap.format = options_.format;
+    unwrap.max_size = options_.into_existing ? fs.total_bytes : fs.free_bytes;
+    unwrap.count_progress = options_.input_progress;
+    auto reader = IMAGED_TRY(import::OpenUnwrappedReader(*source_, wrapping, unwrap));
+    if (options_.input_progress) {
+      input_position_ = [reader = reader.get()] { return reader->input_position(); };
+      // Measuring read the file to its end; the import reads it again from its start.
+      if (!options_.input_progress(input_position_(), source_->size())) {
+        return MakeError(ECANCELED, "import cancelled");
+      }
+    }
+    return std::unique_ptr<import::ImageReader>(std::move(reader));
+  }
+
+  Result<void> CheckNotEmpty() const {
     if (reader_->virtual_size() == 0) {
-      return MakeError(EINVAL, "\"{}\" holds an empty image", source_path);
+      return MakeError(EINVAL, "\"{}\" holds an empty image", source_->name());
     }
     return Ok();
   }
@@ -265,6 +303,7 @@ class ImportOperation {
   std::unique_ptr<import::FileSource> source_;
   std::unique_ptr<import::ImageReader> owned_reader_;
   import::ImageReader* reader_ = nullptr;
+  std::function<uint64_t()> input_position_;  // a compressed source's decoder, for progress
   fiemap::FilesystemInfo fs_;
   uint32_t lbs_ = 512;
   Progress copy_progress_;

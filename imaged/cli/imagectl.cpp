@@ -113,16 +113,28 @@ class ProgressPrinter {
  public:
   explicit ProgressPrinter(std::string label)
       : label_(std::move(label)), tty_(isatty(STDERR_FILENO)) {}
-  void Update(uint64_t done, uint64_t total) {
+  // An import from a compressed file also reports the file's bytes read; before the image's
+  // bytes are known (a raw image inside is measured first) only those.
+  void Update(const v1::Progress& progress) {
+    const bool measuring = progress.total_bytes() == 0 && progress.input_total_bytes() != 0;
+    const uint64_t done = measuring ? progress.input_done_bytes() : progress.done_bytes();
+    const uint64_t total = measuring ? progress.input_total_bytes() : progress.total_bytes();
+    const std::string label = measuring ? label_ + " (measuring)" : label_;
+    const std::string input =
+        measuring || progress.input_total_bytes() == 0
+            ? ""
+            : fmt::format(", read {} / {}", imaged::HumanSize(progress.input_done_bytes()),
+                          imaged::HumanSize(progress.input_total_bytes()));
     int percent = total ? static_cast<int>(done * 100 / total) : 100;
     if (tty_) {
       int filled = percent / 4;
-      fmt::print(stderr, "\r{} [{:<25}] {:3}% {} / {}", label_, std::string(filled, '#'), percent,
-                 imaged::HumanSize(done), imaged::HumanSize(total));
+      fmt::print(stderr, "\r{} [{:<25}] {:3}% {} / {}{}", label, std::string(filled, '#'), percent,
+                 imaged::HumanSize(done), imaged::HumanSize(total), input);
       drawn_ = true;
-    } else if (percent / 10 != last_decile_) {
+    } else if (percent / 10 != last_decile_ || measuring != measuring_) {
       last_decile_ = percent / 10;
-      fmt::print(stderr, "{}: {}% ({} of {} bytes)\n", label_, percent, done, total);
+      measuring_ = measuring;
+      fmt::print(stderr, "{}: {}% ({} of {} bytes{})\n", label, percent, done, total, input);
     }
   }
   ~ProgressPrinter() {
@@ -134,6 +146,7 @@ class ProgressPrinter {
   bool tty_;
   bool drawn_ = false;
   int last_decile_ = -1;
+  bool measuring_ = false;
 };
 
 // A long call names its operation, so that Ctrl-C can ask the daemon to stop it. The daemon
@@ -203,7 +216,7 @@ int FinishOperation(Stream& stream, const Context& ctx, const std::string& doing
     ProgressPrinter printer(doing);
     while (stream->Read(&update)) {
       if (update.has_progress()) {
-        if (!ctx.json) printer.Update(update.progress().done_bytes(), update.progress().total_bytes());
+        if (!ctx.json) printer.Update(update.progress());
       } else if (update.has_done()) {
         final_info = update.done();
         done = true;
@@ -641,10 +654,14 @@ void AddCreateCommands(CLI::App& app, Context& ctx, Args& a, int& rc) {
     rc = size ? CmdResize(ctx, a.name, *size, {relative, a.shrink, a.grow_fs}) : kExitUsage;
   });
   auto* import =
-      app.add_subcommand("import", "import a raw, Android sparse or qcow/qcow2 FILE as NAME");
+      app.add_subcommand("import",
+                         "import a raw, Android sparse or qcow/qcow2 FILE as NAME; raw and sparse "
+                         "may be gzip, xz, zstd or bzip2 compressed, or the one file in a zip");
   import->add_option("file", a.file)->required();
   import->add_option("name", a.name)->required();
-  import->add_option("--format", a.format, "auto, raw, sparse, qcow or qcow2")
+  import
+      ->add_option("--format", a.format,
+                   "auto, raw (FILE's own bytes, even if compressed), sparse, qcow or qcow2")
       ->check(CLI::IsMember({"auto", "raw", "sparse", "qcow", "qcow2"}))
       ->capture_default_str();
   import->add_flag("--into-existing", a.into_existing, "write into an existing unmapped image");

@@ -10,8 +10,9 @@
 #include <fmt/format.h>
 
 #include "imaged/common/unique_fd.h"
-#include "imageset/names.h"
 #include "imaged/version.h"
+#include "imageset/names.h"
+#include "import/unwrap.h"
 
 namespace imaged {
 namespace {
@@ -36,21 +37,46 @@ class ProgressStreamer {
     uint64_t step = total / 200;
     if (done != total && step != 0 && done < last_ + step && last_ != 0) return true;
     last_ = done == 0 ? 1 : done;
-    v1::OperationUpdate update;
-    update.mutable_progress()->set_done_bytes(done);
-    update.mutable_progress()->set_total_bytes(total);
-    std::lock_guard lock(mutex_);
-    // A failed write means the client went away: treat as a cancel.
-    return writer_->Write(update);
+    done_ = done;
+    total_ = total;
+    return Send();
+  }
+
+  // The input side of an import from a compressed file (ImportOptions::input_progress).
+  bool Input(uint64_t done, uint64_t total) {
+    if (context_->IsCancelled() || operation_->cancel_requested()) return false;
+    input_done_ = done;
+    input_total_ = total;
+    // Once the copy reports, its updates carry the input position; before that (while a raw
+    // image inside is measured) these are the only updates.
+    if (done_ != 0) return true;
+    const uint64_t step = total / 200;
+    if (done != total && step != 0 && done < input_sent_ + step && input_sent_ != 0) return true;
+    input_sent_ = done == 0 ? 1 : done;
+    return Send();
   }
 
   bool Done(const ImageInfo& info);
 
  private:
+  bool Send() {
+    v1::OperationUpdate update;
+    auto& progress = *update.mutable_progress();
+    progress.set_done_bytes(done_);
+    progress.set_total_bytes(total_);
+    progress.set_input_done_bytes(input_done_);
+    progress.set_input_total_bytes(input_total_);
+    std::lock_guard lock(mutex_);
+    // A failed write means the client went away: treat as a cancel.
+    return writer_->Write(update);
+  }
+
   ServerContext* context_;
   Writer* writer_;
   std::unique_ptr<OperationRegistry::Scope> operation_;
   uint64_t last_ = 0;
+  uint64_t done_ = 0, total_ = 0;
+  uint64_t input_done_ = 0, input_total_ = 0, input_sent_ = 0;
   std::mutex mutex_;
 };
 
@@ -392,6 +418,7 @@ Status ImagedService::ImportImage(ServerContext* context, const v1::ImportImageR
   options.into_existing = request->into_existing();
   options.readonly = request->readonly();
   options.progress = [&](uint64_t d, uint64_t t) { return progress(d, t); };
+  options.input_progress = [&](uint64_t d, uint64_t t) { return progress.Input(d, t); };
   // The client's rights, not the daemon's: the file is opened as the caller.
   auto peer = peers_->Lookup(context->peer());
   if (!peer) return Status(StatusCode::PERMISSION_DENIED, "imaged: caller's credentials are unknown");
@@ -423,6 +450,7 @@ Status ImagedService::UploadImage(
   options.into_existing = header.into_existing();
   options.readonly = header.readonly();
   options.progress = [&](uint64_t d, uint64_t t) { return progress(d, t); };
+  options.input_progress = [&](uint64_t d, uint64_t t) { return progress.Input(d, t); };
   UploadStream upload(context, stream, header.total_bytes(), upload_idle_timeout_);
   auto info = ImportUpload(header.name(), *format, upload, options);
   if (!info) return ToStatus(context, info.error());
@@ -433,10 +461,15 @@ Status ImagedService::UploadImage(
 Result<ImageInfo> ImagedService::ImportUpload(const std::string& name,
                                               std::optional<import::Format> format,
                                               UploadStream& upload, ImportOptions& options) {
-  // Enough for every magic DetectFormat knows (some sit past the first sector).
-  if (!format) {
+  if (format != import::Format::Raw) {
+    // Enough for every magic DetectFormat knows (some sit past the first sector).
     const auto prefix = IMAGED_TRY(upload.Peek(64 << 10));
-    format = IMAGED_TRY(import::DetectFormat(prefix));
+    // A compressed image is decoded from a file: a raw one inside is decoded once to measure.
+    if (import::DetectWrapping(prefix) != import::Wrapping::None) {
+      options.format = format;
+      return ImportSpooled(name, upload, options);
+    }
+    if (!format) format = IMAGED_TRY(import::DetectFormat(prefix));
   }
   options.format = format;
   std::unique_ptr<import::ImageReader> reader;
@@ -453,12 +486,13 @@ Result<ImageInfo> ImagedService::ImportUpload(const std::string& name,
   return manager_->Import(name, checked, "upload", options);
 }
 
-// qcow needs random access: the upload goes to an unnamed file on the data filesystem first
-// (O_TMPFILE: nothing to clean up after a crash), bounded by its declared size.
+// qcow and compressed images need random access (or a second pass): the upload goes to an
+// unnamed file on the data filesystem first (O_TMPFILE: nothing to clean up after a crash),
+// bounded by its declared size.
 Result<ImageInfo> ImagedService::ImportSpooled(const std::string& name, UploadStream& upload,
                                                const ImportOptions& options) {
   if (upload.declared() == 0) {
-    return MakeError(EINVAL, "a qcow upload must declare its size (total_bytes)");
+    return MakeError(EINVAL, "a qcow or compressed upload must declare its size (total_bytes)");
   }
   const std::string& dir = manager_->options().data_dir;
   UniqueFd spool(::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));

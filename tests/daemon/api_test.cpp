@@ -336,6 +336,49 @@ TEST_F(ApiTest, ImportByPathAndByUploadAreBitExact) {
   }
 }
 
+// Images as people download them: what imagectl imports from an .img.xz, a .zip and (by upload)
+// an .img.gz is what xz -dc, unzip -p and gzip -dc unpack, and a damaged one leaves nothing.
+TEST_F(ApiTest, CompressedAndArchivedImportsAreBitExactWithTheStockTools) {
+  const std::filesystem::path dir = dir_.path();
+  auto sh = [&](const std::string& line) {
+    auto r = RunCommand({"sh", "-c", "cd '" + dir.string() + "' && " + line});
+    ASSERT_EQ(r.exit_code, 0) << line << ": " << r.err;
+  };
+  // 3 MiB + 512: text (compressible), zeros and a partial tail.
+  sh("{ seq 1 300000; head -c 1048576 /dev/zero; seq 1 120000; } | head -c 3146240 > disk.img && "
+     "xz -k -T1 disk.img && gzip -k disk.img && zip -q disk.zip disk.img && rm disk.img");
+  auto expect_image = [&](const std::string& name, const std::string& unpack) {
+    auto unpacked = RunCommand({"sh", "-c", "cd '" + dir.string() + "' && " + unpack});
+    ASSERT_EQ(unpacked.exit_code, 0) << unpacked.err;
+    auto mapped = Ctl({"map", name});
+    ASSERT_EQ(mapped.exit_code, 0) << mapped.err;
+    std::string device = mapped.out.substr(0, mapped.out.find('\n'));
+    EXPECT_EQ(DeviceSize(device), unpacked.out.size()) << name;
+    EXPECT_TRUE(ReadDevice(device, unpacked.out.size(), 0) == unpacked.out) << name;
+    EXPECT_EQ(Ctl({"unmap", name}).exit_code, 0);
+  };
+  auto xz = Ctl({"import", (dir / "disk.img.xz").string(), "fromxz"});
+  ASSERT_EQ(xz.exit_code, 0) << xz.err;
+  // The raw image inside is measured first: progress counts the file's bytes then.
+  EXPECT_NE(xz.err.find("(measuring)"), std::string::npos) << xz.err;
+  EXPECT_NE(xz.err.find("read "), std::string::npos) << xz.err;
+  expect_image("fromxz", "xz -dc disk.img.xz");
+  auto zip = Ctl({"import", (dir / "disk.zip").string(), "fromzip"});
+  ASSERT_EQ(zip.exit_code, 0) << zip.err;
+  expect_image("fromzip", "unzip -p disk.zip");
+  auto gz = Ctl({"import", "--upload", (dir / "disk.img.gz").string(), "fromgz"});
+  ASSERT_EQ(gz.exit_code, 0) << gz.err;
+  expect_image("fromgz", "gzip -dc disk.img.gz");
+
+  // A flipped bit in the deflate data: zlib's CRC32 check (or the decoder) refuses it.
+  sh("cp disk.img.gz bad.gz && printf '\\377' | dd of=bad.gz bs=1 seek=5000 conv=notrunc "
+     "status=none");
+  auto bad = Ctl({"import", (dir / "bad.gz").string(), "bad"});
+  EXPECT_EQ(bad.exit_code, 1) << bad.err;
+  EXPECT_NE(bad.err.find("gzip"), std::string::npos) << bad.err;
+  EXPECT_EQ(Ctl({"info", "bad"}).exit_code, 5);
+}
+
 // A source that fails to read part way must not end the upload as if it were complete: for a
 // raw stream of unknown length the daemon could not tell a short image from a whole one.
 TEST_F(ApiTest, UploadWhoseSourceFailsToReadIsCancelledAndLeavesNothing) {

@@ -107,6 +107,10 @@ struct ImportOptions {
   bool into_existing = false;            // write into an existing unmapped image of enough size
   bool readonly = false;                 // for a newly created image
   Progress progress;
+  // A compressed or archived source: bytes of the file decoded so far, of its size, alongside
+  // `progress` (which counts the image's bytes); also while a raw image inside is measured,
+  // when `progress` stays at 0. Returning false cancels, as for `progress`.
+  Progress input_progress;
 };
 
 // One daemon per image set: startup recovery tears down mappings it does not know, which would
