@@ -5,8 +5,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -377,6 +379,58 @@ TEST_F(ApiTest, CompressedAndArchivedImportsAreBitExactWithTheStockTools) {
   EXPECT_EQ(bad.exit_code, 1) << bad.err;
   EXPECT_NE(bad.err.find("gzip"), std::string::npos) << bad.err;
   EXPECT_EQ(Ctl({"info", "bad"}).exit_code, 5);
+}
+
+// What bash completes after `imagectl` with `line` typed (the last word is the one completed),
+// from the installed completion script, asking this test's daemon.
+std::vector<std::string> Complete(const std::string& socket, const std::string& line) {
+  const std::string script =
+      "source '" IMAGECTL_COMPLETION
+      "' && read -r -a COMP_WORDS <<< \"$LINE\" && "
+      "[[ $LINE == *' ' ]] && COMP_WORDS+=(''); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)) && "
+      "_imagectl; printf '%s\\n' \"${COMPREPLY[@]}\"";
+  auto r =
+      RunCommand({"env", "LINE=" + std::string(IMAGECTL_BIN) + " --socket " + socket + " " + line,
+                  "bash", "-c", script});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  std::vector<std::string> out;
+  std::istringstream lines(r.out);
+  for (std::string word; std::getline(lines, word);) {
+    if (!word.empty()) out.push_back(word);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+TEST_F(ApiTest, BashCompletesSubcommandsFlagsAndImageNamesFromTheDaemon) {
+  using Words = std::vector<std::string>;
+  ASSERT_EQ(Ctl({"create", "alpha", "1M"}).exit_code, 0);
+  ASSERT_EQ(Ctl({"create", "beta", "1M"}).exit_code, 0);
+  // Every subcommand imagectl --help lists, and only those.
+  Words listed;
+  std::istringstream help(Ctl({"--help"}).out);
+  bool in_section = false;
+  for (std::string row; std::getline(help, row);) {
+    if (row == "Subcommands:") {
+      in_section = true;
+    } else if (in_section && row.empty()) {
+      break;
+    } else if (in_section && row.starts_with("  ") && row[2] != ' ') {
+      listed.push_back(row.substr(2, row.find(' ', 2) - 2));
+    }
+  }
+  std::sort(listed.begin(), listed.end());
+  EXPECT_GE(listed.size(), 16u);
+  EXPECT_EQ(Complete(socket_, ""), listed);
+  EXPECT_EQ(Complete(socket_, "re"), (Words{"rebuild-metadata", "remove-disabled", "resize"}));
+  EXPECT_EQ(Complete(socket_, "map "), (Words{"alpha", "beta"}));
+  EXPECT_EQ(Complete(socket_, "resize b"), (Words{"beta"}));
+  EXPECT_EQ(Complete(socket_, "map alpha "), Words{});
+  EXPECT_EQ(Complete(socket_, "import --f"), Words{"--format"});
+  EXPECT_EQ(Complete(socket_, "import x.img --format q"), (Words{"qcow", "qcow2"}));
+  EXPECT_EQ(Complete(socket_, "import --into-existing x.img a"), Words{"alpha"});
+  EXPECT_EQ(Complete(socket_, "import x.img a"), Words{});  // a new name
+  EXPECT_EQ(Complete(socket_, "--js"), Words{"--json"});
 }
 
 // A source that fails to read part way must not end the upload as if it were complete: for a
