@@ -11,11 +11,6 @@ using namespace std::literals;
 
 constexpr size_t kVhdFooterBytes = 512;
 
-bool HasAt(std::span<const uint8_t> bytes, size_t offset, std::string_view magic) {
-  return bytes.size() >= offset + magic.size() &&
-         std::memcmp(bytes.data() + offset, magic.data(), magic.size()) == 0;
-}
-
 // Magics of formats imaged recognises but does not read, with qemu's name for each (so the
 // user can pass it to `qemu-img convert -f`). Taken from the formats' specifications and the
 // probes of qemu's block drivers (block/vmdk.c, vhdx.c, vdi.c, vpc.c, qed.c, parallels.c and

@@ -23,14 +23,6 @@ using namespace std::literals;
 // Input is read in chunks of this size, 4 KiB-aligned so that FileSource reads them O_DIRECT.
 constexpr size_t kInputChunk = 1 << 20;
 
-bool StartsWith(std::span<const uint8_t> bytes, std::string_view magic) {
-  return bytes.size() >= magic.size() && std::memcmp(bytes.data(), magic.data(), magic.size()) == 0;
-}
-
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-
 // The source from its start, a chunk at a time; the position only moves forward, except that
 // libarchive's zip reader seeks (to the central directory and back).
 class SourceFeed {
@@ -486,25 +478,25 @@ std::string_view WrappingName(Wrapping wrapping) {
 }
 
 Wrapping DetectWrapping(std::span<const uint8_t> prefix) {
-  if (StartsWith(prefix, "\x1f\x8b\x08"sv)) return Wrapping::Gzip;
-  if (StartsWith(prefix,
-                 "\xfd"
-                 "7zXZ\0"sv))
+  if (HasAt(prefix, 0, "\x1f\x8b\x08"sv)) return Wrapping::Gzip;
+  if (HasAt(prefix, 0,
+            "\xfd"
+            "7zXZ\0"sv))
     return Wrapping::Xz;
   // A zstd frame, or a skippable frame (pzstd starts with one).
-  if (StartsWith(prefix, "\x28\xb5\x2f\xfd"sv)) return Wrapping::Zstd;
+  if (HasAt(prefix, 0, "\x28\xb5\x2f\xfd"sv)) return Wrapping::Zstd;
   if (prefix.size() >= 4 && (Le32(prefix.data()) & 0xfffffff0u) == 0x184d2a50u) {
     return Wrapping::Zstd;
   }
   // "BZh", the block size '1'-'9', then the first block's magic (pi) or the end of stream's
   // (sqrt pi): three letters alone could be the start of anything.
-  if (prefix.size() >= 10 && StartsWith(prefix, "BZh"sv) && prefix[3] >= '1' && prefix[3] <= '9' &&
-      (StartsWith(prefix.subspan(4), "\x31\x41\x59\x26\x53\x59"sv) ||
-       StartsWith(prefix.subspan(4), "\x17\x72\x45\x38\x50\x90"sv))) {
+  if (prefix.size() >= 10 && HasAt(prefix, 0, "BZh"sv) && prefix[3] >= '1' && prefix[3] <= '9' &&
+      (HasAt(prefix, 4, "\x31\x41\x59\x26\x53\x59"sv) ||
+       HasAt(prefix, 4, "\x17\x72\x45\x38\x50\x90"sv))) {
     return Wrapping::Bzip2;
   }
   // A local file header, or the end of central directory of an empty archive.
-  if (StartsWith(prefix, "PK\3\4"sv) || StartsWith(prefix, "PK\5\6"sv)) return Wrapping::Zip;
+  if (HasAt(prefix, 0, "PK\3\4"sv) || HasAt(prefix, 0, "PK\5\6"sv)) return Wrapping::Zip;
   return Wrapping::None;
 }
 

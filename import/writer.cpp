@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "imaged/common/size.h"
+#include "internal.h"
 
 namespace imaged::import {
 namespace {
@@ -32,10 +33,6 @@ uint64_t AlignUp(uint64_t v) {
 uint64_t AlignDown(uint64_t v) {
   return v & ~(kAlign - 1);
 }
-
-struct FreeDeleter {
-  void operator()(uint8_t* p) const { std::free(p); }
-};
 
 // Part of a staging buffer that is filled only right before the buffer is written (on the
 // writer thread when there is a pool): zeros, or bytes read from the source (deferred reads).
