@@ -34,9 +34,7 @@ class ProgressStreamer {
   // where stopping still leaves nothing behind. Past its last report an operation completes.
   bool operator()(uint64_t done, uint64_t total) {
     if (context_->IsCancelled() || operation_->cancel_requested()) return false;
-    uint64_t step = total / 200;
-    if (done != total && step != 0 && done < last_ + step && last_ != 0) return true;
-    last_ = done == 0 ? 1 : done;
+    if (Throttled(done, total, output_sent_)) return true;
     done_ = done;
     total_ = total;
     return Send();
@@ -49,16 +47,22 @@ class ProgressStreamer {
     input_total_ = total;
     // Once the copy reports, its updates carry the input position; before that (while a raw
     // image inside is measured) these are the only updates.
-    if (done_ != 0) return true;
-    const uint64_t step = total / 200;
-    if (done != total && step != 0 && done < input_sent_ + step && input_sent_ != 0) return true;
-    input_sent_ = done == 0 ? 1 : done;
+    if (done_ != 0 || Throttled(done, total, input_sent_)) return true;
     return Send();
   }
 
   bool Done(const ImageInfo& info);
 
  private:
+  // At most one update per 0.5% of the total (and the first and last always): false when this
+  // one is to be sent, which `last_sent` then records (0 until the first; a first 0 counts as 1).
+  static bool Throttled(uint64_t done, uint64_t total, uint64_t& last_sent) {
+    const uint64_t step = total / 200;
+    if (done != total && step != 0 && done < last_sent + step && last_sent != 0) return true;
+    last_sent = done == 0 ? 1 : done;
+    return false;
+  }
+
   bool Send() {
     v1::OperationUpdate update;
     auto& progress = *update.mutable_progress();
@@ -74,7 +78,7 @@ class ProgressStreamer {
   ServerContext* context_;
   Writer* writer_;
   std::unique_ptr<OperationRegistry::Scope> operation_;
-  uint64_t last_ = 0;
+  uint64_t output_sent_ = 0;
   uint64_t done_ = 0, total_ = 0;
   uint64_t input_done_ = 0, input_total_ = 0, input_sent_ = 0;
   std::mutex mutex_;
