@@ -160,8 +160,20 @@ struct ImportOutcome {
   uint64_t virtual_size = 0;
 };
 
-// Detects the format, opens the reader and copies into a memory target of the image's size
-// (prefilled with 0xA5 so unwritten ranges show up). Errors from any step land in `stats`.
+// Copies `reader` into a memory target of the image's size, prefilled with 0xA5 so unwritten
+// ranges show up.
+inline ImportOutcome CopyToMemory(ImageReader& reader, const CopyOptions& copy_options = {}) {
+  ImportOutcome out;
+  out.virtual_size = reader.virtual_size();
+  MemorySink sink(out.virtual_size, 0xA5);
+  out.stats = Copy(reader, sink, nullptr, copy_options);
+  out.bytes = std::move(sink.bytes);
+  out.calls = sink.calls.size();
+  return out;
+}
+
+// Detects the format, opens the reader and copies it with CopyToMemory. Errors from any step
+// land in `stats`.
 inline ImportOutcome Import(const fs::path& path, const ReaderOptions& options = {},
                             std::optional<Format> format = std::nullopt,
                             const CopyOptions& copy_options = {}) {
@@ -187,12 +199,7 @@ inline ImportOutcome Import(const fs::path& path, const ReaderOptions& options =
     out.stats = reader.error();
     return out;
   }
-  out.virtual_size = (*reader)->virtual_size();
-  MemorySink sink(out.virtual_size, 0xA5);
-  out.stats = Copy(**reader, sink, nullptr, copy_options);
-  out.bytes = std::move(sink.bytes);
-  out.calls = sink.calls.size();
-  return out;
+  return CopyToMemory(**reader, copy_options);
 }
 
 // A reader that replays a fixed list of runs; Data runs point into `data` at their offset,

@@ -37,13 +37,10 @@ class UnwrapTest : public ::testing::Test {
       out.stats = reader.error();
       return out;
     }
-    out.virtual_size = (*reader)->virtual_size();
-    MemorySink sink(out.virtual_size, 0xA5);
     CopyOptions copy;
     copy.buffer_size = 64 << 10;
     copy.max_in_flight = 4;
-    out.stats = Copy(**reader, sink, nullptr, copy);
-    out.bytes = std::move(sink.bytes);
+    out = CopyToMemory(**reader, copy);
     if (out.stats) {
       EXPECT_EQ((*reader)->input_position(), (*source)->size()) << path;
     }
