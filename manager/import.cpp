@@ -111,11 +111,13 @@ class ImportOperation {
   // From a file: the reader is opened here, reading stored qcow clusters on the writer threads.
   Result<ImageInfo> Run(std::unique_ptr<import::FileSource> source) {
     source_ = std::move(source);
+    IMAGED_TRY(InspectDataFilesystem());
     IMAGED_TRY(OpenReader());
     return Run();
   }
   // From a reader the caller made (an upload's stream), which must outlive the call.
   Result<ImageInfo> Run(import::ImageReader& reader, std::string_view source_name) {
+    IMAGED_TRY(InspectDataFilesystem());
     reader_ = &reader;
     if (reader_->virtual_size() == 0) {
       return MakeError(EINVAL, "\"{}\" holds an empty image", source_name);
@@ -126,8 +128,6 @@ class ImportOperation {
  private:
   Result<ImageInfo> Run() {
     auto locks = IMAGED_TRY(impl_.LockImage(name_));
-    fs_ = IMAGED_TRY(fiemap::InspectFilesystem(impl_.data.fd(), impl_.data.path()));
-    lbs_ = std::max<uint32_t>(fs_.disk_logical_block_size, 512);
     copy_progress_ = options_.progress;
     if (CrashPoints().armed || input_position_) {
       copy_progress_ = [this](uint64_t done, uint64_t total) {
@@ -143,6 +143,13 @@ class ImportOperation {
     const auto md = IMAGED_TRY(impl_.ReadLp());
     if (!md) return MakeError(ENOENT, "lp_metadata vanished");
     return impl_.InfoLocked(name_, *md);
+  }
+
+  // Once per import: the reader of a compressed file needs its free space, the copy its disk.
+  Result<void> InspectDataFilesystem() {
+    fs_ = IMAGED_TRY(fiemap::InspectFilesystem(impl_.data.fd(), impl_.data.path()));
+    lbs_ = std::max<uint32_t>(fs_.disk_logical_block_size, 512);
+    return Ok();
   }
 
   Result<void> OpenReader() {
@@ -172,10 +179,9 @@ class ImportOperation {
   // just to count its size, bounded by the space it could take: a new image needs free space,
   // an existing one cannot be larger than its filesystem.
   Result<std::unique_ptr<import::ImageReader>> OpenUnwrapped(import::Wrapping wrapping) {
-    const auto fs = IMAGED_TRY(fiemap::InspectFilesystem(impl_.data.fd(), impl_.data.path()));
     import::UnwrapOptions unwrap;
     unwrap.format = options_.format;
-    unwrap.max_size = options_.into_existing ? fs.total_bytes : fs.free_bytes;
+    unwrap.max_size = options_.into_existing ? fs_.total_bytes : fs_.free_bytes;
     unwrap.count_progress = options_.input_progress;
     auto reader = IMAGED_TRY(import::OpenUnwrappedReader(*source_, wrapping, unwrap));
     if (options_.input_progress) {
