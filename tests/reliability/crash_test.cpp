@@ -13,6 +13,7 @@
 #include <cstring>
 #include <functional>
 
+#include "dm/device_mapper.h"
 #include "dm/loop_device.h"
 #include "reliability_util.h"
 
@@ -121,14 +122,21 @@ class CrashTest : public ::testing::TestWithParam<std::string> {
   Scenario Find(const std::string& name);
   std::string strategy_ = "loop";
 
-  // A fresh image set on the shared filesystem, removed at the end of the trial.
+  // A fresh image set on the shared filesystem, removed at the end of the trial. Each trial's
+  // daemon has its own dm prefix: a device another trial or test left behind is then neither
+  // adopted nor torn down by this trial's recovery (it would be, by name, with a shared prefix).
   struct Trial {
-    std::string data, metadata;
+    std::string data, metadata, dm_prefix;
     std::unique_ptr<DaemonSet> set;
     ~Trial() {
       set.reset();
-      // A trial whose checks failed half way may leave its images mapped; their loops must
-      // not outlive the test (the data filesystem is only detached lazily at the end).
+      // A trial whose checks failed half way may leave its images mapped; their devices must
+      // not outlive the trial (the data filesystem is only detached lazily at the end, and a
+      // dm-linear device left over freed blocks would map the next trial's files).
+      for (const auto& name : DmNames()) {
+        if (name.rfind(dm_prefix, 0) != 0) continue;
+        (void)dm::DeviceMapper().Remove(name, {.retries = 20, .ignore_missing = true});
+      }
       for (const auto& entry : LoopsUnder(data)) (void)dm::LoopDevice::DetachPath(entry.first);
       std::error_code ec;
       std::filesystem::remove_all(data, ec);
@@ -140,9 +148,11 @@ class CrashTest : public ::testing::TestWithParam<std::string> {
     const int n = ++shared->trial_seq;
     t->data = shared->fs->Path("data" + std::to_string(n));
     t->metadata = (shared->work->path() / ("metadata" + std::to_string(n))).string();
+    t->dm_prefix = "ct" + std::to_string(getpid()) + "t" + std::to_string(n) + "-";
     t->set = std::make_unique<DaemonSet>(
         t->data, t->metadata, shared->work->path() / ("run" + std::to_string(n)),
-        std::vector<std::string>{"--strategy", strategy_, "--max-piece-size", "1M"});
+        std::vector<std::string>{"--strategy", strategy_, "--max-piece-size", "1M", "--dm-prefix",
+                                 t->dm_prefix});
     return t;
   }
 
@@ -170,8 +180,9 @@ class CrashTest : public ::testing::TestWithParam<std::string> {
     return b;
   }
 
-  void Check(DaemonSet& set, const Scenario& s, const Before& b, const std::string& ctx) {
-    auto images = ExpectConsistent(set, ctx);
+  void Check(const Trial& t, const Scenario& s, const Before& b, const std::string& ctx) {
+    DaemonSet& set = *t.set;
+    auto images = ExpectConsistent(set, ctx, t.dm_prefix);
     if (s.first_in_set) {
       EXPECT_FALSE(images.count(kKeep)) << ctx;
     } else {
@@ -556,7 +567,7 @@ TEST_P(CrashTest, EveryCrashPointRecovers) {
     auto r = t->set->Ctl(s.op);
     ASSERT_EQ(r.exit_code, 0) << "the operation itself fails: " << r.err;
     const size_t at_done = ReadLines(trace).size();  // later hits belong to the checks
-    Check(*t->set, s, before, s.name + " without a crash");
+    Check(*t, s, before, s.name + " without a crash");
     t->set->Stop();
     const auto lines = ReadLines(trace);
     std::map<std::string, unsigned> seen;
@@ -578,14 +589,17 @@ TEST_P(CrashTest, EveryCrashPointRecovers) {
     auto t = NewTrial();
     const Before before = Prepare(*t->set, s);
     ASSERT_FALSE(HasFailure()) << "prepare failed";
-    ASSERT_TRUE(t->set->Start({"IMAGED_CRASH_AT=" + point + ":" + std::to_string(nth)}));
+    // Hits count from the process start; the trace run got ready before the nth, so must this.
+    ASSERT_TRUE(t->set->Start({"IMAGED_CRASH_AT=" + point + ":" + std::to_string(nth)}))
+        << ctx << ": the daemon armed to crash was " << t->set->daemon()->HowItEnded();
     auto r = t->set->Ctl(s.op);
     EXPECT_NE(r.exit_code, 0) << ctx << ": the operation succeeded, the daemon did not crash";
     const int status = t->set->daemon()->Stop();
     EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
         << ctx << ": the daemon was not killed at the crash point (status " << status << ")";
-    ASSERT_TRUE(t->set->Start()) << ctx << ": the daemon does not restart";
-    Check(*t->set, s, before, ctx);
+    ASSERT_TRUE(t->set->Start()) << ctx << ": the daemon does not restart: it was "
+                                 << t->set->daemon()->HowItEnded();
+    Check(*t, s, before, ctx);
     t->set->Stop();
     EXPECT_TRUE(LoopsUnder(t->data).empty()) << ctx << ": loops left after unmapping all";
     if (HasFailure()) break;  // one broken state is enough to debug

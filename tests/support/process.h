@@ -171,6 +171,17 @@ class DaemonProcess {
   bool ready() const { return ready_; }
   pid_t pid() const { return pid_; }
 
+  // How a daemon that died before it became ready ended, for failure messages.
+  std::string HowItEnded() const {
+    if (ready_ || pid_ > 0) return ready_ ? "ready" : "not ready in time";
+    if (WIFSIGNALED(exit_status_)) {
+      const int sig = WTERMSIG(exit_status_);
+      return "killed by signal " + std::to_string(sig) + " (" + strsignal(sig) +
+             ") before it was ready";
+    }
+    return "exited with " + std::to_string(WEXITSTATUS(exit_status_)) + " before it was ready";
+  }
+
   // SIGTERM and wait; returns the wait status (or the one recorded if it already died).
   int Stop(std::chrono::seconds grace = std::chrono::seconds(20)) {
     if (pid_ <= 0) return exit_status_;
