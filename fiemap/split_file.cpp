@@ -92,9 +92,9 @@ Result<SplitFiemap> SplitFiemap::Create(const Directory& dir, std::string_view l
   const std::string what = fmt::format("create \"{}\"", dir.PathOf(list));
   if (size == 0) return MakeError(EINVAL, "{}: size is 0", what);
   const FilesystemInfo fs = IMAGED_TRY_CTX(InspectFilesystem(dir.fd(), dir.path()), "{}", what);
-  const uint64_t total = IMAGED_TRY_CTX(RoundToBlock(size, fs.block_size), "{}", what);
+  const uint64_t total =
+      IMAGED_TRY_CTX(PlanCreate(fs, size, options.max_piece_size), "{}", what).allocate_bytes;
   const uint64_t piece_size = PieceSize(fs, options.max_piece_size);
-  IMAGED_TRY_CTX(CheckPieceCount(0, total, piece_size), "{}", what);
   if (dir.Exists(list)) return MakeError(EEXIST, "{}: the list file exists", what);
   if (total > fs.free_bytes) {
     return MakeError(ENOSPC, "{}: {} needed, {} free", what, HumanSize(total),
@@ -164,6 +164,35 @@ Result<void> SplitFiemap::Remove(const Directory& dir, std::string_view list) {
   return Ok();
 }
 
+Result<SplitFiemap::Plan> SplitFiemap::PlanCreate(const FilesystemInfo& fs, uint64_t size,
+                                                  uint64_t max_piece_size) {
+  if (size == 0) return MakeError(EINVAL, "size is 0");
+  const uint64_t total = IMAGED_TRY(RoundToBlock(size, fs.block_size));
+  const uint64_t piece_size = PieceSize(fs, max_piece_size);
+  IMAGED_TRY(CheckPieceCount(0, total, piece_size));
+  return Plan{total, static_cast<size_t>((total + piece_size - 1) / piece_size)};
+}
+
+uint64_t SplitFiemap::InPlaceGrowth(uint64_t extra, uint64_t piece_size) const {
+  // The last piece first: growing it in place keeps a one-piece image mappable without
+  // device-mapper.
+  const uint64_t last = pieces_.back().size();
+  return std::min(extra, piece_size > last ? piece_size - last : 0);
+}
+
+Result<SplitFiemap::Plan> SplitFiemap::PlanGrow(const FilesystemInfo& fs, uint64_t size,
+                                                const GrowOptions& options) const {
+  if (size <= size_) return Plan{0, pieces_.size()};
+  const uint64_t extra = IMAGED_TRY(RoundToBlock(size - size_, fs.block_size));
+  const uint64_t piece_size = PieceSize(fs, options.max_piece_size);
+  const uint64_t appended = extra - InPlaceGrowth(extra, piece_size);
+  const size_t max_pieces =
+      options.max_pieces != 0 ? std::min(options.max_pieces, kMaxPieces) : kMaxPieces;
+  IMAGED_TRY(CheckPieceCount(pieces_.size(), appended, piece_size, max_pieces));
+  return Plan{extra,
+              pieces_.size() + static_cast<size_t>((appended + piece_size - 1) / piece_size)};
+}
+
 Result<void> SplitFiemap::Grow(uint64_t size, const GrowOptions& options) {
   const std::string what = fmt::format("grow \"{}\"", list_path());
   if (size <= size_) {
@@ -171,7 +200,7 @@ Result<void> SplitFiemap::Grow(uint64_t size, const GrowOptions& options) {
     return Ok();
   }
   const FilesystemInfo fs = IMAGED_TRY_CTX(InspectFilesystem(dir_.fd(), dir_.path()), "{}", what);
-  const uint64_t extra = IMAGED_TRY_CTX(RoundToBlock(size - size_, fs.block_size), "{}", what);
+  const uint64_t extra = IMAGED_TRY_CTX(PlanGrow(fs, size, options), "{}", what).allocate_bytes;
   const uint64_t piece_size = PieceSize(fs, options.max_piece_size);
   if (extra > fs.free_bytes) {
     return MakeError(ENOSPC, "{}: {} more needed, {} free", what, HumanSize(extra),
@@ -179,13 +208,7 @@ Result<void> SplitFiemap::Grow(uint64_t size, const GrowOptions& options) {
   }
   const size_t old_pieces = pieces_.size();
   const uint64_t old_last = pieces_.back().size();
-  // The last piece first: growing it in place keeps a one-piece image mappable without
-  // device-mapper.
-  const uint64_t in_place = std::min(extra, piece_size > old_last ? piece_size - old_last : 0);
-  const size_t max_pieces = options.max_pieces != 0 ? std::min(options.max_pieces, kMaxPieces)
-                                                    : kMaxPieces;
-  IMAGED_TRY_CTX(CheckPieceCount(pieces_.size(), extra - in_place, piece_size, max_pieces), "{}",
-                 what);
+  const uint64_t in_place = InPlaceGrowth(extra, piece_size);
   auto grown = GrowLastPiece(in_place, extra, options.progress);
   if (grown && in_place < extra) {
     Progress rest;

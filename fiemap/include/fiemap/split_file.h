@@ -29,6 +29,14 @@ class SplitFiemap {
     bool defer_zeroing = false;
   };
 
+  // What Create or Grow would allocate, found by the same rules and checks (size, piece count)
+  // without allocating anything: a dry run, or the space check before the real call.
+  struct Plan {
+    uint64_t allocate_bytes = 0;  // new bytes on the filesystem, in whole fs blocks
+    size_t pieces = 0;            // pieces the image has after it
+  };
+  static Result<Plan> PlanCreate(const FilesystemInfo& fs, uint64_t size, uint64_t max_piece_size);
+
   // Creates every piece and then, atomically, the list file `list` in `dir`. Refuses (EEXIST)
   // if the list file or any piece already exists. On any failure or cancel everything created
   // is removed.
@@ -59,6 +67,8 @@ class SplitFiemap {
   // mid-way is undone by CutTo with the old piece count and last piece size. After a failed
   // Grow this object no longer describes the files: Open the image again to use it.
   Result<void> Grow(uint64_t size, const GrowOptions& options);
+  // What Grow(size, options) would allocate on `fs` (the filesystem the pieces are on).
+  Result<Plan> PlanGrow(const FilesystemInfo& fs, uint64_t size, const GrowOptions& options) const;
   // Brings image `list` back to its first `pieces` pieces with the last one `last_piece_size`
   // bytes long: the list file names those, the last piece's extra tail is cut, later pieces are
   // removed. Idempotent: it undoes an interrupted Grow and does (or finishes) a shrink.
@@ -102,6 +112,8 @@ class SplitFiemap {
   // so far stay in pieces_ for the caller to remove. `growing` arms Grow's crash points.
   Result<void> AddPieces(uint64_t bytes, uint64_t piece_size, bool defer_zeroing,
                          const Progress& progress, bool growing);
+  // Of `extra` bytes of growth, what the last piece takes in place (up to `piece_size`).
+  uint64_t InPlaceGrowth(uint64_t extra, uint64_t piece_size) const;
   // Grows the last piece by `bytes` (progress over `total`).
   Result<void> GrowLastPiece(uint64_t bytes, uint64_t total, const Progress& progress);
   // Removes pieces [first, end) from disk and from this object.
