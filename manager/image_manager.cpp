@@ -11,6 +11,7 @@
 #include "fiemap/fiemap_writer.h"
 #include "imaged/common/size.h"
 #include "internal.h"
+#include "space.h"
 
 namespace imaged {
 
@@ -252,6 +253,11 @@ Result<void> ImageManager::Create(std::string_view name, uint64_t size_bytes,
     // With zero-fill the image is not what was asked for until the zeros are in: a crash before
     // then must not leave it behind (a fill intent makes Recover remove it; a create intent
     // only what lp_metadata does not name yet).
+    if (options.dry_run) {
+      const auto fs = IMAGED_TRY(fiemap::InspectFilesystem(impl_->data.fd(), impl_->data.path()));
+      *options.dry_run = IMAGED_TRY(impl_->CheckCreatable(name, size_bytes, fs));
+      return Ok();
+    }
     manager::Intent intent;
     intent.op =
         options.zero_fill_bytes != 0 ? manager::Intent::Op::kFill : manager::Intent::Op::kCreate;
@@ -266,8 +272,15 @@ Result<void> ImageManager::Create(std::string_view name, uint64_t size_bytes,
   });
 }
 
-Result<void> ImageManager::Impl::CheckCreatable(std::string_view name, uint64_t size,
-                                                const fiemap::FilesystemInfo& fs) {
+Result<SpacePlan> ImageManager::Impl::PlanInPlace(std::string_view name, uint64_t size,
+                                                  const fiemap::FilesystemInfo& fs) {
+  const auto pieces =
+      IMAGED_TRY(fiemap::SplitFiemap::ListPieces(data, imageset::ListFileName(name)));
+  return manager::CheckSpace(options.reserve, fs, size, {0, pieces.size()}, data.path());
+}
+
+Result<SpacePlan> ImageManager::Impl::CheckCreatable(std::string_view name, uint64_t size,
+                                                     const fiemap::FilesystemInfo& fs) {
   IMAGED_TRY(CheckSize(size, fs));
   const auto md = IMAGED_TRY(ReadLp());
   if (md && metadata::FindPartition(*md, name)) return MakeError(EEXIST, "the image exists");
@@ -284,12 +297,9 @@ Result<void> ImageManager::Impl::CheckCreatable(std::string_view name, uint64_t 
   if (IMAGED_TRY(ScanKernel()).HasDm(dm_name(name))) {
     return MakeError(EEXIST, "device-mapper device \"{}\" exists", dm_name(name));
   }
-  const uint64_t needed = RoundUp(size, fs.block_size ? fs.block_size : 4096);
-  if (needed > fs.free_bytes) {
-    return MakeError(ENOSPC, "{} needed, {} free on \"{}\"", HumanSize(needed),
-                     HumanSize(fs.free_bytes), data.path());
-  }
-  return Ok();
+  const auto planned =
+      IMAGED_TRY(fiemap::SplitFiemap::PlanCreate(fs, size, options.max_piece_size));
+  return manager::CheckSpace(options.reserve, fs, size, planned, data.path());
 }
 
 Result<void> ImageManager::Impl::RecordNewImage(std::string_view name,

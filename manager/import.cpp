@@ -13,6 +13,7 @@
 #include "import/unwrap.h"
 #include "import/writer.h"
 #include "internal.h"
+#include "space.h"
 
 namespace imaged {
 using manager::RoundUp;
@@ -138,12 +139,31 @@ class ImportOperation {
         return options_.progress ? options_.progress(done, total) : true;
       };
     }
+    if (options_.dry_run) return Plan();
     IMAGED_TRY(options_.into_existing ? IntoExisting() : IntoNewImage());
     IMAGED_CRASH_POINT("import.done");
     const auto md = IMAGED_TRY(impl_.ReadLp());
     if (!md) return MakeError(ENOENT, "lp_metadata vanished");
     return impl_.InfoLocked(name_, *md);
   }
+
+  // A dry run: the checks of the real import up to the first change, and what it would take.
+  Result<ImageInfo> Plan() {
+    ImageInfo info;
+    info.name = name_;
+    if (options_.into_existing) {
+      const ImageManager::Impl::Image image = IMAGED_TRY(CheckExisting());
+      *options_.dry_run = IMAGED_TRY(impl_.PlanInPlace(name_, image.size, fs_));
+    } else {
+      *options_.dry_run = IMAGED_TRY(impl_.CheckCreatable(name_, NewImageSize(), fs_));
+    }
+    info.size_bytes = options_.dry_run->size_bytes;
+    info.pieces = options_.dry_run->pieces;
+    info.readonly = options_.readonly;
+    return info;
+  }
+
+  uint64_t NewImageSize() const { return manager::RoundUp(reader_->virtual_size(), lbs_); }
 
   // Once per import: the reader of a compressed file needs its free space, the copy its disk.
   Result<void> InspectDataFilesystem() {
@@ -181,7 +201,9 @@ class ImportOperation {
   Result<std::unique_ptr<import::ImageReader>> OpenUnwrapped(import::Wrapping wrapping) {
     import::UnwrapOptions unwrap;
     unwrap.format = options_.format;
-    unwrap.max_size = options_.into_existing ? fs_.total_bytes : fs_.free_bytes;
+    const uint64_t reserve = manager::ReserveBytes(impl_.options.reserve, fs_);
+    unwrap.max_size = options_.into_existing ? fs_.total_bytes
+                                             : fs_.free_bytes - std::min(fs_.free_bytes, reserve);
     unwrap.count_progress = options_.input_progress;
     auto reader = IMAGED_TRY(import::OpenUnwrappedReader(*source_, wrapping, unwrap));
     if (options_.input_progress) {
@@ -203,15 +225,20 @@ class ImportOperation {
 
   // Into an existing, unmapped image: not atomic by design; a failure leaves it partly written.
   Result<void> IntoExisting() {
-    const ImageManager::Impl::Image image = IMAGED_TRY(impl_.FindUnmappedImage(name_));
+    const ImageManager::Impl::Image image = IMAGED_TRY(CheckExisting());
+    auto copied = CopyIntoImage(image, /*target_is_zeroed=*/false);
+    if (!copied) return std::move(copied).error().Wrap("the image was partly overwritten");
+    return Ok();
+  }
+
+  Result<ImageManager::Impl::Image> CheckExisting() {
+    ImageManager::Impl::Image image = IMAGED_TRY(impl_.FindUnmappedImage(name_));
     if (image.readonly()) return MakeError(EROFS, "the image is read-only");
     if (image.size < reader_->virtual_size()) {
       return MakeError(EFBIG, "the source holds {} bytes, the image only {}",
                        reader_->virtual_size(), image.size);
     }
-    auto copied = CopyIntoImage(image, /*target_is_zeroed=*/false);
-    if (!copied) return std::move(copied).error().Wrap("the image was partly overwritten");
-    return Ok();
+    return image;
   }
 
   // Into a new image, all or nothing: until the data is in, a crash must not leave a
@@ -237,7 +264,7 @@ class ImportOperation {
   }
 
   Result<void> CreateAndFill() {
-    const uint64_t size = manager::RoundUp(reader_->virtual_size(), lbs_);
+    const uint64_t size = NewImageSize();
     CreateOptions create;
     create.readonly = options_.readonly;
     if (options_.progress) {

@@ -162,8 +162,12 @@ struct ImageManager::Impl {
   using FillFn = std::function<Result<void>(fiemap::SplitFiemap&)>;
   Result<void> CreateLocked(std::string_view name, uint64_t size, const CreateOptions& options,
                             const FillFn& fill = {});
-  Result<void> CheckCreatable(std::string_view name, uint64_t size,
-                              const fiemap::FilesystemInfo& fs);
+  // The plan of an operation that keeps the image's pieces as they are (nothing allocated).
+  Result<SpacePlan> PlanInPlace(std::string_view name, uint64_t size,
+                                const fiemap::FilesystemInfo& fs);
+  // Everything a create checks before it allocates; the space it would take.
+  Result<SpacePlan> CheckCreatable(std::string_view name, uint64_t size,
+                                   const fiemap::FilesystemInfo& fs);
   // Writes an empty lp_metadata for a new set; nothing when one exists.
   Result<void> EnsureSetMetadata(const fiemap::FilesystemInfo& fs);
   Result<void> RecordNewImage(std::string_view name, const fiemap::SplitFiemap& split,

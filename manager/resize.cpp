@@ -8,10 +8,15 @@
 #include "fsprobe/fs_probe.h"
 #include "imaged/common/size.h"
 #include "internal.h"
+#include "space.h"
 
 namespace imaged {
 
 namespace {
+
+constexpr const char* kMappedOnOneLoop =
+    "the image is mapped on one loop device, so it can grow only within one piece; unmap it to "
+    "grow it further (its pieces are then joined by device-mapper when it is mapped)";
 
 // A new size must be a whole number of the disk's logical blocks (and of sectors).
 Result<void> CheckSizeUnit(uint64_t size, const fiemap::FilesystemInfo& fs) {
@@ -78,11 +83,15 @@ Result<void> ImageManager::Impl::GrowLocked(std::string_view name, uint64_t new_
     return MakeError(EINVAL, "{} is smaller than the image ({}): shrinking must be asked for "
                      "explicitly (imagectl resize --shrink)", new_size, image.size);
   }
+  const auto fs = IMAGED_TRY(fiemap::InspectFilesystem(data.fd(), data.path()));
   if (new_size == image.size) {
+    if (request.dry_run) {
+      *request.dry_run = IMAGED_TRY(PlanInPlace(name, new_size, fs));
+      return Ok();
+    }
     // Already that size (a retry after the filesystem step failed): only that step is left.
     return request.grow_filesystem ? GrowFilesystemLocked(name) : Ok();
   }
-  const auto fs = IMAGED_TRY(fiemap::InspectFilesystem(data.fd(), data.path()));
   IMAGED_TRY(CheckSizeUnit(new_size, fs));
   const bool mapped = IMAGED_TRY(MappedDeviceLocked(name)).has_value();
   // The existing pieces must still be where lp_metadata says before the record is extended.
@@ -95,6 +104,17 @@ Result<void> ImageManager::Impl::GrowLocked(std::string_view name, uint64_t new_
     // would not be the device its users hold open.
     grow.max_pieces = 1;
   }
+  auto planned = split.PlanGrow(fs, new_size, grow);
+  if (!planned && grow.max_pieces == 1 && planned.error().code == EFBIG) {
+    planned = std::move(planned).error().Wrap(kMappedOnOneLoop);
+  }
+  if (!planned) return std::move(planned).error();
+  const SpacePlan plan =
+      IMAGED_TRY(manager::CheckSpace(options.reserve, fs, new_size, *planned, data.path()));
+  if (request.dry_run) {
+    *request.dry_run = plan;
+    return Ok();
+  }
   IMAGED_CRASH_POINT("resize.checked");
   // What Recover rolls back to if the pieces grew but lp_metadata does not say so yet.
   manager::Intent intent;
@@ -105,9 +125,7 @@ Result<void> ImageManager::Impl::GrowLocked(std::string_view name, uint64_t new_
   IMAGED_TRY(WriteIntent(name, intent));
   auto recorded = split.Grow(new_size, grow);
   if (!recorded && grow.max_pieces == 1 && recorded.error().code == EFBIG) {
-    recorded = std::move(recorded).error().Wrap(
-        "the image is mapped on one loop device, so it can grow only within one piece; unmap "
-        "it to grow it further (its pieces are then joined by device-mapper when it is mapped)");
+    recorded = std::move(recorded).error().Wrap(kMappedOnOneLoop);
   }
   if (recorded) {
     auto extents = imageset::ComputeLpExtents(split, imageset::DiskFactsOf(fs), new_size);

@@ -26,6 +26,25 @@
 
 namespace imaged {
 
+// Space the data filesystem keeps free for everything else on it: an allocation (create, import,
+// grow) that would leave less free than the larger of the two is refused with ENOSPC. gsid
+// hard-codes 40%; here the admin chooses (imaged.conf(5)), and 0 and 0 allow filling the fs.
+struct SpaceReserve {
+  uint32_t min_free_percent = 0;  // of the filesystem's size
+  uint64_t min_free_bytes = 0;
+};
+
+// What an allocation takes and leaves (imagectl --dry-run, like qemu-img measure).
+struct SpacePlan {
+  uint64_t size_bytes = 0;      // the image's size after the operation
+  uint64_t allocate_bytes = 0;  // new bytes on the data filesystem (whole fs blocks)
+  uint32_t pieces = 0;          // backing files the image has after it
+  uint64_t free_bytes = 0;      // free on the data filesystem now
+  uint64_t free_after_bytes = 0;
+  uint64_t reserve_bytes = 0;  // what SpaceReserve keeps free on this filesystem
+  uint64_t fs_bytes = 0;       // the data filesystem's size
+};
+
 struct ManagerOptions {
   std::string data_dir;      // on the data filesystem; created if missing
   std::string metadata_dir;  // lp_metadata, .status and .lock files; created if missing
@@ -39,12 +58,16 @@ struct ManagerOptions {
   // or removed by another process shows up in List at most about this late (0: every List
   // re-reads everything). Operations always check the live state.
   std::chrono::milliseconds list_refresh_interval{1000};
+  SpaceReserve reserve;
 };
 
 struct CreateOptions {
   bool readonly = false;         // recorded as LP_PARTITION_ATTR_READONLY; mapped read-only
   uint64_t zero_fill_bytes = 0;  // zero the first N bytes through the mapped device after create
   Progress progress;
+  // Set: a dry run. The same checks as the real create, then the plan is stored here and
+  // nothing is changed.
+  SpacePlan* dry_run = nullptr;
 };
 
 struct ImageInfo {
@@ -63,6 +86,7 @@ struct ResizeOptions {
   // like lvextend -r): on its device when mapped, else through a temporary mapping. The
   // image's grow stands if this fails; the error says so.
   bool grow_filesystem = false;
+  SpacePlan* dry_run = nullptr;  // as for CreateOptions
 };
 
 struct ValidationResult {
@@ -111,6 +135,8 @@ struct ImportOptions {
   // `progress` (which counts the image's bytes); also while a raw image inside is measured,
   // when `progress` stays at 0. Returning false cancels, as for `progress`.
   Progress input_progress;
+  // As for CreateOptions. A compressed raw image is decoded once to learn its size.
+  SpacePlan* dry_run = nullptr;
 };
 
 // One daemon per image set: startup recovery tears down mappings it does not know, which would
