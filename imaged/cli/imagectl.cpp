@@ -205,12 +205,42 @@ class CancelOnInterrupt {
   std::atomic<bool> abandoned_{false};
 };
 
-// Drains a stream of OperationUpdate, printing progress; prints the final info.
+std::string SizeWithBytes(uint64_t bytes) {
+  return bytes < 1024 ? imaged::HumanSize(bytes)
+                      : fmt::format("{} ({} bytes)", imaged::HumanSize(bytes), bytes);
+}
+
+// What a dry run would allocate, like qemu-img measure.
+void PrintPlan(const v1::SpacePlan& plan, const Context& ctx, const std::string& done_label) {
+  if (ctx.json) {
+    fmt::print("{}\n", json{{"dry_run", true},
+                            {"size_bytes", plan.size_bytes()},
+                            {"allocate_bytes", plan.allocate_bytes()},
+                            {"pieces", plan.pieces()},
+                            {"free_bytes", plan.free_bytes()},
+                            {"free_after_bytes", plan.free_after_bytes()},
+                            {"reserve_bytes", plan.reserve_bytes()},
+                            {"fs_bytes", plan.fs_bytes()}}
+                           .dump(2));
+    return;
+  }
+  fmt::print("dry run: nothing was {}\n", done_label);
+  fmt::print("image size:  {}\n", SizeWithBytes(plan.size_bytes()));
+  fmt::print("allocate:    {}, {} piece{} after\n", SizeWithBytes(plan.allocate_bytes()),
+             plan.pieces(), plan.pieces() == 1 ? "" : "s");
+  fmt::print("free now:    {} of {}\n", SizeWithBytes(plan.free_bytes()),
+             imaged::HumanSize(plan.fs_bytes()));
+  fmt::print("free after:  {} (kept free: at least {})\n", SizeWithBytes(plan.free_after_bytes()),
+             imaged::HumanSize(plan.reserve_bytes()));
+}
+
+// Drains a stream of OperationUpdate, printing progress; prints the final info (or plan).
 template <typename Stream>
 int FinishOperation(Stream& stream, const Context& ctx, const std::string& doing,
                     const std::string& done_label, const CancelOnInterrupt& cancel) {
   v1::OperationUpdate update;
   v1::ImageInfo final_info;
+  std::optional<v1::SpacePlan> plan;
   bool done = false;
   {
     ProgressPrinter printer(doing);
@@ -219,6 +249,9 @@ int FinishOperation(Stream& stream, const Context& ctx, const std::string& doing
         if (!ctx.json) printer.Update(update.progress());
       } else if (update.has_done()) {
         final_info = update.done();
+        done = true;
+      } else if (update.has_plan()) {
+        plan = update.plan();
         done = true;
       }
     }
@@ -235,7 +268,9 @@ int FinishOperation(Stream& stream, const Context& ctx, const std::string& doing
     fmt::print(stderr, "imagectl: the daemon ended the operation without a result\n");
     return kExitFailed;
   }
-  if (ctx.json) {
+  if (plan) {
+    PrintPlan(*plan, ctx, done_label);
+  } else if (ctx.json) {
     fmt::print("{}\n", InfoJson(final_info).dump(2));
   } else {
     fmt::print("{}: {} ({})\n", done_label, final_info.name(),
@@ -452,8 +487,26 @@ int CmdValidate(const Context& ctx) {
   return all_ok ? kExitOk : kExitFailed;
 }
 
+// An older daemon would ignore dry_run and do the operation: ask first. 0 when it may go on.
+int CheckDaemonPlans(const Context& ctx) {
+  grpc::ClientContext call;
+  ctx.SetDeadline(call, false);
+  v1::VersionResponse response;
+  auto status = ctx.Stub()->Version(&call, v1::VersionRequest{}, &response);
+  if (!status.ok()) return ReportStatus(status, ctx);
+  if (response.api_version() >= imaged::kFirstApiWithDryRun) return kExitOk;
+  fmt::print(stderr,
+             "imagectl: imaged {} (api {}) does not know --dry-run and would do the operation; "
+             "nothing was sent\n",
+             response.version(), response.api_version());
+  return kExitFailed;
+}
+
 int CmdCreate(const Context& ctx, const std::string& name, uint64_t size, bool readonly,
-              uint64_t zero_fill) {
+              uint64_t zero_fill, bool dry_run) {
+  if (dry_run) {
+    if (int rc = CheckDaemonPlans(ctx); rc != kExitOk) return rc;
+  }
   grpc::ClientContext call;
   ctx.SetDeadline(call, true);
   v1::CreateImageRequest request;
@@ -461,6 +514,7 @@ int CmdCreate(const Context& ctx, const std::string& name, uint64_t size, bool r
   request.set_size_bytes(size);
   request.set_readonly(readonly);
   request.set_zero_fill_bytes(zero_fill);
+  request.set_dry_run(dry_run);
   CancelOnInterrupt cancel(ctx, &call);
   auto stream = ctx.Stub()->CreateImage(&call, request);
   return FinishOperation(stream, ctx, "creating", "created", cancel);
@@ -481,15 +535,20 @@ struct ResizeFlags {
   bool relative = false;  // `size` is the bytes to add ("+1G")
   bool shrink = false;
   bool grow_fs = false;
+  bool dry_run = false;
 };
 
 int CmdResize(const Context& ctx, const std::string& name, uint64_t size, ResizeFlags flags) {
+  if (flags.dry_run) {
+    if (int rc = CheckDaemonPlans(ctx); rc != kExitOk) return rc;
+  }
   grpc::ClientContext call;
   ctx.SetDeadline(call, true);
   v1::ResizeImageRequest request;
   request.set_name(name);
   request.set_shrink(flags.shrink);
   request.set_grow_filesystem(flags.grow_fs);
+  request.set_dry_run(flags.dry_run);
   if (flags.relative) {
     request.set_grow_by_bytes(size);
   } else {
@@ -575,20 +634,41 @@ int CmdUpload(const Context& ctx, const std::string& file, const v1::ImportImage
   return FinishOperation(stream, ctx, "importing", "imported", cancel);
 }
 
+struct ImportFlags {
+  std::string format;
+  bool into_existing = false;
+  bool readonly = false;
+  bool upload = false;
+  bool dry_run = false;
+};
+
 int CmdImport(const Context& ctx, const std::string& file, const std::string& name,
-              const std::string& format, bool into_existing, bool readonly, bool upload) {
+              const ImportFlags& flags) {
+  if (flags.upload && flags.dry_run) {
+    // Planning needs the image's size, which only reading (and maybe decoding) the file says.
+    fmt::print(stderr,
+               "imagectl: import: --dry-run reads FILE in place; it cannot plan an "
+               "--upload\n");
+    return kExitUsage;
+  }
+  if (flags.dry_run) {
+    if (int rc = CheckDaemonPlans(ctx); rc != kExitOk) return rc;
+  }
   v1::ImportImageRequest request;
   request.set_name(name);
-  request.set_format(FormatArg(format));
-  request.set_into_existing(into_existing);
-  request.set_readonly(readonly);
-  return upload ? CmdUpload(ctx, file, request) : CmdImportPath(ctx, file, std::move(request));
+  request.set_format(FormatArg(flags.format));
+  request.set_into_existing(flags.into_existing);
+  request.set_readonly(flags.readonly);
+  request.set_dry_run(flags.dry_run);
+  return flags.upload ? CmdUpload(ctx, file, request)
+                      : CmdImportPath(ctx, file, std::move(request));
 }
 
 // What the subcommands' arguments parse into.
 struct Args {
   std::string name, size_text, file, format = "auto";
-  bool readonly = false, into_existing = false, upload = false, shrink = false, grow_fs = false;
+  bool readonly = false, into_existing = false, upload = false, shrink = false, grow_fs = false,
+       dry_run = false;
   std::string zero_fill_text = "0";
   uint32_t timeout_ms = 0;
 };
@@ -597,6 +677,11 @@ CLI::App* NameCommand(CLI::App& app, const char* command, const char* help, Args
   auto* sub = app.add_subcommand(command, help);
   sub->add_option("name", a.name, "image name")->required();
   return sub;
+}
+
+void AddDryRun(CLI::App* command, Args& a) {
+  command->add_flag("--dry-run", a.dry_run,
+                    "check and print what would be allocated and left free; change nothing");
 }
 
 // Commands that only read.
@@ -618,10 +703,11 @@ void AddCreateCommands(CLI::App& app, Context& ctx, Args& a, int& rc) {
   create->add_option("size", a.size_text, "size in bytes, or with K/M/G/T suffix")->required();
   create->add_flag("--readonly", a.readonly, "map the image read-only");
   create->add_option("--zero-fill", a.zero_fill_text, "zero the first N bytes through the device");
+  AddDryRun(create, a);
   create->callback([&] {
     auto size = SizeArg(a.size_text, "size");
     auto zero = SizeArg(a.zero_fill_text, "--zero-fill");
-    rc = size && zero ? CmdCreate(ctx, a.name, *size, a.readonly, *zero) : kExitUsage;
+    rc = size && zero ? CmdCreate(ctx, a.name, *size, a.readonly, *zero, a.dry_run) : kExitUsage;
   });
   auto* zero = NameCommand(app, "zero-fill", "write zeros over an image through its device", a);
   zero->add_option("bytes", a.zero_fill_text, "how many bytes from the start (default: all)");
@@ -639,10 +725,13 @@ void AddCreateCommands(CLI::App& app, Context& ctx, Args& a, int& rc) {
   resize->add_flag("--fs", a.grow_fs,
                    "then grow the ext4/xfs/f2fs filesystem on it (resize2fs online when mounted, "
                    "xfs_growfs mounted only, resize.f2fs unmounted only)");
+  AddDryRun(resize, a);
   resize->callback([&] {
     const bool relative = a.size_text.starts_with('+');
-    if (a.shrink && (relative || a.grow_fs)) {
-      fmt::print(stderr, "imagectl: resize: --shrink takes the new size, without +SIZE or --fs\n");
+    if (a.shrink && (relative || a.grow_fs || a.dry_run)) {
+      fmt::print(stderr,
+                 "imagectl: resize: --shrink takes the new size, without +SIZE, --fs or "
+                 "--dry-run\n");
       rc = kExitUsage;
       return;
     }
@@ -651,7 +740,8 @@ void AddCreateCommands(CLI::App& app, Context& ctx, Args& a, int& rc) {
       fmt::print(stderr, "imagectl: size: \"{}\" adds nothing\n", a.size_text);
       size.reset();
     }
-    rc = size ? CmdResize(ctx, a.name, *size, {relative, a.shrink, a.grow_fs}) : kExitUsage;
+    rc = size ? CmdResize(ctx, a.name, *size, {relative, a.shrink, a.grow_fs, a.dry_run})
+              : kExitUsage;
   });
   auto* import =
       app.add_subcommand("import",
@@ -668,8 +758,10 @@ void AddCreateCommands(CLI::App& app, Context& ctx, Args& a, int& rc) {
   import->add_flag("--readonly", a.readonly, "create the image read-only");
   import->add_flag("--upload", a.upload,
                    "send the file's bytes over the socket (when the daemon cannot read FILE)");
+  AddDryRun(import, a);
   import->callback([&] {
-    rc = CmdImport(ctx, a.file, a.name, a.format, a.into_existing, a.readonly, a.upload);
+    rc = CmdImport(ctx, a.file, a.name,
+                   {a.format, a.into_existing, a.readonly, a.upload, a.dry_run});
   });
 }
 

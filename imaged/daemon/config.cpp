@@ -62,6 +62,12 @@ Result<void> ApplySetting(std::string_view key, std::string_view value, DaemonCo
     auto size = ParseSize(value);
     if (!size) return MakeError(EINVAL, "max_piece_size: \"{}\" is not a size", value);
     config.max_piece_size = *size;
+  } else if (key == "min_free_percent") {
+    config.min_free_percent = IMAGED_TRY(ParseBounded(key, value, 0, 90));
+  } else if (key == "min_free_bytes") {
+    auto size = ParseSize(value);
+    if (!size) return MakeError(EINVAL, "min_free_bytes: \"{}\" is not a size", value);
+    config.min_free_bytes = *size;
   } else if (key == "map_timeout_ms") {
     config.map_timeout_ms = IMAGED_TRY(ParseBounded(key, value, 1, 600000));
   } else if (key == "max_connections_per_uid") {

@@ -4,7 +4,8 @@
 //   data_dir, metadata_dir, socket, admin_group, strategy (auto|dm-linear|loop), dm_prefix,
 //   max_piece_size (bytes or 4G-style), map_timeout_ms, max_connections_per_uid,
 //   idle_timeout_s (a connection with no call in progress is closed after this long),
-//   upload_idle_timeout_s (an upload that sends nothing for this long is cancelled)
+//   upload_idle_timeout_s (an upload that sends nothing for this long is cancelled),
+//   min_free_percent, min_free_bytes (what create, import and resize leave free on the data fs)
 // Unknown keys and malformed lines are errors that name the line, so a typo never silently
 // falls back to a default.
 #pragma once
@@ -30,6 +31,12 @@ struct DaemonConfig {
   uint32_t max_connections_per_uid = 128;
   uint32_t idle_timeout_s = 300;
   uint32_t upload_idle_timeout_s = 60;
+  // The data filesystem is shared with the system: filling it to its last block breaks its
+  // other users and fragments every later allocation. 5% of any filesystem by default (ext4
+  // keeps its root reserve on top, since free space is counted as f_bavail); gsid's 40% suits
+  // a phone that must keep room for app updates, and is one line in the config file.
+  uint32_t min_free_percent = 5;
+  uint64_t min_free_bytes = 0;
 };
 
 // Applies the settings in `text` (the file's contents) on top of `config`.

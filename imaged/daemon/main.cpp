@@ -58,7 +58,8 @@ int Fail(const imaged::Error& error) {
 struct Flags {
   std::string config_path;
   std::optional<std::string> socket, data_dir, metadata_dir, admin_group, strategy, dm_prefix,
-      max_piece;
+      max_piece, min_free_bytes;
+  std::optional<uint32_t> min_free_percent;
   bool rebuild_metadata = false;
 };
 
@@ -72,6 +73,11 @@ void AddFlags(CLI::App& app, Flags& f) {
   app.add_option("--strategy", f.strategy, "map strategy: auto, dm-linear or loop");
   app.add_option("--dm-prefix", f.dm_prefix, "prefix of device-mapper names [imaged-]");
   app.add_option("--max-piece-size", f.max_piece, "largest backing file, e.g. 4G [fs maximum]");
+  app.add_option("--min-free-percent", f.min_free_percent,
+                 "free space (of the data fs) that create, import and resize leave [5]")
+      ->check(CLI::Range(0, 90));
+  app.add_option("--min-free-bytes", f.min_free_bytes,
+                 "the same in bytes, e.g. 10G; the larger of the two applies [0]");
   app.add_flag("--rebuild-metadata", f.rebuild_metadata,
                "rebuild a lost or damaged lp_metadata from the images' files before serving");
   app.set_version_flag("--version",
@@ -96,6 +102,14 @@ imaged::Result<imaged::DaemonConfig> Configure(const Flags& f) {
     }
     config.max_piece_size = *size;
   }
+  if (f.min_free_percent) config.min_free_percent = *f.min_free_percent;
+  if (f.min_free_bytes) {
+    auto size = imaged::ParseSize(*f.min_free_bytes);
+    if (!size) {
+      return imaged::MakeError(EINVAL, "--min-free-bytes: bad size \"{}\"", *f.min_free_bytes);
+    }
+    config.min_free_bytes = *size;
+  }
   return config;
 }
 
@@ -108,6 +122,7 @@ imaged::Result<std::unique_ptr<imaged::ImageManager>> OpenAndRecover(
   options.dm_prefix = config.dm_prefix;
   options.max_piece_size = config.max_piece_size;
   options.default_map_timeout = std::chrono::milliseconds(config.map_timeout_ms);
+  options.reserve = {config.min_free_percent, config.min_free_bytes};
   auto manager = IMAGED_TRY(imaged::ImageManager::Open(options));
   if (rebuild) {
     const auto rebuilt = IMAGED_TRY_CTX(manager->RebuildMetadata(), "--rebuild-metadata");

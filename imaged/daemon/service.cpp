@@ -52,6 +52,7 @@ class ProgressStreamer {
   }
 
   bool Done(const ImageInfo& info);
+  bool Planned(const SpacePlan& plan);
 
  private:
   // At most one update per 0.5% of the total (and the first and last always): false when this
@@ -102,6 +103,21 @@ bool ProgressStreamer<Writer>::Done(const ImageInfo& info) {
   return writer_->Write(update);
 }
 
+template <typename Writer>
+bool ProgressStreamer<Writer>::Planned(const SpacePlan& plan) {
+  v1::OperationUpdate update;
+  v1::SpacePlan* out = update.mutable_plan();
+  out->set_size_bytes(plan.size_bytes);
+  out->set_allocate_bytes(plan.allocate_bytes);
+  out->set_pieces(plan.pieces);
+  out->set_free_bytes(plan.free_bytes);
+  out->set_free_after_bytes(plan.free_after_bytes);
+  out->set_reserve_bytes(plan.reserve_bytes);
+  out->set_fs_bytes(plan.fs_bytes);
+  std::lock_guard lock(mutex_);
+  return writer_->Write(update);
+}
+
 // The format the client asked for; nullopt for auto-detection. Values this build does not know
 // are refused rather than taken as auto.
 Result<std::optional<import::Format>> FromProto(v1::ImportFormat format) {
@@ -123,9 +139,15 @@ Result<std::optional<import::Format>> FromProto(v1::ImportFormat format) {
 
 // Finishes a long operation: its status, or the final update with the image's info.
 template <typename Writer>
+// The last message of an operation: the image as it is now, or the plan of a dry run.
 Status FinishWithInfo(ServerContext* context, ImageManager* manager, std::string_view name,
-                      const Result<void>& result, ProgressStreamer<Writer>& progress) {
+                      const Result<void>& result, ProgressStreamer<Writer>& progress,
+                      const SpacePlan* dry_run = nullptr) {
   if (!result) return ToStatus(context, result.error());
+  if (dry_run) {
+    progress.Planned(*dry_run);
+    return Status::OK;
+  }
   auto info = manager->Info(name);
   if (!info) return ToStatus(context, info.error());
   progress.Done(*info);
@@ -278,8 +300,10 @@ Status ImagedService::CreateImage(ServerContext* context, const v1::CreateImageR
   options.readonly = request->readonly();
   options.zero_fill_bytes = request->zero_fill_bytes();
   options.progress = [&](uint64_t done, uint64_t total) { return progress(done, total); };
+  SpacePlan plan;
+  if (request->dry_run()) options.dry_run = &plan;
   auto result = manager_->Create(request->name(), request->size_bytes(), options);
-  return FinishWithInfo(context, manager_, request->name(), result, progress);
+  return FinishWithInfo(context, manager_, request->name(), result, progress, options.dry_run);
 }
 
 Status ImagedService::DeleteImage(ServerContext* context, const v1::ImageRequest* request,
@@ -394,18 +418,22 @@ Status ImagedService::ResizeImage(ServerContext* context, const v1::ResizeImageR
     return Status(StatusCode::INVALID_ARGUMENT,
                   "exactly one of size_bytes and grow_by_bytes must be non-zero");
   }
-  if (request->shrink() && (request->grow_by_bytes() != 0 || request->grow_filesystem())) {
+  if (request->shrink() &&
+      (request->grow_by_bytes() != 0 || request->grow_filesystem() || request->dry_run())) {
     return Status(StatusCode::INVALID_ARGUMENT,
-                  "shrink takes size_bytes, and cannot grow a filesystem");
+                  "shrink takes size_bytes, cannot grow a filesystem, and allocates nothing to "
+                  "plan (no dry run)");
   }
   ResizeOptions options;
   options.progress = [&](uint64_t d, uint64_t t) { return progress(d, t); };
   options.grow_filesystem = request->grow_filesystem();
+  SpacePlan plan;
+  if (request->dry_run()) options.dry_run = &plan;
   auto result = request->shrink() ? manager_->Shrink(request->name(), request->size_bytes())
                 : request->grow_by_bytes() != 0
                     ? manager_->GrowBy(request->name(), request->grow_by_bytes(), options)
                     : manager_->Resize(request->name(), request->size_bytes(), options);
-  return FinishWithInfo(context, manager_, request->name(), result, progress);
+  return FinishWithInfo(context, manager_, request->name(), result, progress, options.dry_run);
 }
 
 Status ImagedService::ImportImage(ServerContext* context, const v1::ImportImageRequest* request,
@@ -423,6 +451,8 @@ Status ImagedService::ImportImage(ServerContext* context, const v1::ImportImageR
   options.readonly = request->readonly();
   options.progress = [&](uint64_t d, uint64_t t) { return progress(d, t); };
   options.input_progress = [&](uint64_t d, uint64_t t) { return progress.Input(d, t); };
+  SpacePlan plan;
+  if (request->dry_run()) options.dry_run = &plan;
   // The client's rights, not the daemon's: the file is opened as the caller.
   auto peer = peers_->Lookup(context->peer());
   if (!peer) return Status(StatusCode::PERMISSION_DENIED, "imaged: caller's credentials are unknown");
@@ -432,7 +462,11 @@ Status ImagedService::ImportImage(ServerContext* context, const v1::ImportImageR
   if (!source) return ToStatus(context, source.error().Wrap("import"));
   auto info = manager_->Import(request->name(), std::move(*source), options);
   if (!info) return ToStatus(context, info.error());
-  progress.Done(*info);
+  if (options.dry_run) {
+    progress.Planned(plan);
+  } else {
+    progress.Done(*info);
+  }
   return Status::OK;
 }
 

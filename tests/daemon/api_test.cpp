@@ -340,6 +340,62 @@ TEST_F(ApiTest, ImportByPathAndByUploadAreBitExact) {
 
 // Images as people download them: what imagectl imports from an .img.xz, a .zip and (by upload)
 // an .img.gz is what xz -dc, unzip -p and gzip -dc unpack, and a damaged one leaves nothing.
+TEST_F(ApiTest, DryRunsPrintThePlanAndChangeNothing) {
+  auto planned = Ctl({"--json", "create", "a", "8M", "--dry-run"});
+  ASSERT_EQ(planned.exit_code, 0) << planned.err;
+  json plan = json::parse(planned.out);
+  EXPECT_TRUE(plan["dry_run"].get<bool>());
+  EXPECT_EQ(plan["size_bytes"].get<uint64_t>(), 8u << 20);
+  EXPECT_EQ(plan["allocate_bytes"].get<uint64_t>(), 8u << 20);
+  EXPECT_EQ(plan["pieces"].get<uint32_t>(), 1u);
+  EXPECT_EQ(plan["free_after_bytes"].get<uint64_t>(),
+            plan["free_bytes"].get<uint64_t>() - (8u << 20));
+  // The default reserve: 5% of the filesystem.
+  EXPECT_EQ(plan["reserve_bytes"].get<uint64_t>(), plan["fs_bytes"].get<uint64_t>() / 20);
+  EXPECT_TRUE(json::parse(Ctl({"--json", "list"}).out).empty());
+  auto text = Ctl({"create", "a", "8M", "--dry-run"});
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_NE(text.out.find("dry run: nothing was created"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("allocate:    8.0 MiB (8388608 bytes), 1 piece after"), std::string::npos)
+      << text.out;
+
+  ASSERT_EQ(Ctl({"create", "a", "8M"}).exit_code, 0);
+  auto grow = Ctl({"--json", "resize", "a", "+4M", "--dry-run"});
+  ASSERT_EQ(grow.exit_code, 0) << grow.err;
+  EXPECT_EQ(json::parse(grow.out)["allocate_bytes"].get<uint64_t>(), 4u << 20);
+  EXPECT_EQ(json::parse(grow.out)["size_bytes"].get<uint64_t>(), 12u << 20);
+  EXPECT_EQ(json::parse(Ctl({"--json", "info", "a"}).out)["size_bytes"].get<uint64_t>(), 8u << 20);
+
+  const std::string source = (dir_.path() / "src.img").string();
+  ASSERT_EQ(RunCommand({"truncate", "-s", "3M", source}).exit_code, 0);
+  auto import = Ctl({"--json", "import", source, "b", "--dry-run"});
+  ASSERT_EQ(import.exit_code, 0) << import.err;
+  EXPECT_EQ(json::parse(import.out)["size_bytes"].get<uint64_t>(), 3u << 20);
+  EXPECT_EQ(json::parse(Ctl({"--json", "list"}).out).size(), 1u);
+  // What cannot be planned is a usage error.
+  EXPECT_EQ(Ctl({"import", source, "b", "--upload", "--dry-run"}).exit_code, 2);
+  EXPECT_EQ(Ctl({"resize", "a", "4M", "--shrink", "--dry-run"}).exit_code, 2);
+}
+
+TEST_F(ApiTest, TheConfiguredReserveRefusesWithTheNumbers) {
+  StartDaemon({"--min-free-percent", "80"});
+  auto refused = Ctl({"create", "big", "64M"});
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.err.find("min_free_percent = 80"), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("kept free"), std::string::npos) << refused.err;
+  auto plan = Ctl({"create", "big", "64M", "--dry-run"});
+  EXPECT_NE(plan.exit_code, 0);  // a dry run fails as the create would
+  EXPECT_TRUE(json::parse(Ctl({"--json", "list"}).out).empty());
+  ASSERT_EQ(Ctl({"create", "small", "4M"}).exit_code, 0);
+  // Bad values stop the daemon at start, naming the flag.
+  for (const auto& bad : std::vector<std::vector<std::string>>{{"--min-free-bytes", "lots"},
+                                                               {"--min-free-percent", "95"}}) {
+    auto r = RunCommand({IMAGED_BIN, bad[0], bad[1], "--socket", socket_ + ".2"});
+    EXPECT_NE(r.exit_code, 0) << bad[0];
+    EXPECT_NE(r.err.find(bad[0]), std::string::npos) << r.err;
+  }
+}
+
 TEST_F(ApiTest, CompressedAndArchivedImportsAreBitExactWithTheStockTools) {
   const std::filesystem::path dir = dir_.path();
   auto sh = [&](const std::string& line) {
@@ -553,7 +609,7 @@ except grpc.RpcError as e:
 )";
   auto r = RunCommand({kPython, "-c", script, gen, socket_});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.out.find("version 1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("version 2"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("image py 1048576"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("error NOT_FOUND 2"), std::string::npos) << r.out;
 }

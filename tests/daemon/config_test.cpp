@@ -29,7 +29,9 @@ TEST(ConfigTest, SettingsCommentsAndBlankLines) {
       "strategy = loop\n"
       "dm_prefix = img-\n"
       "max_piece_size = 4G\n"
-      "map_timeout_ms = 2500\n",
+      "map_timeout_ms = 2500\n"
+      "min_free_percent = 40\n"
+      "min_free_bytes = 2G\n",
       config);
   ASSERT_TRUE(r) << r.error().ToString();
   EXPECT_EQ(config.data_dir, "/srv/images");
@@ -40,6 +42,16 @@ TEST(ConfigTest, SettingsCommentsAndBlankLines) {
   EXPECT_EQ(config.dm_prefix, "img-");
   EXPECT_EQ(config.max_piece_size, 4ull << 30);
   EXPECT_EQ(config.map_timeout_ms, 2500u);
+  EXPECT_EQ(config.min_free_percent, 40u);
+  EXPECT_EQ(config.min_free_bytes, 2ull << 30);
+}
+
+TEST(ConfigTest, KeepsFivePercentFreeUnlessTold) {
+  DaemonConfig config;
+  EXPECT_EQ(config.min_free_percent, 5u);
+  EXPECT_EQ(config.min_free_bytes, 0u);
+  ASSERT_TRUE(ParseConfig("min_free_percent = 0\n", config));
+  EXPECT_EQ(config.min_free_percent, 0u);
 }
 
 TEST(ConfigTest, ErrorsNameTheLineAndChangeNothing) {
@@ -53,9 +65,10 @@ TEST(ConfigTest, ErrorsNameTheLineAndChangeNothing) {
 }
 
 TEST(ConfigTest, RejectsBadValues) {
-  for (const char* text : {"data_dir = relative/path", "strategy = magic", "dm_prefix = a/b",
-                           "max_piece_size = lots", "map_timeout_ms = 0",
-                           "map_timeout_ms = 10s", "no equals sign"}) {
+  for (const char* text :
+       {"data_dir = relative/path", "strategy = magic", "dm_prefix = a/b", "max_piece_size = lots",
+        "map_timeout_ms = 0", "map_timeout_ms = 10s", "min_free_percent = 91",
+        "min_free_percent = -1", "min_free_bytes = some", "no equals sign"}) {
     DaemonConfig config;
     EXPECT_FALSE(ParseConfig(text, config)) << text;
   }

@@ -27,7 +27,7 @@ TEST_F(SkeletonTest, ImagectlVersionReachesDaemon) {
   auto result = RunCommand({IMAGECTL_BIN, "--socket", socket(), "version"});
   EXPECT_EQ(result.exit_code, 0) << result.err;
   EXPECT_NE(result.out.find("server: imaged 0."), std::string::npos) << result.out;
-  EXPECT_NE(result.out.find("api 1"), std::string::npos) << result.out;
+  EXPECT_NE(result.out.find("api 2"), std::string::npos) << result.out;
 }
 
 TEST_F(SkeletonTest, ImagectlVersionJsonIsParseable) {
@@ -35,7 +35,7 @@ TEST_F(SkeletonTest, ImagectlVersionJsonIsParseable) {
   ASSERT_TRUE(daemon.ready());
   auto result = RunCommand({IMAGECTL_BIN, "--socket", socket(), "--json", "version"});
   ASSERT_EQ(result.exit_code, 0) << result.err;
-  EXPECT_NE(result.out.find("\"api_version\": 1"), std::string::npos) << result.out;
+  EXPECT_NE(result.out.find("\"api_version\": 2"), std::string::npos) << result.out;
 }
 
 TEST_F(SkeletonTest, HealthReportsServing) {
