@@ -250,14 +250,14 @@ Result<std::unique_ptr<ImageManager>> ImageManager::Open(const ManagerOptions& o
 Result<void> ImageManager::Create(std::string_view name, uint64_t size_bytes,
                                   const CreateOptions& options) {
   return impl_->OnImage("create", name, [&]() -> Result<void> {
-    // With zero-fill the image is not what was asked for until the zeros are in: a crash before
-    // then must not leave it behind (a fill intent makes Recover remove it; a create intent
-    // only what lp_metadata does not name yet).
     if (options.dry_run) {
       const auto fs = IMAGED_TRY(fiemap::InspectFilesystem(impl_->data.fd(), impl_->data.path()));
       *options.dry_run = IMAGED_TRY(impl_->CheckCreatable(name, size_bytes, fs));
       return Ok();
     }
+    // With zero-fill the image is not what was asked for until the zeros are in: a crash before
+    // then must not leave it behind (a fill intent makes Recover remove it; a create intent
+    // only what lp_metadata does not name yet).
     manager::Intent intent;
     intent.op =
         options.zero_fill_bytes != 0 ? manager::Intent::Op::kFill : manager::Intent::Op::kCreate;
