@@ -197,6 +197,24 @@ Result<std::optional<std::string>> ImageManager::Impl::MappedDeviceLocked(std::s
   return MappedDevice(name, kernel);
 }
 
+void ImageManager::Impl::Announce(ImageChangeKind kind, std::string_view name,
+                                  std::string_view operation, std::string detail) {
+  list_cache.Invalidate();
+  if (!options.on_change) return;
+  ImageChange change;
+  change.kind = kind;
+  change.name = std::string(name);
+  change.operation = std::string(operation);
+  change.detail = std::move(detail);
+  if (kind != ImageChangeKind::kDeleted && kind != ImageChangeKind::kSetRebuilt) {
+    // The change is made and durable: a failure to read it back only leaves the image out.
+    if (auto md = ReadLp(); md && *md) {
+      if (auto info = InfoLocked(name, **md)) change.image = std::move(*info);
+    }
+  }
+  options.on_change(change);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Open
 
@@ -268,6 +286,7 @@ Result<void> ImageManager::Create(std::string_view name, uint64_t size_bytes,
     IMAGED_TRY(std::move(created));
     IMAGED_TRY(std::move(cleared));
     IMAGED_CRASH_POINT("create.done");
+    impl_->Announce(ImageChangeKind::kCreated, name, "create");
     return Ok();
   });
 }
@@ -402,7 +421,11 @@ Result<void> ImageManager::Impl::CreateLocked(std::string_view name, uint64_t si
 // Delete
 
 Result<void> ImageManager::Delete(std::string_view name) {
-  return impl_->OnImage("delete", name, [&] { return impl_->DeleteLocked(name); });
+  return impl_->OnImage("delete", name, [&]() -> Result<void> {
+    IMAGED_TRY(impl_->DeleteLocked(name));
+    impl_->Announce(ImageChangeKind::kDeleted, name, "delete");
+    return Ok();
+  });
 }
 
 Result<void> ImageManager::Impl::DeleteLocked(std::string_view name) {
@@ -466,6 +489,12 @@ Result<ImageInfo> ImageManager::Info(std::string_view name) {
   return IMAGED_TRY_CTX(impl_->InfoLocked(name, *md), "info \"{}\"", name);
 }
 
+Result<SpaceUsage> ImageManager::Space() {
+  const auto fs = IMAGED_TRY_CTX(fiemap::InspectFilesystem(impl_->data.fd(), impl_->data.path()),
+                                 "space of the data filesystem");
+  return SpaceUsage{fs.total_bytes, fs.free_bytes, manager::ReserveBytes(options().reserve, fs)};
+}
+
 Result<std::optional<std::string>> ImageManager::GetMappedDevice(std::string_view name) {
   IMAGED_TRY_CTX(imageset::ValidateImageName(name), "mapped device");
   auto device = IMAGED_TRY_CTX(impl_->MappedDeviceLocked(name), "mapped device of \"{}\"", name);
@@ -485,7 +514,11 @@ Result<void> ImageManager::Disable(std::string_view name) {
                                       p->attributes | metadata::kPartitionAttrDisabled, extents));
     return std::move(*current);
   };
-  return impl_->OnImage("disable", name, [&] { return impl_->EditLp(disable); });
+  return impl_->OnImage("disable", name, [&]() -> Result<void> {
+    IMAGED_TRY(impl_->EditLp(disable));
+    impl_->Announce(ImageChangeKind::kDisabled, name, "disable");
+    return Ok();
+  });
 }
 
 Result<std::vector<std::string>> ImageManager::RemoveDisabled() {
@@ -504,6 +537,7 @@ Result<std::vector<std::string>> ImageManager::RemoveDisabled() {
       if (deleted.error().code == ENOENT) continue;  // raced with another delete
       return std::move(deleted).error().Wrap(fmt::format("remove disabled \"{}\"", p.name));
     }
+    impl_->Announce(ImageChangeKind::kDeleted, p.name, "remove-disabled");
     removed.push_back(p.name);
   }
   return removed;
@@ -559,7 +593,10 @@ Result<std::vector<ValidationResult>> ImageManager::Validate() {
     auto checked = image ? impl_->CheckExtentsLocked(p.name, *image)
                          : Result<fiemap::SplitFiemap>(image.error());
     r.ok = checked.has_value();
-    if (!r.ok) r.problem = checked.error().ToString();
+    if (!r.ok) {
+      r.problem = checked.error().ToString();
+      impl_->Announce(ImageChangeKind::kCorrupt, p.name, "validate", r.problem);
+    }
     out.push_back(std::move(r));
   }
   return out;

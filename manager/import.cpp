@@ -142,6 +142,8 @@ class ImportOperation {
     if (options_.dry_run) return Plan();
     IMAGED_TRY(options_.into_existing ? IntoExisting() : IntoNewImage());
     IMAGED_CRASH_POINT("import.done");
+    impl_.Announce(options_.into_existing ? ImageChangeKind::kImported : ImageChangeKind::kCreated,
+                   name_, "import");
     const auto md = IMAGED_TRY(impl_.ReadLp());
     if (!md) return MakeError(ENOENT, "lp_metadata vanished");
     return impl_.InfoLocked(name_, *md);

@@ -177,6 +177,9 @@ struct ImageManager::Impl {
   // Grows the image; a mapped one grows live (GrowMappingLocked) once lp_metadata has the size.
   Result<void> GrowLocked(std::string_view name, uint64_t new_size,
                           const ResizeOptions& options);
+  // Runs `resize` and announces it when the size changed (not for a dry run).
+  Result<void> AnnouncingResize(std::string_view name, bool dry_run,
+                                const std::function<Result<void>()>& resize);
   // resize --fs: the filesystem on the image grows to fill it (manager/fs_grow.h).
   Result<void> GrowFilesystemLocked(std::string_view name);
   Result<void> ShrinkLocked(std::string_view name, uint64_t new_size);
@@ -240,6 +243,11 @@ struct ImageManager::Impl {
 
   std::mutex dm_mu;
   std::unique_ptr<dm::DeviceMapper> dm;
+
+  // Tells options.on_change (if set) of a change just made to `name`, under its lock; first
+  // invalidates List's snapshot, so a List made after the news never shows the time before.
+  void Announce(ImageChangeKind kind, std::string_view name, std::string_view operation,
+                std::string detail = {});
 
   // List's snapshot (list_snapshot.h); every operation that locks an image invalidates it.
   manager::ListCache list_cache;

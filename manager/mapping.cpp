@@ -140,7 +140,15 @@ Result<bool> ImageManager::Impl::FileViewMatchesDevice(const fiemap::FilesystemI
 Result<std::string> ImageManager::Map(std::string_view name, std::chrono::milliseconds timeout) {
   Impl::MapRequest request;
   request.timeout = timeout;
-  return impl_->OnImage("map", name, [&] { return impl_->MapLocked(name, request); });
+  return impl_->OnImage("map", name, [&]() -> Result<std::string> {
+    auto device = impl_->MapLocked(name, request);
+    if (device) {
+      impl_->Announce(ImageChangeKind::kMapped, name, "map");
+    } else if (device.error().kind == ErrorKind::kExtentsChanged) {
+      impl_->Announce(ImageChangeKind::kCorrupt, name, "map", device.error().ToString());
+    }
+    return device;
+  });
 }
 
 Result<std::string> ImageManager::Impl::MapLocked(std::string_view name,
@@ -342,7 +350,14 @@ Result<std::vector<std::string>> ImageManager::MapAll() {
     auto locks = IMAGED_TRY_CTX(impl_->LockImage(p.name), "map all: \"{}\"", p.name);
     if (IMAGED_TRY(impl_->MappedDeviceLocked(p.name))) continue;
     Impl::MapRequest request;
-    IMAGED_TRY_CTX(impl_->MapLocked(p.name, request), "map all: map \"{}\"", p.name);
+    auto device = impl_->MapLocked(p.name, request);
+    if (!device) {
+      if (device.error().kind == ErrorKind::kExtentsChanged) {
+        impl_->Announce(ImageChangeKind::kCorrupt, p.name, "map-all", device.error().ToString());
+      }
+      return std::move(device).error().Wrap(fmt::format("map all: map \"{}\"", p.name));
+    }
+    impl_->Announce(ImageChangeKind::kMapped, p.name, "map-all");
     mapped.push_back(p.name);
   }
   return mapped;
@@ -377,7 +392,11 @@ Result<void> ImageManager::Impl::TearDown(std::string_view name) {
 }
 
 Result<void> ImageManager::Unmap(std::string_view name) {
-  return impl_->OnImage("unmap", name, [&] { return impl_->UnmapLocked(name); });
+  return impl_->OnImage("unmap", name, [&]() -> Result<void> {
+    IMAGED_TRY(impl_->UnmapLocked(name));
+    impl_->Announce(ImageChangeKind::kUnmapped, name, "unmap");
+    return Ok();
+  });
 }
 
 Result<void> ImageManager::Impl::UnmapLocked(std::string_view name) {
@@ -427,8 +446,11 @@ Result<bool> ImageManager::Impl::RestoreAllocationLocked(std::string_view name) 
 
 Result<void> ImageManager::ZeroFill(std::string_view name, uint64_t bytes,
                                     const Progress& progress) {
-  return impl_->OnImage("zero-fill", name,
-                        [&] { return impl_->ZeroFillLocked(name, bytes, progress); });
+  return impl_->OnImage("zero-fill", name, [&]() -> Result<void> {
+    IMAGED_TRY(impl_->ZeroFillLocked(name, bytes, progress));
+    impl_->Announce(ImageChangeKind::kZeroFilled, name, "zero-fill");
+    return Ok();
+  });
 }
 
 namespace {

@@ -82,6 +82,7 @@ Result<RebuildReport> ImageManager::RebuildMetadata() {
   IMAGED_TRY_CTX(imageset::WriteLpMetadata(impl.metadata, md), "rebuild");
   set_lock.Release();
   IMAGED_TRY_CTX(Recover(), "rebuild: recover");
+  impl.Announce(ImageChangeKind::kSetRebuilt, "", "rebuild-metadata");
   return report;
 }
 

@@ -61,10 +61,24 @@ std::pair<size_t, uint64_t> CutLayout(const fiemap::SplitFiemap& split, uint64_t
 
 }  // namespace
 
+Result<void> ImageManager::Impl::AnnouncingResize(std::string_view name, bool dry_run,
+                                                  const std::function<Result<void>()>& resize) {
+  const uint64_t before = IMAGED_TRY(FindImage(name)).size;
+  auto resized = resize();
+  // Judged by the size, not the result: a grow stands when growing the filesystem on it fails,
+  // and a resize to the size it has changes nothing (and says nothing).
+  if (auto after = FindImage(name); !dry_run && after && after->size != before) {
+    Announce(ImageChangeKind::kResized, name, "resize");
+  }
+  return resized;
+}
+
 Result<void> ImageManager::Resize(std::string_view name, uint64_t new_size,
                                   const ResizeOptions& options) {
-  return impl_->OnImage("resize", name,
-                        [&] { return impl_->GrowLocked(name, new_size, options); });
+  return impl_->OnImage("resize", name, [&]() -> Result<void> {
+    return impl_->AnnouncingResize(name, options.dry_run != nullptr,
+                                   [&] { return impl_->GrowLocked(name, new_size, options); });
+  });
 }
 
 Result<void> ImageManager::GrowBy(std::string_view name, uint64_t bytes,
@@ -72,7 +86,8 @@ Result<void> ImageManager::GrowBy(std::string_view name, uint64_t bytes,
   return impl_->OnImage("resize", name, [&]() -> Result<void> {
     const uint64_t size = IMAGED_TRY(impl_->FindImage(name)).size;
     if (bytes > UINT64_MAX - size) return MakeError(EFBIG, "{} + {} bytes overflows", size, bytes);
-    return impl_->GrowLocked(name, size + bytes, options);
+    return impl_->AnnouncingResize(name, options.dry_run != nullptr,
+                                   [&] { return impl_->GrowLocked(name, size + bytes, options); });
   });
 }
 
@@ -178,7 +193,10 @@ Result<void> ImageManager::Impl::GrowFilesystemLocked(std::string_view name) {
 // can map the blocks about to be freed; then the pieces are cut (SplitFiemap::CutTo). A crash
 // before lp_metadata changes leaves the image as it was; after, Recover finishes the cut.
 Result<void> ImageManager::Shrink(std::string_view name, uint64_t new_size) {
-  return impl_->OnImage("resize", name, [&] { return impl_->ShrinkLocked(name, new_size); });
+  return impl_->OnImage("resize", name, [&]() -> Result<void> {
+    return impl_->AnnouncingResize(name, false,
+                                   [&] { return impl_->ShrinkLocked(name, new_size); });
+  });
 }
 
 Result<void> ImageManager::Impl::ShrinkLocked(std::string_view name, uint64_t new_size) {

@@ -1,6 +1,7 @@
 // ImageManager on this host's kernel: loop strategy over real filesystems made with mkfs on loop
 // devices. Split images need device-mapper to be joined, so mapping them is in the vm suite.
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -19,6 +20,7 @@
 #include "fiemap/split_file.h"
 #include "fsprobe/fs_probe.h"
 #include "image_set.h"
+#include "imageset/names.h"
 #include "live_writer.h"
 #include "metadata/lp_metadata.h"
 #include "metadata/status_file.h"
@@ -725,6 +727,67 @@ TEST_F(ManagerTest, MapRefusesAnAlreadyMappedImage) {
   ASSERT_OK(mgr().Map("img"));
   EXPECT_ERRNO(mgr().Map("img"), EBUSY);
   ASSERT_OK(mgr().Unmap("img"));
+}
+
+// Watchers (the daemon's WatchImages) hear of each change once, in order, with the image as it
+// is after it, while the image's lock is still held (so two operations on one image can never
+// be told in the other order); what changes nothing is not told.
+TEST_F(ManagerTest, EveryChangeIsToldOnceUnderTheImagesLock) {
+  struct Told {
+    ImageChangeKind kind;
+    std::string name, operation;
+    uint64_t size;
+    bool mapped, lock_held;
+  };
+  std::vector<Told> told;
+  ManagerOptions options = set_->options();
+  options.on_change = [&](const ImageChange& c) {
+    bool held = false;
+    if (!c.name.empty()) {
+      const std::string lock = options.metadata_dir + "/" + std::string(imageset::kLockDir) +
+                               "/" + imageset::ImageLockName(c.name);
+      UniqueFd fd(open(lock.c_str(), O_RDONLY | O_CLOEXEC));
+      held = fd.valid() && flock(fd.get(), LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+    }
+    told.push_back({c.kind, c.name, c.operation, c.image ? c.image->size_bytes : 0,
+                    c.image && c.image->mapped_device, held});
+  };
+  auto manager = ImageManager::Open(options);
+  ASSERT_OK(manager);
+  ImageManager& m = **manager;
+  ASSERT_OK(m.Create("a", kMiB, {}));
+  EXPECT_ERRNO(m.Create("a", kMiB, {}), EEXIST);
+  ASSERT_OK(m.Resize("a", 2 * kMiB));
+  ASSERT_OK(m.Resize("a", 2 * kMiB));  // the size it has
+  ResizeOptions plan_only;
+  SpacePlan plan;
+  plan_only.dry_run = &plan;
+  ASSERT_OK(m.Resize("a", 4 * kMiB, plan_only));
+  ASSERT_OK(m.Map("a"));
+  ASSERT_OK(m.Unmap("a"));
+  ASSERT_OK(m.Shrink("a", kMiB));
+  ASSERT_OK(m.Disable("a"));
+  ASSERT_OK(m.RemoveDisabled());
+  EXPECT_ERRNO(m.Delete("a"), ENOENT);
+
+  using K = ImageChangeKind;
+  const std::vector<std::pair<K, std::string>> expected = {
+      {K::kCreated, "create"}, {K::kResized, "resize"}, {K::kMapped, "map"},
+      {K::kUnmapped, "unmap"}, {K::kResized, "resize"}, {K::kDisabled, "disable"},
+      {K::kDeleted, "remove-disabled"}};
+  ASSERT_EQ(told.size(), expected.size());
+  for (size_t i = 0; i < told.size(); ++i) {
+    EXPECT_EQ(told[i].kind, expected[i].first) << i;
+    EXPECT_EQ(told[i].operation, expected[i].second) << i;
+    EXPECT_EQ(told[i].name, "a") << i;
+    EXPECT_TRUE(told[i].lock_held) << i << " " << told[i].operation;
+  }
+  EXPECT_EQ(told[0].size, kMiB);
+  EXPECT_EQ(told[1].size, 2 * kMiB);
+  EXPECT_TRUE(told[2].mapped);
+  EXPECT_FALSE(told[3].mapped);
+  EXPECT_EQ(told[4].size, kMiB);
+  EXPECT_EQ(told[6].size, 0u);  // deleted: no image to show
 }
 
 TEST_F(ManagerTest, UnmapOfUnmappedImageIsEnxioAndOfUnknownImageEnoent) {

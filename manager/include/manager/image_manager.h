@@ -45,6 +45,8 @@ struct SpacePlan {
   uint64_t fs_bytes = 0;       // the data filesystem's size
 };
 
+struct ImageChange;
+
 struct ManagerOptions {
   std::string data_dir;      // on the data filesystem; created if missing
   std::string metadata_dir;  // lp_metadata, .status and .lock files; created if missing
@@ -59,6 +61,10 @@ struct ManagerOptions {
   // re-reads everything). Operations always check the live state.
   std::chrono::milliseconds list_refresh_interval{1000};
   SpaceReserve reserve;
+  // Told of every change this manager makes to an image, while it still holds the image's lock:
+  // the changes of one image arrive in the order they were made. Runs on the operation's
+  // thread, so it must be quick and must not call the manager.
+  std::function<void(const ImageChange&)> on_change;
 };
 
 struct CreateOptions {
@@ -80,6 +86,30 @@ struct ImageInfo {
   std::optional<std::string> mapped_device;  // device node path while mapped
 };
 
+// What ManagerOptions::on_change is told.
+enum class ImageChangeKind {
+  kCreated,  // by create or by an import into a new image
+  kDeleted,  // by delete or remove-disabled
+  kMapped,   // by map or map-all
+  kUnmapped,
+  kResized,  // grown or shrunk
+  kDisabled,
+  kImported,  // an import into an existing image replaced its content
+  kZeroFilled,
+  kCorrupt,     // a check found the extents no longer match lp_metadata (validate, map)
+  kSetRebuilt,  // RebuildMetadata replaced lp_metadata: every image may have changed
+};
+
+struct ImageChange {
+  ImageChangeKind kind = ImageChangeKind::kCreated;
+  std::string name;       // empty for kSetRebuilt
+  std::string operation;  // what made the change: "create", "import", "map-all", ...
+  // The image right after the change; nullopt for kDeleted and kSetRebuilt (and if reading it
+  // back failed).
+  std::optional<ImageInfo> image;
+  std::string detail;  // kCorrupt: the problem found
+};
+
 struct ResizeOptions {
   Progress progress;  // over the bytes added
   // Then grow the ext4, xfs or f2fs filesystem on the image to fill it (imagectl resize --fs,
@@ -87,6 +117,13 @@ struct ResizeOptions {
   // image's grow stands if this fails; the error says so.
   bool grow_filesystem = false;
   SpacePlan* dry_run = nullptr;  // as for CreateOptions
+};
+
+// The data filesystem now (imaged's metrics).
+struct SpaceUsage {
+  uint64_t fs_bytes = 0;
+  uint64_t free_bytes = 0;     // available to imaged (f_bavail)
+  uint64_t reserve_bytes = 0;  // what SpaceReserve keeps free of it
 };
 
 struct ValidationResult {
@@ -159,6 +196,7 @@ class ImageManager {
   // reply) while the two compare equal.
   Result<std::shared_ptr<const std::vector<ImageInfo>>> ListShared();
   Result<ImageInfo> Info(std::string_view name);
+  Result<SpaceUsage> Space();
 
   // Re-reads the live extents and refuses (EUCLEAN) if they differ from lp_metadata.
   // Returns the device node path. A timeout of 0 uses default_map_timeout.
