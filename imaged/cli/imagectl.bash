@@ -73,7 +73,7 @@ _imagectl() {
     [[ ${COMP_WORDS[i]} == -* ]] || ((n++))
   done
   case $sub in
-    info | delete | map | unmap | zero-fill | resize | disable)
+    info | delete | map | unmap | zero-fill | resize | disable | watch)
       ((n == 0)) &&
         mapfile -t COMPREPLY < <(compgen -W "$(_imagectl_images "${client[@]}")" -- "$cur")
       ;;

@@ -406,6 +406,120 @@ int CmdInfo(const Context& ctx, const std::string& name) {
   return kExitOk;
 }
 
+// "created", "zero-filled", ...: a ChangeKind as watch prints it.
+std::string ChangeName(v1::ChangeKind kind) {
+  std::string name = v1::ChangeKind_Name(kind);
+  for (char& c : name) c = c == '_' ? '-' : static_cast<char>(std::tolower(c));
+  return name;
+}
+
+json WatchJson(const v1::WatchEvent& event) {
+  json out = {{"sequence", event.sequence()}, {"unix_time_ms", event.unix_time_ms()}};
+  if (event.has_snapshot()) {
+    out["event"] = "snapshot";
+    out["images"] = json::array();
+    for (const auto& image : event.snapshot().images()) out["images"].push_back(InfoJson(image));
+  } else if (event.has_change()) {
+    const auto& change = event.change();
+    out["event"] = ChangeName(change.kind());
+    out["name"] = change.name();
+    out["operation"] = change.operation();
+    if (change.has_image()) out["image"] = InfoJson(change.image());
+    if (!change.detail().empty()) out["detail"] = change.detail();
+  } else if (event.has_progress()) {
+    const auto& p = event.progress();
+    out.update({{"event", "progress"},
+                {"operation", p.operation()},
+                {"name", p.name()},
+                {"done_bytes", p.progress().done_bytes()},
+                {"total_bytes", p.progress().total_bytes()},
+                {"input_done_bytes", p.progress().input_done_bytes()},
+                {"input_total_bytes", p.progress().input_total_bytes()}});
+  } else if (event.has_ended()) {
+    const auto& e = event.ended();
+    out.update({{"event", "ended"},
+                {"operation", e.operation()},
+                {"name", e.name()},
+                {"ok", e.ok()},
+                {"error", e.error()}});
+  }
+  return out;
+}
+
+std::string ImageSummary(const v1::ImageInfo& image) {
+  return fmt::format("{} {}{}{}{}", image.name(), imaged::HumanSize(image.size_bytes()),
+                     image.readonly() ? " readonly" : "", image.disabled() ? " disabled" : "",
+                     image.mapped_device().empty() ? "" : " mapped at " + image.mapped_device());
+}
+
+void PrintWatchEvent(const v1::WatchEvent& event) {
+  const time_t seconds = static_cast<time_t>(event.unix_time_ms() / 1000);
+  struct tm local {};
+  localtime_r(&seconds, &local);
+  const std::string when = fmt::format("{:02}:{:02}:{:02}.{:03}", local.tm_hour, local.tm_min,
+                                       local.tm_sec, event.unix_time_ms() % 1000);
+  if (event.has_snapshot()) {
+    fmt::print("{} snapshot: {} image(s)\n", when, event.snapshot().images_size());
+    for (const auto& image : event.snapshot().images()) fmt::print("  {}\n", ImageSummary(image));
+  } else if (event.has_change()) {
+    const auto& c = event.change();
+    fmt::print("{} {} {} ({}){}\n", when, ChangeName(c.kind()),
+               c.has_image() ? ImageSummary(c.image()) : c.name(), c.operation(),
+               c.detail().empty() ? "" : ": " + c.detail());
+  } else if (event.has_progress()) {
+    const auto& p = event.progress();
+    const uint64_t total = p.progress().total_bytes();
+    fmt::print("{} progress {} {}: {}% ({} of {})\n", when, p.operation(), p.name(),
+               total ? p.progress().done_bytes() * 100 / total : 100,
+               imaged::HumanSize(p.progress().done_bytes()), imaged::HumanSize(total));
+  } else if (event.has_ended()) {
+    const auto& e = event.ended();
+    fmt::print("{} ended {} {}: {}\n", when, e.operation(), e.name(),
+               e.ok() ? "ok" : "failed: " + e.error());
+  }
+}
+
+// Prints every event until the daemon ends the watch (or Ctrl-C). Output is flushed per event,
+// so a pipe reader sees each as it happens.
+int CmdWatch(const Context& ctx, const std::string& name) {
+  grpc::ClientContext call;
+  ctx.SetDeadline(call, true);
+  v1::WatchImagesRequest request;
+  request.set_name(name);
+  auto stream = ctx.Stub()->WatchImages(&call, request);
+  v1::WatchEvent event;
+  bool watching = false;
+  while (stream->Read(&event)) {
+    watching = true;
+    if (ctx.json) {
+      fmt::print("{}\n", WatchJson(event).dump());
+    } else {
+      PrintWatchEvent(event);
+    }
+    std::fflush(stdout);
+  }
+  const auto status = stream->Finish();
+  if (watching && status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+    fmt::print(stderr, "imagectl: the watch ended: {}\n", status.error_message());
+    return kExitUnreachable;
+  }
+  return ReportStatus(status, ctx);
+}
+
+int CmdStats(const Context& ctx) {
+  if (ctx.json) {
+    fmt::print(stderr, "imagectl: stats prints the Prometheus text format, which has no --json\n");
+    return kExitUsage;
+  }
+  grpc::ClientContext call;
+  ctx.SetDeadline(call, false);
+  v1::MetricsResponse response;
+  auto status = ctx.Stub()->GetMetrics(&call, v1::Empty{}, &response);
+  if (!status.ok()) return ReportStatus(status, ctx);
+  fmt::print("{}", response.text());
+  return kExitOk;
+}
+
 // For the RPCs that take a name and return Empty.
 template <typename Method>
 int CmdSimple(const Context& ctx, const std::string& name, Method method, const char* verb) {
@@ -695,6 +809,13 @@ void AddQueryCommands(CLI::App& app, Context& ctx, Args& a, int& rc) {
   NameCommand(app, "info", "show one image", a)->callback([&] { rc = CmdInfo(ctx, a.name); });
   app.add_subcommand("validate", "check every image's extents against lp_metadata")
       ->callback([&] { rc = CmdValidate(ctx); });
+  auto* watch = app.add_subcommand(
+      "watch", "print the images, then every change and the progress of long operations");
+  watch->add_option("name", a.name, "only this image's events");
+  watch->callback([&] { rc = CmdWatch(ctx, a.name); });
+  app.add_subcommand("stats", "print the daemon's metrics (Prometheus text format)")->callback([&] {
+    rc = CmdStats(ctx);
+  });
 }
 
 // Commands that create, grow or fill images.

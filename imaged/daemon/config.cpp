@@ -40,11 +40,12 @@ Result<uint32_t> ParseBounded(std::string_view key, std::string_view value, uint
 }
 
 Result<void> ApplySetting(std::string_view key, std::string_view value, DaemonConfig& config) {
-  if (key == "data_dir" || key == "metadata_dir" || key == "socket") {
+  if (key == "data_dir" || key == "metadata_dir" || key == "socket" || key == "metrics_textfile") {
     IMAGED_TRY(RequireAbsolutePath(key, value));
-    std::string& target = key == "data_dir"       ? config.data_dir
-                          : key == "metadata_dir" ? config.metadata_dir
-                                                  : config.socket_path;
+    std::string& target = key == "data_dir"           ? config.data_dir
+                          : key == "metadata_dir"     ? config.metadata_dir
+                          : key == "metrics_textfile" ? config.metrics_textfile
+                                                      : config.socket_path;
     target = std::string(value);
   } else if (key == "admin_group") {
     config.admin_group = std::string(value);
@@ -76,6 +77,8 @@ Result<void> ApplySetting(std::string_view key, std::string_view value, DaemonCo
     config.idle_timeout_s = IMAGED_TRY(ParseBounded(key, value, 1, 86400));
   } else if (key == "upload_idle_timeout_s") {
     config.upload_idle_timeout_s = IMAGED_TRY(ParseBounded(key, value, 1, 86400));
+  } else if (key == "metrics_interval_s") {
+    config.metrics_interval_s = IMAGED_TRY(ParseBounded(key, value, 1, 3600));
   } else {
     return MakeError(EINVAL, "unknown setting \"{}\"", key);
   }

@@ -5,7 +5,9 @@
 //   max_piece_size (bytes or 4G-style), map_timeout_ms, max_connections_per_uid,
 //   idle_timeout_s (a connection with no call in progress is closed after this long),
 //   upload_idle_timeout_s (an upload that sends nothing for this long is cancelled),
-//   min_free_percent, min_free_bytes (what create, import and resize leave free on the data fs)
+//   min_free_percent, min_free_bytes (what create, import and resize leave free on the data fs),
+//   metrics_textfile (a *.prom path for node_exporter's textfile collector; empty: none),
+//   metrics_interval_s (how often it is rewritten when nothing happens)
 // Unknown keys and malformed lines are errors that name the line, so a typo never silently
 // falls back to a default.
 #pragma once
@@ -37,6 +39,8 @@ struct DaemonConfig {
   // a phone that must keep room for app updates, and is one line in the config file.
   uint32_t min_free_percent = 5;
   uint64_t min_free_bytes = 0;
+  std::string metrics_textfile;
+  uint32_t metrics_interval_s = 15;  // node_exporter's usual scrape interval
 };
 
 // Applies the settings in `text` (the file's contents) on top of `config`.

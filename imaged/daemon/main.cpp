@@ -58,7 +58,7 @@ int Fail(const imaged::Error& error) {
 struct Flags {
   std::string config_path;
   std::optional<std::string> socket, data_dir, metadata_dir, admin_group, strategy, dm_prefix,
-      max_piece, min_free_bytes;
+      max_piece, min_free_bytes, metrics_textfile;
   std::optional<uint32_t> min_free_percent;
   bool rebuild_metadata = false;
 };
@@ -78,10 +78,18 @@ void AddFlags(CLI::App& app, Flags& f) {
       ->check(CLI::Range(0, 90));
   app.add_option("--min-free-bytes", f.min_free_bytes,
                  "the same in bytes, e.g. 10G; the larger of the two applies [0]");
+  app.add_option("--metrics-textfile", f.metrics_textfile,
+                 "keep the metrics in this *.prom file (node_exporter's textfile collector)");
   app.add_flag("--rebuild-metadata", f.rebuild_metadata,
                "rebuild a lost or damaged lp_metadata from the images' files before serving");
   app.set_version_flag("--version",
                        fmt::format("imaged {} ({})", imaged::kVersion, imaged::kGitRevision));
+}
+
+imaged::Result<uint64_t> SizeFlag(std::string_view flag, const std::string& text) {
+  auto size = imaged::ParseSize(text);
+  if (!size) return imaged::MakeError(EINVAL, "{}: bad size \"{}\"", flag, text);
+  return *size;
 }
 
 imaged::Result<imaged::DaemonConfig> Configure(const Flags& f) {
@@ -95,26 +103,23 @@ imaged::Result<imaged::DaemonConfig> Configure(const Flags& f) {
     config.strategy = IMAGED_TRY_CTX(imaged::ParseMapStrategy(*f.strategy), "--strategy");
   }
   if (f.dm_prefix) config.dm_prefix = *f.dm_prefix;
-  if (f.max_piece) {
-    auto size = imaged::ParseSize(*f.max_piece);
-    if (!size) {
-      return imaged::MakeError(EINVAL, "--max-piece-size: bad size \"{}\"", *f.max_piece);
-    }
-    config.max_piece_size = *size;
-  }
+  if (f.max_piece) config.max_piece_size = IMAGED_TRY(SizeFlag("--max-piece-size", *f.max_piece));
   if (f.min_free_percent) config.min_free_percent = *f.min_free_percent;
+  if (f.metrics_textfile) config.metrics_textfile = *f.metrics_textfile;
   if (f.min_free_bytes) {
-    auto size = imaged::ParseSize(*f.min_free_bytes);
-    if (!size) {
-      return imaged::MakeError(EINVAL, "--min-free-bytes: bad size \"{}\"", *f.min_free_bytes);
-    }
-    config.min_free_bytes = *size;
+    config.min_free_bytes = IMAGED_TRY(SizeFlag("--min-free-bytes", *f.min_free_bytes));
   }
   return config;
 }
 
+// The daemon's news: what the manager changes goes to the watches and the metrics.
+struct Observers {
+  imaged::WatchHub hub;
+  imaged::Metrics metrics;
+};
+
 imaged::Result<std::unique_ptr<imaged::ImageManager>> OpenAndRecover(
-    const imaged::DaemonConfig& config, bool rebuild) {
+    const imaged::DaemonConfig& config, bool rebuild, Observers& observers) {
   imaged::ManagerOptions options;
   options.data_dir = config.data_dir;
   options.metadata_dir = config.metadata_dir;
@@ -123,6 +128,10 @@ imaged::Result<std::unique_ptr<imaged::ImageManager>> OpenAndRecover(
   options.max_piece_size = config.max_piece_size;
   options.default_map_timeout = std::chrono::milliseconds(config.map_timeout_ms);
   options.reserve = {config.min_free_percent, config.min_free_bytes};
+  options.on_change = [&observers](const imaged::ImageChange& change) {
+    observers.metrics.CountChange(change.kind);
+    observers.hub.Publish(change);
+  };
   auto manager = IMAGED_TRY(imaged::ImageManager::Open(options));
   if (rebuild) {
     const auto rebuilt = IMAGED_TRY_CTX(manager->RebuildMetadata(), "--rebuild-metadata");
@@ -138,6 +147,7 @@ imaged::Result<std::unique_ptr<imaged::ImageManager>> OpenAndRecover(
     }
   }
   const auto recovered = IMAGED_TRY_CTX(manager->Recover(), "startup recovery");
+  observers.metrics.CountRecovery(recovered);
   for (const auto& name : recovered.adopted) {
     fmt::print(stderr, "imaged: adopted mapping of \"{}\"\n", name);
   }
@@ -156,7 +166,7 @@ imaged::Result<std::unique_ptr<imaged::ImageManager>> OpenAndRecover(
 
 // Serves until SIGINT or SIGTERM (blocked in every thread and taken synchronously by one, so
 // shutdown never runs in a signal handler).
-int Serve(imaged::Server& server, const sigset_t& signals) {
+int Serve(imaged::Server& server, const sigset_t& signals, imaged::WatchHub& hub) {
 #ifdef IMAGED_HAVE_SYSTEMD
   sd_notify(0, "READY=1");
 #endif
@@ -166,6 +176,7 @@ int Serve(imaged::Server& server, const sigset_t& signals) {
 #ifdef IMAGED_HAVE_SYSTEMD
     sd_notify(0, "STOPPING=1");
 #endif
+    hub.Close();  // watches end now instead of holding the shutdown for its grace period
     server.Shutdown();
   });
   server.Wait();
@@ -199,19 +210,33 @@ int main(int argc, char** argv) {
   // Held for as long as we run.
   auto claim = imaged::ClaimImageSet(config->metadata_dir);
   if (!claim) return Fail(claim.error());
-  auto manager = OpenAndRecover(*config, flags.rebuild_metadata);
+  Observers observers;
+  auto manager = OpenAndRecover(*config, flags.rebuild_metadata, observers);
   if (!manager) return Fail(manager.error());
 
   imaged::PeerRegistry peers(config->max_connections_per_uid);
-  imaged::ImagedService service(manager->get(), &peers, *group,
+  imaged::ImagedService service(manager->get(), &peers, *group, &observers.hub, &observers.metrics,
                                 std::chrono::seconds(config->upload_idle_timeout_s));
+  std::unique_ptr<imaged::MetricsTextfile> textfile;
+  if (!config->metrics_textfile.empty()) {
+    auto started = imaged::MetricsTextfile::Start(
+        config->metrics_textfile, [&service] { return service.RenderMetrics(); },
+        std::chrono::seconds(config->metrics_interval_s));
+    if (!started) return Fail(started.error());
+    textfile = std::move(*started);
+  }
   imaged::ServerOptions server_options;
   server_options.socket_path = config->socket_path;
   server_options.idle_timeout = std::chrono::seconds(config->idle_timeout_s);
   if (*group) server_options.socket_group = **group;
+  server_options.interceptor = [&observers, &textfile] {
+    return observers.metrics.Interceptor([&textfile] {
+      if (textfile) textfile->Poke();
+    });
+  };
   auto server = imaged::Server::Start(server_options, &service, &peers);
   if (!server) return Fail(server.error());
   fmt::print(stderr, "imaged {} serving on {} (data {}, metadata {})\n", imaged::kVersion,
              config->socket_path, config->data_dir, config->metadata_dir);
-  return Serve(**server, signals);
+  return Serve(**server, signals, observers.hub);
 }

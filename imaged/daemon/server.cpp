@@ -85,6 +85,11 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options, grpc
   builder.RegisterService(service);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
                              static_cast<int>(options.idle_timeout.count()));
+  if (options.interceptor) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+    creators.push_back(options.interceptor());
+    builder.experimental().SetInterceptorCreators(std::move(creators));
+  }
   server->server_ = builder.BuildAndStart();
   if (!server->server_) return MakeError(EIO, "gRPC server failed to start");
   server->acceptor_ = std::thread([s = server.get()] { s->AcceptLoop(); });

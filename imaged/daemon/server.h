@@ -4,11 +4,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
 
 #include <grpcpp/server.h>
+#include <grpcpp/support/server_interceptor.h>
 
 #include "daemon/peer.h"
 #include "imaged/common/result.h"
@@ -23,6 +25,9 @@ struct ServerOptions {
   gid_t socket_group = static_cast<gid_t>(-1);  // chown the socket to this group if set
   // A connection with no call in progress for this long is closed.
   std::chrono::milliseconds idle_timeout{std::chrono::minutes(5)};
+  // Sees every call (Metrics::Interceptor); none when empty.
+  std::function<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>()>
+      interceptor;
 };
 
 class Server {

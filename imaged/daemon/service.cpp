@@ -23,12 +23,29 @@ using grpc::StatusCode;
 
 // Progress goes to the client at most every 1/200 of the total, plus the final update; a
 // cancelled call (client gone, deadline, Ctrl-C) makes the operation stop and clean up.
+// Which long operation a ProgressStreamer reports, for watchers (WatchHub) too.
+struct OperationNews {
+  WatchHub* hub = nullptr;
+  std::string operation;  // "create", "import", ...
+  std::string name;
+};
+
 template <typename Writer>
 class ProgressStreamer {
  public:
   ProgressStreamer(ServerContext* context, Writer* writer,
-                   std::unique_ptr<OperationRegistry::Scope> operation)
-      : context_(context), writer_(writer), operation_(std::move(operation)) {}
+                   std::unique_ptr<OperationRegistry::Scope> operation, OperationNews news)
+      : context_(context),
+        writer_(writer),
+        operation_(std::move(operation)),
+        news_(std::move(news)) {}
+
+  // The call's status, after telling watchers how the operation ended.
+  Status End(Status status) {
+    news_.hub->Publish(
+        OperationEndNews{news_.operation, news_.name, status.ok(), status.error_message()});
+    return status;
+  }
 
   // The one place a cancel is decided: at a progress report, which the operations make only
   // where stopping still leaves nothing behind. Past its last report an operation completes.
@@ -71,6 +88,8 @@ class ProgressStreamer {
     progress.set_total_bytes(total_);
     progress.set_input_done_bytes(input_done_);
     progress.set_input_total_bytes(input_total_);
+    news_.hub->Publish(OperationProgressNews{news_.operation, news_.name, done_, total_,
+                                             input_done_, input_total_});
     std::lock_guard lock(mutex_);
     // A failed write means the client went away: treat as a cancel.
     return writer_->Write(update);
@@ -79,6 +98,7 @@ class ProgressStreamer {
   ServerContext* context_;
   Writer* writer_;
   std::unique_ptr<OperationRegistry::Scope> operation_;
+  OperationNews news_;
   uint64_t output_sent_ = 0;
   uint64_t done_ = 0, total_ = 0;
   uint64_t input_done_ = 0, input_total_ = 0, input_sent_ = 0;
@@ -93,6 +113,72 @@ void FillInfo(const ImageInfo& in, v1::ImageInfo* out) {
   out->set_readonly(in.readonly);
   out->set_disabled(in.disabled);
   out->set_mapped_device(in.mapped_device.value_or(""));
+}
+
+v1::ChangeKind ToProto(ImageChangeKind kind) {
+  switch (kind) {
+    case ImageChangeKind::kCreated:
+      return v1::CREATED;
+    case ImageChangeKind::kDeleted:
+      return v1::DELETED;
+    case ImageChangeKind::kMapped:
+      return v1::MAPPED;
+    case ImageChangeKind::kUnmapped:
+      return v1::UNMAPPED;
+    case ImageChangeKind::kResized:
+      return v1::RESIZED;
+    case ImageChangeKind::kDisabled:
+      return v1::DISABLED;
+    case ImageChangeKind::kImported:
+      return v1::IMPORTED;
+    case ImageChangeKind::kZeroFilled:
+      return v1::ZERO_FILLED;
+    case ImageChangeKind::kCorrupt:
+      return v1::CORRUPT;
+    case ImageChangeKind::kSetRebuilt:
+      break;  // sent as a new snapshot
+  }
+  return v1::CHANGE_KIND_UNSPECIFIED;
+}
+
+uint64_t UnixMillis(std::chrono::system_clock::time_point time) {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(time.time_since_epoch()).count());
+}
+
+// The event for one piece of news (not for kSetRebuilt, which is a new snapshot).
+v1::WatchEvent ToEvent(const News& news) {
+  v1::WatchEvent event;
+  event.set_sequence(news.sequence);
+  event.set_unix_time_ms(UnixMillis(news.time));
+  if (const auto* change = std::get_if<ImageChange>(&news.what)) {
+    auto* out = event.mutable_change();
+    out->set_kind(ToProto(change->kind));
+    out->set_name(change->name);
+    out->set_operation(change->operation);
+    if (change->image) FillInfo(*change->image, out->mutable_image());
+    out->set_detail(change->detail);
+  } else if (const auto* progress = std::get_if<OperationProgressNews>(&news.what)) {
+    auto* out = event.mutable_progress();
+    out->set_operation(progress->operation);
+    out->set_name(progress->name);
+    out->mutable_progress()->set_done_bytes(progress->done);
+    out->mutable_progress()->set_total_bytes(progress->total);
+    out->mutable_progress()->set_input_done_bytes(progress->input_done);
+    out->mutable_progress()->set_input_total_bytes(progress->input_total);
+  } else if (const auto* end = std::get_if<OperationEndNews>(&news.what)) {
+    auto* out = event.mutable_ended();
+    out->set_operation(end->operation);
+    out->set_name(end->name);
+    out->set_ok(end->ok);
+    out->set_error(end->error);
+  }
+  return event;
+}
+
+bool IsSetRebuilt(const News& news) {
+  const auto* change = std::get_if<ImageChange>(&news.what);
+  return change && change->kind == ImageChangeKind::kSetRebuilt;
 }
 
 template <typename Writer>
@@ -204,11 +290,13 @@ Status ToStatus(grpc::ServerContextBase* context, const Error& error) {
 }
 
 ImagedService::ImagedService(ImageManager* manager, const PeerRegistry* peers,
-                             std::optional<gid_t> admin_group,
+                             std::optional<gid_t> admin_group, WatchHub* hub, Metrics* metrics,
                              std::chrono::milliseconds upload_idle_timeout)
     : manager_(manager),
       peers_(peers),
       admin_group_(admin_group),
+      hub_(hub),
+      metrics_(metrics),
       upload_idle_timeout_(upload_idle_timeout),
       started_(std::chrono::steady_clock::now()) {}
 
@@ -295,7 +383,9 @@ Status ImagedService::Version(ServerContext*, const v1::VersionRequest*,
 Status ImagedService::CreateImage(ServerContext* context, const v1::CreateImageRequest* request,
                                   grpc::ServerWriter<v1::OperationUpdate>* writer) {
   IMAGED_AUTHORIZE(context);
-  ProgressStreamer progress(context, writer, operations_.Begin(context, CallerUid(context)));
+  ProgressStreamer progress(
+      context, writer, operations_.Begin(context, CallerUid(context)),
+      {hub_, request->dry_run() ? "create --dry-run" : "create", request->name()});
   CreateOptions options;
   options.readonly = request->readonly();
   options.zero_fill_bytes = request->zero_fill_bytes();
@@ -303,7 +393,8 @@ Status ImagedService::CreateImage(ServerContext* context, const v1::CreateImageR
   SpacePlan plan;
   if (request->dry_run()) options.dry_run = &plan;
   auto result = manager_->Create(request->name(), request->size_bytes(), options);
-  return FinishWithInfo(context, manager_, request->name(), result, progress, options.dry_run);
+  return progress.End(
+      FinishWithInfo(context, manager_, request->name(), result, progress, options.dry_run));
 }
 
 Status ImagedService::DeleteImage(ServerContext* context, const v1::ImageRequest* request,
@@ -391,10 +482,11 @@ Status ImagedService::RemoveDisabledImages(ServerContext* context, const v1::Emp
 Status ImagedService::ZeroFillImage(ServerContext* context, const v1::ZeroFillRequest* request,
                                     grpc::ServerWriter<v1::OperationUpdate>* writer) {
   IMAGED_AUTHORIZE(context);
-  ProgressStreamer progress(context, writer, operations_.Begin(context, CallerUid(context)));
+  ProgressStreamer progress(context, writer, operations_.Begin(context, CallerUid(context)),
+                            {hub_, "zero-fill", request->name()});
   auto result = manager_->ZeroFill(request->name(), request->bytes(),
                                    [&](uint64_t d, uint64_t t) { return progress(d, t); });
-  return FinishWithInfo(context, manager_, request->name(), result, progress);
+  return progress.End(FinishWithInfo(context, manager_, request->name(), result, progress));
 }
 
 Status ImagedService::ValidateImages(ServerContext* context, const v1::Empty*,
@@ -413,7 +505,6 @@ Status ImagedService::ValidateImages(ServerContext* context, const v1::Empty*,
 Status ImagedService::ResizeImage(ServerContext* context, const v1::ResizeImageRequest* request,
                                   grpc::ServerWriter<v1::OperationUpdate>* writer) {
   IMAGED_AUTHORIZE(context);
-  ProgressStreamer progress(context, writer, operations_.Begin(context, CallerUid(context)));
   if ((request->size_bytes() == 0) == (request->grow_by_bytes() == 0)) {
     return Status(StatusCode::INVALID_ARGUMENT,
                   "exactly one of size_bytes and grow_by_bytes must be non-zero");
@@ -424,6 +515,9 @@ Status ImagedService::ResizeImage(ServerContext* context, const v1::ResizeImageR
                   "shrink takes size_bytes, cannot grow a filesystem, and allocates nothing to "
                   "plan (no dry run)");
   }
+  ProgressStreamer progress(
+      context, writer, operations_.Begin(context, CallerUid(context)),
+      {hub_, request->dry_run() ? "resize --dry-run" : "resize", request->name()});
   ResizeOptions options;
   options.progress = [&](uint64_t d, uint64_t t) { return progress(d, t); };
   options.grow_filesystem = request->grow_filesystem();
@@ -433,7 +527,8 @@ Status ImagedService::ResizeImage(ServerContext* context, const v1::ResizeImageR
                 : request->grow_by_bytes() != 0
                     ? manager_->GrowBy(request->name(), request->grow_by_bytes(), options)
                     : manager_->Resize(request->name(), request->size_bytes(), options);
-  return FinishWithInfo(context, manager_, request->name(), result, progress, options.dry_run);
+  return progress.End(
+      FinishWithInfo(context, manager_, request->name(), result, progress, options.dry_run));
 }
 
 Status ImagedService::ImportImage(ServerContext* context, const v1::ImportImageRequest* request,
@@ -442,9 +537,20 @@ Status ImagedService::ImportImage(ServerContext* context, const v1::ImportImageR
   if (request->source_path().empty() || request->source_path().front() != '/') {
     return Status(StatusCode::INVALID_ARGUMENT, "source_path must be an absolute path");
   }
-  ProgressStreamer progress(context, writer, operations_.Begin(context, CallerUid(context)));
   auto format = FromProto(request->format());
   if (!format) return ToStatus(context, format.error());
+  // The client's rights, not the daemon's: the file is opened as the caller.
+  auto peer = peers_->Lookup(context->peer());
+  if (!peer)
+    return Status(StatusCode::PERMISSION_DENIED, "imaged: caller's credentials are unknown");
+  auto fd = OpenAsPeer(request->source_path(), *peer);
+  if (!fd) return ToStatus(context, fd.error().Wrap("import"));
+  auto source = import::FileSource::FromFd(std::move(*fd), request->source_path());
+  if (!source) return ToStatus(context, source.error().Wrap("import"));
+
+  ProgressStreamer progress(
+      context, writer, operations_.Begin(context, CallerUid(context)),
+      {hub_, request->dry_run() ? "import --dry-run" : "import", request->name()});
   ImportOptions options;
   options.format = *format;
   options.into_existing = request->into_existing();
@@ -453,21 +559,14 @@ Status ImagedService::ImportImage(ServerContext* context, const v1::ImportImageR
   options.input_progress = [&](uint64_t d, uint64_t t) { return progress.Input(d, t); };
   SpacePlan plan;
   if (request->dry_run()) options.dry_run = &plan;
-  // The client's rights, not the daemon's: the file is opened as the caller.
-  auto peer = peers_->Lookup(context->peer());
-  if (!peer) return Status(StatusCode::PERMISSION_DENIED, "imaged: caller's credentials are unknown");
-  auto fd = OpenAsPeer(request->source_path(), *peer);
-  if (!fd) return ToStatus(context, fd.error().Wrap("import"));
-  auto source = import::FileSource::FromFd(std::move(*fd), request->source_path());
-  if (!source) return ToStatus(context, source.error().Wrap("import"));
   auto info = manager_->Import(request->name(), std::move(*source), options);
-  if (!info) return ToStatus(context, info.error());
+  if (!info) return progress.End(ToStatus(context, info.error()));
   if (options.dry_run) {
     progress.Planned(plan);
   } else {
     progress.Done(*info);
   }
-  return Status::OK;
+  return progress.End(Status::OK);
 }
 
 Status ImagedService::UploadImage(
@@ -483,7 +582,8 @@ Status ImagedService::UploadImage(
   if (!name_ok) return ToStatus(context, name_ok.error());
   auto format = FromProto(header.format());
   if (!format) return ToStatus(context, format.error());
-  ProgressStreamer progress(context, stream, operations_.Begin(context, CallerUid(context)));
+  ProgressStreamer progress(context, stream, operations_.Begin(context, CallerUid(context)),
+                            {hub_, "upload", header.name()});
   ImportOptions options;
   options.into_existing = header.into_existing();
   options.readonly = header.readonly();
@@ -491,9 +591,9 @@ Status ImagedService::UploadImage(
   options.input_progress = [&](uint64_t d, uint64_t t) { return progress.Input(d, t); };
   UploadStream upload(context, stream, header.total_bytes(), upload_idle_timeout_);
   auto info = ImportUpload(header.name(), *format, upload, options);
-  if (!info) return ToStatus(context, info.error());
+  if (!info) return progress.End(ToStatus(context, info.error()));
   progress.Done(*info);
-  return Status::OK;
+  return progress.End(Status::OK);
 }
 
 Result<ImageInfo> ImagedService::ImportUpload(const std::string& name,
@@ -538,6 +638,71 @@ Result<ImageInfo> ImagedService::ImportSpooled(const std::string& name, UploadSt
   IMAGED_TRY(upload.DrainTo(spool.get()));
   auto source = IMAGED_TRY(import::FileSource::FromFd(std::move(spool), "upload"));
   return manager_->Import(name, std::move(source), options);
+}
+
+bool ImagedService::SendSnapshot(grpc::ServerWriter<v1::WatchEvent>* writer, uint64_t sequence,
+                                 const std::string& name) {
+  v1::WatchEvent event;
+  event.set_sequence(sequence);
+  event.set_unix_time_ms(UnixMillis(std::chrono::system_clock::now()));
+  auto* snapshot = event.mutable_snapshot();
+  // An unreadable set is an empty snapshot, not the end of the watch: the daemon may serve
+  // again after RebuildMetadata, which sends a new one.
+  if (auto images = manager_->ListShared()) {
+    for (const auto& image : **images) {
+      if (name.empty() || image.name == name) FillInfo(image, snapshot->add_images());
+    }
+  }
+  return writer->Write(event);
+}
+
+Status ImagedService::WatchImages(ServerContext* context, const v1::WatchImagesRequest* request,
+                                  grpc::ServerWriter<v1::WatchEvent>* writer) {
+  if (!request->name().empty()) {
+    auto valid = imageset::ValidateImageName(request->name());
+    if (!valid) return ToStatus(context, valid.error().Wrap("watch"));
+  }
+  auto watch = hub_->Begin(request->name());
+  if (!watch) {
+    return Status(
+        watch.error().code == EAGAIN ? StatusCode::RESOURCE_EXHAUSTED : StatusCode::UNAVAILABLE,
+        watch.error().ToString());
+  }
+  if (!SendSnapshot(writer, (*watch)->start_sequence(), request->name())) return Status::CANCELLED;
+  // Woken by news; the timeout only bounds how long a client that went away holds the thread.
+  while (!context->IsCancelled()) {
+    News news;
+    switch ((*watch)->Wait(std::chrono::milliseconds(500), &news)) {
+      case WatchHub::Watch::Next::kTimedOut:
+        continue;
+      case WatchHub::Watch::Next::kClosed:
+        return Status(StatusCode::UNAVAILABLE, "imaged is stopping");
+      case WatchHub::Watch::Next::kFellBehind:
+        return Status(StatusCode::RESOURCE_EXHAUSTED,
+                      fmt::format("the watch fell behind and missed {} events: watch again",
+                                  (*watch)->dropped()));
+      case WatchHub::Watch::Next::kNews:
+        break;
+    }
+    const bool sent = IsSetRebuilt(news) ? SendSnapshot(writer, news.sequence, request->name())
+                                         : writer->Write(ToEvent(news));
+    if (!sent) return Status::CANCELLED;
+  }
+  return Status::CANCELLED;
+}
+
+std::string ImagedService::RenderMetrics() {
+  MetricsGauges gauges;
+  auto images = manager_->ListShared();
+  if (images) gauges.images = images->get();
+  if (auto space = manager_->Space()) gauges.space = *space;
+  gauges.watches = hub_->watches();
+  return metrics_->Render(gauges);
+}
+
+Status ImagedService::GetMetrics(ServerContext*, const v1::Empty*, v1::MetricsResponse* response) {
+  response->set_text(RenderMetrics());
+  return Status::OK;
 }
 
 Status ImagedService::RebuildMetadata(ServerContext* context, const v1::Empty*,

@@ -15,8 +15,10 @@
 
 #include <grpcpp/support/byte_buffer.h>
 
+#include "daemon/metrics.h"
 #include "daemon/peer.h"
 #include "daemon/upload.h"
+#include "daemon/watch.h"
 #include "imaged.grpc.pb.h"
 #include "manager/image_manager.h"
 
@@ -65,7 +67,10 @@ class OperationRegistry {
 class ImagedService final
     : public v1::Imaged::WithRawCallbackMethod_ListImages<v1::Imaged::Service> {
  public:
+  // `hub` has the manager's changes (ManagerOptions::on_change) and gets the operations'
+  // progress; `metrics` counts every call once Metrics::Interceptor is on the server.
   ImagedService(ImageManager* manager, const PeerRegistry* peers, std::optional<gid_t> admin_group,
+                WatchHub* hub, Metrics* metrics,
                 std::chrono::milliseconds upload_idle_timeout = std::chrono::seconds(60));
 
   grpc::Status Health(grpc::ServerContext*, const v1::HealthRequest*,
@@ -101,6 +106,12 @@ class ImagedService final
                                v1::RebuildMetadataResponse*) override;
   grpc::Status CancelOperation(grpc::ServerContext*, const v1::CancelOperationRequest*,
                                v1::Empty*) override;
+  grpc::Status WatchImages(grpc::ServerContext*, const v1::WatchImagesRequest*,
+                           grpc::ServerWriter<v1::WatchEvent>*) override;
+  grpc::Status GetMetrics(grpc::ServerContext*, const v1::Empty*, v1::MetricsResponse*) override;
+
+  // What GetMetrics answers and the metrics textfile holds.
+  std::string RenderMetrics();
 
  private:
   // OK if the caller may change state, PERMISSION_DENIED otherwise.
@@ -118,6 +129,9 @@ class ImagedService final
     grpc::ByteBuffer reply;
   };
   grpc::Status EncodeList(grpc::ServerContextBase* context, grpc::ByteBuffer* reply);
+  // The first message of a watch (and the one after RebuildMetadata): every image, or `name`.
+  bool SendSnapshot(grpc::ServerWriter<v1::WatchEvent>* writer, uint64_t sequence,
+                    const std::string& name);
 
   ImageManager* manager_;
   OperationRegistry operations_;
@@ -125,6 +139,8 @@ class ImagedService final
   EncodedList list_cache_;
   const PeerRegistry* peers_;
   std::optional<gid_t> admin_group_;
+  WatchHub* hub_;
+  Metrics* metrics_;
   std::chrono::milliseconds upload_idle_timeout_;
   std::chrono::steady_clock::time_point started_;
 };

@@ -8,7 +8,10 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <regex>
 #include <sstream>
+#include <thread>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -581,6 +584,285 @@ TEST_F(ApiTest, ValidateReportsEveryImage) {
   auto results = json::parse(r.out);
   ASSERT_EQ(results.size(), 2u);
   EXPECT_EQ(results[0]["ok"], true);
+}
+
+// `imagectl watch` running in the background, its stdout in a file.
+class WatchProcess {
+ public:
+  WatchProcess(std::vector<std::string> argv, std::string out_path) : out_(std::move(out_path)) {
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(a.data());
+    args.push_back(nullptr);
+    if (posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), environ) != 0) pid_ = -1;
+    posix_spawn_file_actions_destroy(&actions);
+  }
+  ~WatchProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  std::vector<std::string> Lines() const {
+    std::ifstream in(out_);
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    return lines;
+  }
+  // The lines once `done` says they are complete, or what there is after 20 s.
+  std::vector<std::string> WaitFor(
+      const std::function<bool(const std::vector<std::string>&)>& done) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    auto lines = Lines();
+    while (!done(lines) && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      lines = Lines();
+    }
+    return lines;
+  }
+  // The exit code once it ends by itself, or -1 if it has not after `wait`.
+  int WaitExit(std::chrono::milliseconds wait) {
+    const auto deadline = std::chrono::steady_clock::now() + wait;
+    while (std::chrono::steady_clock::now() < deadline) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return -1;
+  }
+
+ private:
+  std::string out_;
+  pid_t pid_ = -1;
+};
+
+// The JSON events of a watch; `changes` keeps the image changes, `ended` the operations' ends.
+struct WatchLog {
+  std::vector<json> events, changes, ended;
+  explicit WatchLog(const std::vector<std::string>& lines) {
+    for (const auto& line : lines) {
+      events.push_back(json::parse(line));
+      const std::string kind = events.back()["event"];
+      if (kind == "ended") {
+        ended.push_back(events.back());
+      } else if (kind != "snapshot" && kind != "progress") {
+        changes.push_back(events.back());
+      }
+    }
+  }
+  std::vector<std::string> ChangeLines() const {
+    std::vector<std::string> out;
+    for (const auto& c : changes) {
+      out.push_back(c["event"].get<std::string>() + " " + c["name"].get<std::string>() + " " +
+                    c["operation"].get<std::string>());
+    }
+    return out;
+  }
+};
+
+// A scripted sequence of every kind of change: the watch shows the images first, then exactly
+// one event per change in the order made (each with the image as it is after it), the end of
+// every long operation (failed ones with the error), and nothing for what changed nothing.
+TEST_F(ApiTest, WatchShowsTheSnapshotThenEveryChangeInOrder) {
+  ASSERT_EQ(Ctl({"create", "before", "1M"}).exit_code, 0);
+  const std::string source = (dir_.path() / "content.raw").string();
+  {
+    std::ofstream out(source, std::ios::binary);
+    out << std::string(2 << 20, 'w');
+  }
+  WatchProcess all({IMAGECTL_BIN, "--socket", socket_, "--json", "watch"},
+                   (dir_.path() / "watch-all.jsonl").string());
+  WatchProcess only_b({IMAGECTL_BIN, "--socket", socket_, "--json", "watch", "b"},
+                      (dir_.path() / "watch-b.jsonl").string());
+  auto has_snapshot = [](const std::vector<std::string>& lines) { return !lines.empty(); };
+  const auto first = all.WaitFor(has_snapshot);
+  ASSERT_FALSE(first.empty()) << "no snapshot";
+  const json snapshot = json::parse(first[0]);
+  EXPECT_EQ(snapshot["event"], "snapshot");
+  ASSERT_EQ(snapshot["images"].size(), 1u);
+  EXPECT_EQ(snapshot["images"][0]["name"], "before");
+  ASSERT_FALSE(only_b.WaitFor(has_snapshot).empty());
+
+  auto run = [&](std::vector<std::string> args, int expected_exit = 0) {
+    auto r = Ctl(args);
+    EXPECT_EQ(r.exit_code, expected_exit) << args[0] << ": " << r.err;
+  };
+  run({"create", "a", "4M"});
+  run({"create", "a", "4M"}, 1);  // exists: ends failed, changes nothing
+  run({"resize", "a", "8M"});
+  run({"resize", "a", "8M"});  // the size it has: no change
+  run({"map", "a"});
+  run({"unmap", "a"});
+  run({"disable", "before"});
+  run({"remove-disabled"});
+  run({"import", source, "b"});
+  run({"import", "--into-existing", source, "b"});
+  run({"zero-fill", "b"});
+  run({"delete", "a"});
+  run({"delete", "b"});
+  run({"delete", "b"}, 5);  // no such image: nothing
+
+  const std::vector<std::string> expected = {
+      "created a create", "resized a resize",        "mapped a map",
+      "unmapped a unmap", "disabled before disable", "deleted before remove-disabled",
+      "created b import", "imported b import",       "zero-filled b zero-fill",
+      "deleted a delete", "deleted b delete"};
+  auto log = WatchLog(all.WaitFor([&](const std::vector<std::string>& lines) {
+    return WatchLog(lines).changes.size() >= expected.size();
+  }));
+  EXPECT_EQ(log.ChangeLines(), expected);
+  ASSERT_EQ(log.changes.size(), expected.size());
+  EXPECT_EQ(log.changes[1]["image"]["size_bytes"], 8u << 20);
+  EXPECT_NE(log.changes[2]["image"]["mapped_device"], "");
+  EXPECT_EQ(log.changes[3]["image"]["mapped_device"], "");
+  EXPECT_TRUE(log.changes[4]["image"]["disabled"]);
+  EXPECT_FALSE(log.changes[9].contains("image"));  // deleted: nothing left to show
+  for (size_t i = 1; i < log.events.size(); ++i) {
+    EXPECT_GT(log.events[i]["sequence"], log.events[i - 1]["sequence"]) << i;
+  }
+  // Long operations: create twice (once failed), resize twice, import twice, zero-fill.
+  std::vector<std::string> ends;
+  for (const auto& e : log.ended) {
+    ends.push_back(e["operation"].get<std::string>() + " " + e["name"].get<std::string>() +
+                   (e["ok"].get<bool>() ? " ok" : " failed"));
+  }
+  EXPECT_EQ(ends, (std::vector<std::string>{"create a ok", "create a failed", "resize a ok",
+                                            "resize a ok", "import b ok", "import b ok",
+                                            "zero-fill b ok"}));
+  EXPECT_NE(log.ended[1]["error"].get<std::string>().find("exists"), std::string::npos);
+
+  auto b_log = WatchLog(only_b.WaitFor(
+      [](const std::vector<std::string>& lines) { return WatchLog(lines).changes.size() >= 4; }));
+  EXPECT_EQ(b_log.ChangeLines(),
+            (std::vector<std::string>{"created b import", "imported b import",
+                                      "zero-filled b zero-fill", "deleted b delete"}));
+  EXPECT_TRUE(b_log.events[0]["images"].empty());
+
+  // A stopping daemon ends its watches at once, not after the shutdown's 5 s grace period.
+  const auto stopping = std::chrono::steady_clock::now();
+  daemon_->Stop();
+  EXPECT_LT(std::chrono::steady_clock::now() - stopping, std::chrono::seconds(3));
+  EXPECT_EQ(all.WaitExit(std::chrono::seconds(3)), 3);
+}
+
+TEST_F(ApiTest, WatchPrintsReadableLines) {
+  WatchProcess watch({IMAGECTL_BIN, "--socket", socket_, "watch"},
+                     (dir_.path() / "watch.txt").string());
+  ASSERT_FALSE(watch.WaitFor([](const auto& lines) { return !lines.empty(); }).empty());
+  ASSERT_EQ(Ctl({"create", "shown", "3M"}).exit_code, 0);
+  auto lines = watch.WaitFor([](const auto& seen) { return seen.size() >= 3; });
+  ASSERT_GE(lines.size(), 3u);
+  EXPECT_NE(lines[0].find("snapshot: 0 image(s)"), std::string::npos) << lines[0];
+  std::string all;
+  for (const auto& line : lines) all += line + "\n";
+  EXPECT_NE(all.find(" created shown 3.0 MiB (create)"), std::string::npos) << all;
+  EXPECT_NE(all.find(" ended create shown: ok"), std::string::npos) << all;
+  EXPECT_EQ(Ctl({"watch", "bad/name"}).exit_code, 1);
+
+  // Blocks moved behind the daemon's back (the old ones kept allocated, so the new file gets
+  // others): validate and map both find it, and the watch says so with the problem.
+  const std::string piece = data_ + "/shown.img.0000";
+  ASSERT_EQ(rename(piece.c_str(), (data_ + "/held").c_str()), 0);
+  {
+    std::ofstream out(piece, std::ios::binary);
+    out << std::string(3 << 20, '\0');
+  }
+  sync();
+  EXPECT_EQ(Ctl({"validate"}).exit_code, 1);
+  EXPECT_EQ(Ctl({"map", "shown"}).exit_code, 1);
+  lines = watch.WaitFor([](const auto& seen) {
+    return std::count_if(seen.begin(), seen.end(), [](const std::string& line) {
+             return line.find(" corrupt shown") != std::string::npos;
+           }) >= 2;
+  });
+  all.clear();
+  for (const auto& line : lines) all += line + "\n";
+  EXPECT_NE(all.find(" corrupt shown 3.0 MiB (validate): "), std::string::npos) << all;
+  EXPECT_NE(all.find(" corrupt shown 3.0 MiB (map): "), std::string::npos) << all;
+  EXPECT_NE(all.find("changed since creation"), std::string::npos) << all;
+}
+
+// The value of the sample `series` (name and labels as rendered) in Prometheus text, or -1.
+double SampleValue(const std::string& text, const std::string& series) {
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.starts_with(series + " ")) return std::stod(line.substr(series.size() + 1));
+  }
+  return -1;
+}
+
+// Every line of the text format is a comment or `name{labels} value`.
+void ExpectWellFormed(const std::string& text) {
+  const std::regex sample(R"(^[a-z_]+(\{([a-z_]+="[^"]*",?)*\})? (-?[0-9.e+]+|\+Inf)$)");
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.starts_with("# HELP ") || line.starts_with("# TYPE ")) continue;
+    EXPECT_TRUE(std::regex_match(line, sample)) << line;
+  }
+}
+
+// A scripted sequence, then the counters and gauges say exactly what happened, in imagectl
+// stats and in the textfile node_exporter reads.
+TEST_F(ApiTest, MetricsCountTheScriptedOperationsExactly) {
+  const std::string textfile = (dir_.path() / "imaged.prom").string();
+  StartDaemon(
+      {"--metrics-textfile", textfile, "--min-free-percent", "0", "--min-free-bytes", "1M"});
+  ASSERT_EQ(Ctl({"create", "m1", "2M"}).exit_code, 0);
+  ASSERT_EQ(Ctl({"create", "m2", "3M"}).exit_code, 0);
+  ASSERT_EQ(Ctl({"create", "m1", "2M"}).exit_code, 1);
+  ASSERT_EQ(Ctl({"map", "m2"}).exit_code, 0);
+  ASSERT_EQ(Ctl({"info", "nope"}).exit_code, 5);
+
+  auto stats = Ctl({"stats"});
+  ASSERT_EQ(stats.exit_code, 0) << stats.err;
+  ExpectWellFormed(stats.out);
+  const std::string& t = stats.out;
+  EXPECT_EQ(SampleValue(t, R"(imaged_rpcs_total{method="CreateImage",code="OK"})"), 2);
+  EXPECT_EQ(SampleValue(t, R"(imaged_rpcs_total{method="CreateImage",code="ALREADY_EXISTS"})"), 1);
+  EXPECT_EQ(SampleValue(t, R"(imaged_rpcs_total{method="MapImage",code="OK"})"), 1);
+  EXPECT_EQ(SampleValue(t, R"(imaged_rpcs_total{method="GetImage",code="NOT_FOUND"})"), 1);
+  EXPECT_EQ(SampleValue(t, R"(imaged_rpcs_total{method="DeleteImage",code="OK"})"), -1);
+  EXPECT_EQ(SampleValue(t, R"(imaged_rpc_duration_seconds_count{method="CreateImage"})"), 3);
+  EXPECT_EQ(SampleValue(t, R"(imaged_rpc_duration_seconds_bucket{method="CreateImage",le="+Inf"})"),
+            3);
+  EXPECT_EQ(SampleValue(t, R"(imaged_image_changes_total{kind="created"})"), 2);
+  EXPECT_EQ(SampleValue(t, R"(imaged_image_changes_total{kind="mapped"})"), 1);
+  EXPECT_EQ(SampleValue(t, R"(imaged_images{state="all"})"), 2);
+  EXPECT_EQ(SampleValue(t, R"(imaged_images{state="mapped"})"), 1);
+  EXPECT_EQ(SampleValue(t, "imaged_image_bytes"), 5 << 20);
+  EXPECT_EQ(SampleValue(t, R"(imaged_data_fs_bytes{kind="reserve"})"), 1 << 20);
+  EXPECT_GT(SampleValue(t, R"(imaged_data_fs_bytes{kind="free"})"), 0);
+  EXPECT_EQ(Ctl({"--json", "stats"}).exit_code, 2);
+
+  // The textfile catches up within its debounce; it is never seen half-written.
+  std::string file;
+  for (int i = 0; i < 100; ++i) {
+    std::ifstream in(textfile);
+    file.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    if (SampleValue(file, R"(imaged_rpcs_total{method="GetMetrics",code="OK"})") == 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ExpectWellFormed(file);
+  EXPECT_EQ(SampleValue(file, R"(imaged_rpcs_total{method="GetMetrics",code="OK"})"), 1);
+  EXPECT_EQ(SampleValue(file, R"(imaged_rpcs_total{method="CreateImage",code="OK"})"), 2);
+  EXPECT_EQ(SampleValue(file, R"(imaged_images{state="mapped"})"), 1);
+  for (const auto& entry : std::filesystem::directory_iterator(dir_.path())) {
+    EXPECT_EQ(entry.path().filename().string().find(".imaged-tmp."), std::string::npos);
+  }
+  EXPECT_EQ(Ctl({"unmap", "m2"}).exit_code, 0);
+}
+
+TEST_F(ApiTest, AMetricsTextfileNotEndingInPromStopsTheDaemon) {
+  auto r =
+      RunCommand({IMAGED_BIN, "--socket", socket_ + ".2", "--data-dir", data_, "--metadata-dir",
+                  metadata_ + ".2", "--metrics-textfile", (dir_.path() / "metrics.txt").string()});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("must end in .prom"), std::string::npos) << r.err;
 }
 
 TEST_F(ApiTest, PythonClientFromTheSameProto) {

@@ -31,7 +31,9 @@ TEST(ConfigTest, SettingsCommentsAndBlankLines) {
       "max_piece_size = 4G\n"
       "map_timeout_ms = 2500\n"
       "min_free_percent = 40\n"
-      "min_free_bytes = 2G\n",
+      "min_free_bytes = 2G\n"
+      "metrics_textfile = /var/lib/node-exporter/imaged.prom\n"
+      "metrics_interval_s = 60\n",
       config);
   ASSERT_TRUE(r) << r.error().ToString();
   EXPECT_EQ(config.data_dir, "/srv/images");
@@ -44,6 +46,8 @@ TEST(ConfigTest, SettingsCommentsAndBlankLines) {
   EXPECT_EQ(config.map_timeout_ms, 2500u);
   EXPECT_EQ(config.min_free_percent, 40u);
   EXPECT_EQ(config.min_free_bytes, 2ull << 30);
+  EXPECT_EQ(config.metrics_textfile, "/var/lib/node-exporter/imaged.prom");
+  EXPECT_EQ(config.metrics_interval_s, 60u);
 }
 
 TEST(ConfigTest, KeepsFivePercentFreeUnlessTold) {
@@ -68,7 +72,8 @@ TEST(ConfigTest, RejectsBadValues) {
   for (const char* text :
        {"data_dir = relative/path", "strategy = magic", "dm_prefix = a/b", "max_piece_size = lots",
         "map_timeout_ms = 0", "map_timeout_ms = 10s", "min_free_percent = 91",
-        "min_free_percent = -1", "min_free_bytes = some", "no equals sign"}) {
+        "min_free_percent = -1", "min_free_bytes = some", "metrics_textfile = imaged.prom",
+        "metrics_interval_s = 0", "no equals sign"}) {
     DaemonConfig config;
     EXPECT_FALSE(ParseConfig(text, config)) << text;
   }
