@@ -268,6 +268,11 @@ Result<std::unique_ptr<ImageManager>> ImageManager::Open(const ManagerOptions& o
 Result<void> ImageManager::Create(std::string_view name, uint64_t size_bytes,
                                   const CreateOptions& options) {
   return impl_->OnImage("create", name, [&]() -> Result<void> {
+    // Checked before anything is allocated, so a dry run refuses it too.
+    if (options.zero_fill_bytes > size_bytes) {
+      return MakeError(EINVAL, "zero-fill of {} bytes asked for an image of {}",
+                       options.zero_fill_bytes, size_bytes);
+    }
     if (options.dry_run) {
       const auto fs = IMAGED_TRY(fiemap::InspectFilesystem(impl_->data.fd(), impl_->data.path()));
       *options.dry_run = IMAGED_TRY(impl_->CheckCreatable(name, size_bytes, fs));

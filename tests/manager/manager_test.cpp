@@ -797,6 +797,22 @@ TEST_F(ManagerTest, UnmapOfUnmappedImageIsEnxioAndOfUnknownImageEnoent) {
   EXPECT_ERRNO(mgr().Map("nope"), ENOENT);
 }
 
+// More zeros than the image holds is refused before anything is allocated, dry run or not.
+TEST_F(ManagerTest, ZeroFillBeyondTheSizeIsRefusedBeforeAnything) {
+  CreateOptions options;
+  options.zero_fill_bytes = 2 * kMiB;
+  auto created = mgr().Create("img", kMiB, options);
+  ASSERT_FALSE(created);
+  EXPECT_EQ(created.error().code, EINVAL);
+  EXPECT_NE(created.error().message.find("zero-fill of 2097152 bytes"), std::string::npos)
+      << created.error().ToString();
+  SpacePlan plan;
+  options.dry_run = &plan;
+  EXPECT_ERRNO(mgr().Create("img", kMiB, options), EINVAL);
+  EXPECT_TRUE(DataFiles().empty());
+  EXPECT_FALSE(*mgr().Exists("img"));
+}
+
 // SAFETY RULE: a file whose blocks moved behind the manager's back is never mapped.
 TEST_F(ManagerTest, MapRefusesExtentsThatChangedSinceCreation) {
   ASSERT_OK(mgr().Create("img", 2 * kMiB, {}));
