@@ -293,11 +293,15 @@ v1::ImportFormat FormatArg(const std::string& s) {
   return v1::IMPORT_FORMAT_AUTO;
 }
 
-int CmdVersion(const Context& ctx) {
+grpc::Status FetchVersion(const Context& ctx, v1::VersionResponse* response) {
   grpc::ClientContext call;
   ctx.SetDeadline(call, false);
+  return ctx.Stub()->Version(&call, v1::VersionRequest{}, response);
+}
+
+int CmdVersion(const Context& ctx) {
   v1::VersionResponse response;
-  auto status = ctx.Stub()->Version(&call, v1::VersionRequest{}, &response);
+  auto status = FetchVersion(ctx, &response);
   if (!status.ok()) return ReportStatus(status, ctx);
   if (ctx.json) {
     json out = {{"client", {{"version", imaged::kVersion}, {"git_revision", imaged::kGitRevision}}},
@@ -603,10 +607,8 @@ int CmdValidate(const Context& ctx) {
 
 // An older daemon would ignore dry_run and do the operation: ask first. 0 when it may go on.
 int CheckDaemonPlans(const Context& ctx) {
-  grpc::ClientContext call;
-  ctx.SetDeadline(call, false);
   v1::VersionResponse response;
-  auto status = ctx.Stub()->Version(&call, v1::VersionRequest{}, &response);
+  auto status = FetchVersion(ctx, &response);
   if (!status.ok()) return ReportStatus(status, ctx);
   if (response.api_version() >= imaged::kFirstApiWithDryRun) return kExitOk;
   fmt::print(stderr,
