@@ -92,16 +92,17 @@ class SplitSink : public import::RunSink {
 
 // A new image's one pass: every byte written (zero runs as zeros: the pieces are not pre-zeroed),
 // 8 MiB writes, 4 in flight (several O_DIRECT streams measured 1.2-1.7x one on the bench disk).
-import::CopyOptions SinglePassCopyOptions(){import::CopyOptions o;
-o.target_is_zeroed = false;
-o.buffer_size = 8 << 20;
-// Zero runs shorter than a buffer are cheaper inside one large data write.
-o.min_zero_write = o.buffer_size;
-o.max_in_flight = 4;
-return o;
-}  // namespace
+import::CopyOptions SinglePassCopyOptions() {
+  import::CopyOptions o;
+  o.target_is_zeroed = false;
+  o.buffer_size = 8 << 20;
+  // Zero runs shorter than a buffer are cheaper inside one large data write.
+  o.min_zero_write = o.buffer_size;
+  o.max_in_flight = 4;
+  return o;
+}
 
-}  // namespace imaged
+}  // namespace
 
 // One import: the reader over the source, the target image (new or existing) and the copy.
 class ImportOperation {
