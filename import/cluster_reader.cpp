@@ -119,10 +119,16 @@ Result<std::optional<Run>> ClusterReader::Materialize(Segment s) {
       break;
     }
     case Segment::Type::Compressed:
-      cbuf_.resize(cluster_size_);
-      IMAGED_TRY(Decompress(s.entry, s.guest, cbuf_));
       run.kind = Run::Kind::Data;
       run.length = s.len;  // the last cluster may be cut at the virtual size
+      if (options_.defer_decompression) {
+        run.decoder = this;
+        run.decode_key = s.entry;
+        run.decoded_size = cluster_size_;
+        break;
+      }
+      cbuf_.resize(cluster_size_);
+      IMAGED_TRY(Decompress(s.entry, s.guest, cbuf_));
       run.data = {cbuf_.data(), s.len};
       break;
   }

@@ -2,7 +2,8 @@
 // into segments (zero, host range, compressed cluster), merge neighbours (zero runs freely,
 // host ranges while physically contiguous up to max_data_run) and read the data on demand.
 // Memory: one L2 table, one window of the L1 table, one data buffer and one cluster of
-// decompression space.
+// decompression space; with deferred decompression none of the last, and each decoding thread
+// one compressed cluster's input (and a scratch cluster for one that straddles buffers).
 #pragma once
 
 #include <algorithm>
@@ -14,9 +15,13 @@
 
 namespace imaged::import {
 
-class ClusterReader : public ImageReader {
+class ClusterReader : public ImageReader, public ClusterDecoder {
  public:
   uint64_t virtual_size() const override { return vsize_; }
+  // A compressed cluster handed over undecoded: `key` is its L2 entry.
+  Result<void> DecodeCluster(uint64_t key, uint64_t guest, std::span<uint8_t> out) const override {
+    return Decompress(key, guest, out);
+  }
   Result<std::optional<Run>> Next() override;
   // Maps every cluster without reading data: all metadata errors surface here, before any run.
   Result<void> Validate();
@@ -36,8 +41,9 @@ class ClusterReader : public ImageReader {
   // Maps the guest range starting at the cluster-aligned `pos` (at least one cluster, or a
   // whole unallocated L2 range) through Add() and returns the position after it.
   virtual Result<uint64_t> MapStep(uint64_t pos) = 0;
-  // Decompresses one compressed cluster (its L2 entry) into `out` (cluster_size bytes).
-  virtual Result<void> Decompress(uint64_t entry, uint64_t guest, std::span<uint8_t> out) = 0;
+  // Decompresses one compressed cluster (its L2 entry) into `out` (cluster_size bytes). Safe
+  // to call from several threads at once (ReaderOptions::defer_decompression).
+  virtual Result<void> Decompress(uint64_t entry, uint64_t guest, std::span<uint8_t> out) const = 0;
 
   void Add(const Segment& segment);
   // Entry `index` of an L1 table of `count` big-endian u64 at `offset`, read in windows.

@@ -76,14 +76,14 @@ class Qcow1Reader : public ClusterReader {
     return pos + cluster_size_;
   }
 
-  Result<void> Decompress(uint64_t entry, uint64_t guest, std::span<uint8_t> out) override {
+  Result<void> Decompress(uint64_t entry, uint64_t guest, std::span<uint8_t> out) const override {
     uint64_t coffset = CompressedOffset(entry);
     size_t csize = static_cast<size_t>(CompressedSize(entry));
-    in_.resize(csize);
-    IMAGED_TRY_CTX(src_.ReadAt(in_.data(), csize, coffset),
+    std::vector<uint8_t> in(csize);  // the caller's own: threads decode at once
+    IMAGED_TRY_CTX(src_.ReadAt(in.data(), csize, coffset),
                    "qcow: compressed cluster for guest offset {} at file offset {}", guest,
                    coffset);
-    IMAGED_TRY_CTX(InflateRaw(in_, out),
+    IMAGED_TRY_CTX(InflateRaw(in, out),
                    "qcow: compressed cluster for guest offset {} at file offset {}", guest,
                    coffset);
     return Ok();
@@ -100,7 +100,6 @@ class Qcow1Reader : public ClusterReader {
   unsigned l2_bits_;
   uint64_t l1_offset_;
   uint64_t l1_entries_;
-  std::vector<uint8_t> in_;
 };
 
 }  // namespace

@@ -144,16 +144,17 @@ class Qcow2Reader : public ClusterReader {
     return pos + cluster_size_;
   }
 
-  Result<void> Decompress(uint64_t entry, uint64_t guest, std::span<uint8_t> out) override {
+  Result<void> Decompress(uint64_t entry, uint64_t guest, std::span<uint8_t> out) const override {
     auto [coffset, cbytes] = CompressedRange(entry);
     // The sector count is an upper bound: it may run past the end of the file, whose missing
     // tail QEMU reads as zeros. Only the bytes present are handed to the decompressor.
     size_t n = static_cast<size_t>(std::min<uint64_t>(cbytes, src_.size() - coffset));
-    in_.resize(n);
-    IMAGED_TRY_CTX(src_.ReadAt(in_.data(), n, coffset),
+    // The caller's own input buffer (threads decode at once); a cluster's worth at most.
+    std::vector<uint8_t> in(n);
+    IMAGED_TRY_CTX(src_.ReadAt(in.data(), n, coffset),
                    "qcow2: compressed cluster for guest offset {} at file offset {}", guest,
                    coffset);
-    auto done = p_.compression_type == 1 ? ZstdDecompress(in_, out) : InflateRaw(in_, out);
+    auto done = p_.compression_type == 1 ? ZstdDecompress(in, out) : InflateRaw(in, out);
     if (!done) {
       return std::move(done).error().Wrap(fmt::format(
           "qcow2: compressed cluster for guest offset {} at file offset {}", guest, coffset));
@@ -171,7 +172,6 @@ class Qcow2Reader : public ClusterReader {
 
   Qcow2Params p_;
   uint64_t l2_entries_;
-  std::vector<uint8_t> in_;
 };
 
 // The header fields the open steps use, as stored (a v2 header keeps the v3 defaults).

@@ -34,18 +34,45 @@ uint64_t AlignDown(uint64_t v) {
   return v & ~(kAlign - 1);
 }
 
+// A compressed cluster handed over undecoded (Run::decoder).
+struct Decode {
+  const ClusterDecoder* decoder = nullptr;  // null: not a decoded fill
+  uint64_t key = 0;
+  uint64_t guest = 0;  // where the cluster's data starts
+  size_t size = 0;     // decoded
+};
+
 // Part of a staging buffer that is filled only right before the buffer is written (on the
-// writer thread when there is a pool): zeros, or bytes read from the source (deferred reads).
+// writer thread when there is a pool): zeros, bytes read from the source (deferred reads), or
+// a decompressed cluster (deferred decompression).
 struct Fill {
   size_t at;  // offset in the buffer
   size_t length;
-  Source* source;  // null: zeros
-  uint64_t source_offset;
+  Source* source;          // null (and no decoder): zeros
+  uint64_t source_offset;  // with a decoder: where in the decoded cluster the part begins
+  Decode decode;
 };
+
+// A decoded cluster into its place; one that straddles buffers (or is cut at the image's end)
+// is decoded whole into a scratch cluster and only this buffer's part copied.
+Result<void> DecodeInto(uint8_t* out, const Fill& f) {
+  const Decode& d = f.decode;
+  if (f.source_offset == 0 && f.length == d.size) {
+    return d.decoder->DecodeCluster(d.key, d.guest, {out, f.length});
+  }
+  std::vector<uint8_t> cluster(d.size);
+  IMAGED_TRY(d.decoder->DecodeCluster(d.key, d.guest, cluster));
+  std::memcpy(out, cluster.data() + f.source_offset, f.length);
+  return Ok();
+}
 
 // `buffer` will be written at `offset` of the target.
 Result<void> ApplyFills(uint8_t* buffer, uint64_t offset, const std::vector<Fill>& fills) {
   for (const Fill& f : fills) {
+    if (f.decode.decoder) {
+      IMAGED_TRY(DecodeInto(buffer + f.at, f));
+      continue;
+    }
     if (!f.source) {
       std::memset(buffer + f.at, 0, f.length);
       continue;
@@ -61,6 +88,7 @@ void AddFill(std::vector<Fill>& fills, const Fill& f) {
   if (!fills.empty()) {
     Fill& last = fills.back();
     const bool continues = last.at + last.length == f.at && last.source == f.source &&
+                           !last.decode.decoder && !f.decode.decoder &&
                            (!f.source || last.source_offset + last.length == f.source_offset);
     if (continues) {
       last.length += f.length;
@@ -286,9 +314,24 @@ class Stager {
     while (len > 0) {
       const size_t n =
           static_cast<size_t>(std::min<uint64_t>(len, options_.buffer_size - buf_len_));
-      AddFill(fills_, {buf_len_, n, &source, offset});
+      AddFill(fills_, {buf_len_, n, &source, offset, {}});
       IMAGED_TRY(Advance(n));
       offset += n;
+      len -= n;
+    }
+    return Ok();
+  }
+
+  // The first `len` bytes of a cluster that is decompressed when the buffer is written.
+  Result<void> DataDecoded(const Decode& decode, uint64_t len) {
+    IMAGED_TRY(ResolveZeros());
+    uint64_t skip = 0;
+    while (len > 0) {
+      const size_t n =
+          static_cast<size_t>(std::min<uint64_t>(len, options_.buffer_size - buf_len_));
+      fills_.push_back({buf_len_, n, nullptr, skip, decode});
+      IMAGED_TRY(Advance(n));
+      skip += n;
       len -= n;
     }
     return Ok();
@@ -315,7 +358,7 @@ class Stager {
   Result<void> AppendZeros(uint64_t len) {
     while (len > 0) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(len, options_.buffer_size - buf_len_));
-      AddFill(fills_, {buf_len_, n, nullptr, 0});  // memset by whoever writes the buffer
+      AddFill(fills_, {buf_len_, n, nullptr, 0, {}});  // memset by whoever writes the buffer
       IMAGED_TRY(Advance(n));
       len -= n;
     }
@@ -385,6 +428,7 @@ class Stager {
 // Data comes either in `data` or as a range of a source (checked against its size here, so a
 // bad range fails before the write it would belong to is queued).
 bool DataRunValid(const Run& run) {
+  if (run.decoder) return run.data.empty() && !run.source && run.length <= run.decoded_size;
   if (!run.source) return run.data.size() == run.length;
   return run.data.empty() && run.source_offset <= run.source->size() &&
          run.length <= run.source->size() - run.source_offset;
@@ -424,7 +468,10 @@ Result<ImportStats> Copy(ImageReader& reader, RunSink& sink, const ProgressFn& p
     }
     ++stats.runs;
     if (run->kind == Run::Kind::Data) {
-      if (run->source) {
+      if (run->decoder) {
+        IMAGED_TRY(out.DataDecoded({run->decoder, run->decode_key, run->offset, run->decoded_size},
+                                   run->length));
+      } else if (run->source) {
         IMAGED_TRY(out.DataFrom(*run->source, run->source_offset, run->length));
       } else {
         IMAGED_TRY(out.Data(run->data));

@@ -49,16 +49,23 @@ class PeersTest : public ::testing::Test {
     EXPECT_EQ(out.virtual_size, expected.size());
     EXPECT_EQ(Sha256(out.bytes), Sha256(expected));
 
-    // As ImageManager::Import reads: stored clusters read by the writer threads, straight
-    // into small write buffers (so runs straddle buffers), several writes in flight.
+    // As ImageManager::Import reads: stored clusters read and compressed ones decompressed by
+    // the writer threads, straight into small write buffers (so runs straddle buffers),
+    // several writes in flight; then with buffers of one page (every 64 KiB cluster spans 16
+    // of them), and with one synchronous write at a time.
     ReaderOptions deferred;
     deferred.defer_data_reads = true;
-    CopyOptions pipelined;
-    pipelined.max_in_flight = 4;
-    pipelined.buffer_size = 64 << 10;
-    auto out2 = Import(image, deferred, std::nullopt, pipelined);
-    ASSERT_TRUE(out2.stats) << out2.stats.error().ToString();
-    EXPECT_EQ(Sha256(out2.bytes), Sha256(expected)) << "with deferred reads";
+    deferred.defer_decompression = true;
+    for (const auto& [buffer, in_flight] :
+         std::vector<std::pair<size_t, int>>{{64 << 10, 4}, {4096, 4}, {64 << 10, 1}}) {
+      CopyOptions pipelined;
+      pipelined.max_in_flight = in_flight;
+      pipelined.buffer_size = buffer;
+      auto out2 = Import(image, deferred, std::nullopt, pipelined);
+      ASSERT_TRUE(out2.stats) << out2.stats.error().ToString();
+      EXPECT_EQ(Sha256(out2.bytes), Sha256(expected))
+          << "deferred, buffers of " << buffer << ", " << in_flight << " in flight";
+    }
   }
   void ExpectImports(const fs::path& image, Format format) { ExpectImports(image, format, raw_); }
 
@@ -184,6 +191,13 @@ TEST_F(PeersTest, Qcow2LargeClustersImportBitExact) {
 TEST_F(PeersTest, Qcow2ZlibCompressedImportsBitExact) {
   Tool({"qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "compression_type=zlib",
        raw_path_, P("a.qcow2")});
+  ExpectImports(P("a.qcow2"), Format::Qcow2);
+}
+
+TEST_F(PeersTest, Qcow2CompressedLargeClustersImportBitExact) {
+  // 2 MiB clusters, compressed: each spans many write buffers, the last is cut at the size.
+  Tool({"qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=2M", raw_path_,
+        P("a.qcow2")});
   ExpectImports(P("a.qcow2"), Format::Qcow2);
 }
 

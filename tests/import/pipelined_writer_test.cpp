@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <map>
 #include <mutex>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -279,6 +280,103 @@ TEST(DeferredReadsTest, RangeOutsideTheSourceIsRefusedBeforeAnyWrite) {
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, EINVAL) << r.error().ToString();
   EXPECT_EQ(sink.calls, 0);
+}
+
+// Hands out `m`'s data runs as clusters to decode (Run::decoder), each decoded cluster one page
+// longer than its run with junk past it, so a copy of the wrong part shows. Counts how many
+// decodes run at once; `fail_at` makes the decode of the run that covers it fail with EBADMSG.
+class DecodingReader : public ImageReader, public ClusterDecoder {
+ public:
+  DecodingReader(const Mixed& m, std::chrono::milliseconds decode_time = {},
+                 uint64_t fail_at = UINT64_MAX)
+      : m_(m), decode_time_(decode_time), fail_at_(fail_at) {}
+  Format format() const override { return Format::Qcow2; }
+  uint64_t virtual_size() const override { return m_.size; }
+  Result<std::optional<Run>> Next() override {
+    if (next_ == m_.runs.size()) return std::optional<Run>();
+    Run r = m_.runs[next_++];
+    if (r.kind == Run::Kind::Data) {
+      r.decoder = this;
+      r.decode_key = r.length;
+      r.decoded_size = r.length + 4096;
+    }
+    return std::optional<Run>(r);
+  }
+  // The key is the run's length; `guest` its offset.
+  Result<void> DecodeCluster(uint64_t length, uint64_t guest,
+                             std::span<uint8_t> out) const override {
+    if (out.size() != length + 4096) return MakeError(EINVAL, "decode into {} bytes", out.size());
+    const int now = ++decoding_;
+    for (int seen = most_at_once; now > seen && !most_at_once.compare_exchange_weak(seen, now);) {
+    }
+    std::this_thread::sleep_for(decode_time_);
+    --decoding_;
+    if (fail_at_ >= guest && fail_at_ < guest + length) {
+      return MakeError(EBADMSG, "injected decode failure for guest offset {}", guest);
+    }
+    std::memcpy(out.data(), &m_.data[guest], length);
+    std::memset(out.data() + length, 0xEE, 4096);
+    return Ok();
+  }
+  mutable std::atomic<int> most_at_once{0};
+
+ private:
+  const Mixed& m_;
+  std::chrono::milliseconds decode_time_;
+  uint64_t fail_at_;
+  size_t next_ = 0;
+  mutable std::atomic<int> decoding_{0};
+};
+
+TEST(DeferredDecodeTest, TheSameImageWhateverTheBuffersAndWritesInFlight) {
+  Mixed m;
+  for (const auto& [buffer, in_flight] :
+       std::vector<std::pair<size_t, int>>{{1 << 20, 4}, {4096, 4}, {1 << 20, 1}, {4096, 1}}) {
+    DecodingReader reader(m);
+    ConcurrentSink sink(m.size);
+    CopyOptions o = Pipelined();
+    o.buffer_size = buffer;
+    o.max_in_flight = in_flight;
+    auto stats = Copy(reader, sink, nullptr, o);
+    ASSERT_TRUE(stats) << stats.error().ToString();
+    EXPECT_EQ(sink.bytes, m.expected) << buffer << " byte buffers, " << in_flight << " in flight";
+  }
+}
+
+// Decoding is the writers' work, so it runs on several of them at once.
+TEST(DeferredDecodeTest, ClustersAreDecodedInParallel) {
+  Mixed m;
+  DecodingReader reader(m, std::chrono::milliseconds(20));
+  ConcurrentSink sink(m.size);
+  auto stats = Copy(reader, sink, nullptr, Pipelined());
+  ASSERT_TRUE(stats) << stats.error().ToString();
+  EXPECT_EQ(sink.bytes, m.expected);
+  EXPECT_GE(reader.most_at_once.load(), 2);
+}
+
+TEST(DeferredDecodeTest, DecodeFailureIsReturnedAndItsBufferIsNeverWritten) {
+  Mixed m;
+  uint64_t fail_at = 0;
+  for (const auto& run : m.runs) {
+    if (run.kind == Run::Kind::Data && run.length > (1 << 20)) {
+      fail_at = run.offset + run.length / 2;
+      break;
+    }
+  }
+  for (int in_flight : {1, 4}) {
+    DecodingReader reader(m, {}, fail_at);
+    ConcurrentSink sink(m.size);
+    CopyOptions o = Pipelined();
+    o.max_in_flight = in_flight;
+    auto r = Copy(reader, sink, nullptr, o);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, EBADMSG) << r.error().ToString();
+    std::lock_guard<std::mutex> l(sink.mu);
+    EXPECT_EQ(sink.active, 0) << "a write still running after Copy returned";
+    for (const auto& [off, len] : sink.completed) {
+      EXPECT_FALSE(fail_at >= off && fail_at < off + len) << "the failed buffer was written";
+    }
+  }
 }
 
 }  // namespace

@@ -37,6 +37,16 @@ Result<Format> DetectFormat(Source& source);
 // The end of a stream is unknown, so a fixed-size VHD is Raw here.
 Result<Format> DetectFormat(std::span<const uint8_t> prefix);
 
+// Decompresses the clusters a reader hands over undecoded (ReaderOptions::defer_decompression).
+class ClusterDecoder {
+ public:
+  virtual ~ClusterDecoder() = default;
+  // The cluster `key` names (Run::decode_key; its data starts at guest offset `guest`) into
+  // `out` (Run::decoded_size bytes). Safe to call from several threads at once.
+  virtual Result<void> DecodeCluster(uint64_t key, uint64_t guest,
+                                     std::span<uint8_t> out) const = 0;
+};
+
 struct Run {
   enum class Kind { Data, Zero };
   uint64_t offset = 0;
@@ -49,6 +59,13 @@ struct Run {
   // itself (into its own buffer, on any thread, while the source lives).
   Source* source = nullptr;
   uint64_t source_offset = 0;
+  // For Data from a reader opened with ReaderOptions::defer_decompression: `data` is empty,
+  // `source` null, and `decoder` decompresses cluster `decode_key` into `decoded_size` bytes
+  // whose first `length` are the run, for the consumer to call on any thread (at once with
+  // other decodes and with Next()) while the reader lives.
+  const ClusterDecoder* decoder = nullptr;
+  uint64_t decode_key = 0;
+  size_t decoded_size = 0;
 };
 
 class ImageReader {
@@ -79,6 +96,10 @@ struct ReaderOptions {
   // source (Run::source) instead of being read, so Copy() reads them straight into its write
   // buffers on its writer threads: no read and copy of every byte on the caller's thread.
   bool defer_data_reads = false;
+  // qcow and qcow2: compressed clusters are not decompressed by Next() but handed over
+  // (Run::decoder), so Copy()'s writer threads decompress them in parallel, each into its own
+  // write buffer: decoding no longer runs on one core while the disk waits.
+  bool defer_decompression = false;
 };
 
 // The source must outlive the reader. Header errors are reported here.
