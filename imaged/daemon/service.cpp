@@ -541,8 +541,9 @@ Status ImagedService::ImportImage(ServerContext* context, const v1::ImportImageR
   if (!format) return ToStatus(context, format.error());
   // The client's rights, not the daemon's: the file is opened as the caller.
   auto peer = peers_->Lookup(context->peer());
-  if (!peer)
+  if (!peer) {
     return Status(StatusCode::PERMISSION_DENIED, "imaged: caller's credentials are unknown");
+  }
   auto fd = OpenAsPeer(request->source_path(), *peer);
   if (!fd) return ToStatus(context, fd.error().Wrap("import"));
   auto source = import::FileSource::FromFd(std::move(*fd), request->source_path());
@@ -662,7 +663,7 @@ Status ImagedService::WatchImages(ServerContext* context, const v1::WatchImagesR
     auto valid = imageset::ValidateImageName(request->name());
     if (!valid) return ToStatus(context, valid.error().Wrap("watch"));
   }
-  auto watch = hub_->Begin(request->name());
+  auto watch = hub_->Begin(request->name(), CallerUid(context));
   if (!watch) {
     return Status(
         watch.error().code == EAGAIN ? StatusCode::RESOURCE_EXHAUSTED : StatusCode::UNAVAILABLE,

@@ -1,5 +1,6 @@
 #include "daemon/watch.h"
 
+#include <algorithm>
 #include <cerrno>
 
 namespace imaged {
@@ -32,13 +33,18 @@ uint64_t WatchHub::Watch::dropped() const {
   return dropped_;
 }
 
-Result<std::unique_ptr<WatchHub::Watch>> WatchHub::Begin(std::string name) {
+Result<std::unique_ptr<WatchHub::Watch>> WatchHub::Begin(std::string name, uid_t uid) {
   std::lock_guard lock(mutex_);
   if (closed_) return MakeError(ESHUTDOWN, "imaged is stopping");
   if (watches_.size() >= limits_.max_watches) {
     return MakeError(EAGAIN, "{} watches are open, the most imaged serves", watches_.size());
   }
-  std::unique_ptr<Watch> watch(new Watch(this, std::move(name), sequence_));
+  const auto own = static_cast<size_t>(std::count_if(
+      watches_.begin(), watches_.end(), [&](const Watch* w) { return w->uid_ == uid; }));
+  if (own >= limits_.max_watches_per_user) {
+    return MakeError(EAGAIN, "uid {} has {} watches open, the most one user may", uid, own);
+  }
+  std::unique_ptr<Watch> watch(new Watch(this, std::move(name), uid, sequence_));
   watches_.insert(watch.get());
   return watch;
 }

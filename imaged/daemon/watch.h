@@ -16,6 +16,8 @@
 #include <string>
 #include <variant>
 
+#include <sys/types.h>
+
 #include "imaged/common/result.h"
 #include "manager/image_manager.h"
 
@@ -47,6 +49,8 @@ class WatchHub {
   struct Limits {
     size_t max_watches = 64;   // each holds a server thread
     size_t max_queued = 4096;  // per watch, before it is dropped as too slow
+    // So that one user (uid) cannot take every place.
+    size_t max_watches_per_user = 16;
   };
   WatchHub() : WatchHub(Limits{}) {}
   explicit WatchHub(Limits limits) : limits_(limits) {}
@@ -66,18 +70,20 @@ class WatchHub {
 
    private:
     friend class WatchHub;
-    Watch(WatchHub* hub, std::string name, uint64_t start)
-        : hub_(hub), name_(std::move(name)), start_sequence_(start) {}
+    Watch(WatchHub* hub, std::string name, uid_t uid, uint64_t start)
+        : hub_(hub), name_(std::move(name)), uid_(uid), start_sequence_(start) {}
     WatchHub* hub_;
     std::string name_;  // only this image's news; empty: all
+    uid_t uid_;         // who watches
     uint64_t start_sequence_;
     std::deque<News> queue_;  // guarded by hub_->mutex_
     bool fell_behind_ = false;
     uint64_t dropped_ = 0;
   };
 
-  // A new watch of every image (`name` empty) or of one; EAGAIN when max_watches are open.
-  Result<std::unique_ptr<Watch>> Begin(std::string name);
+  // A new watch of every image (`name` empty) or of one, for user `uid`; EAGAIN when
+  // max_watches are open, or max_watches_per_user of that user's.
+  Result<std::unique_ptr<Watch>> Begin(std::string name, uid_t uid);
   void Publish(ImageChange change);
   void Publish(OperationProgressNews progress);
   void Publish(OperationEndNews end);

@@ -28,7 +28,7 @@ std::string NameOf(const News& news) {
 TEST(WatchHub, EveryWatchGetsTheNewsInOrderAfterItsStart) {
   WatchHub hub;
   hub.Publish(Change(ImageChangeKind::kCreated, "early"));  // before any watch: nobody's
-  auto watch = hub.Begin("");
+  auto watch = hub.Begin("", 0);
   ASSERT_TRUE(watch);
   EXPECT_EQ((*watch)->start_sequence(), 1u);
   hub.Publish(Change(ImageChangeKind::kCreated, "a"));
@@ -47,7 +47,7 @@ TEST(WatchHub, EveryWatchGetsTheNewsInOrderAfterItsStart) {
 
 TEST(WatchHub, AWatchOfOneImageGetsItsNewsAndTheSetsOnly) {
   WatchHub hub;
-  auto watch = hub.Begin("b");
+  auto watch = hub.Begin("b", 0);
   ASSERT_TRUE(watch);
   hub.Publish(Change(ImageChangeKind::kCreated, "a"));
   hub.Publish(Change(ImageChangeKind::kCreated, "b"));
@@ -61,9 +61,9 @@ TEST(WatchHub, AWatchOfOneImageGetsItsNewsAndTheSetsOnly) {
 }
 
 TEST(WatchHub, ASlowWatchFallsBehindWithoutHoldingUpOthers) {
-  WatchHub hub(WatchHub::Limits{4, 3});
-  auto slow = hub.Begin("");
-  auto other = hub.Begin("");
+  WatchHub hub(WatchHub::Limits{4, 3, 4});
+  auto slow = hub.Begin("", 0);
+  auto other = hub.Begin("", 0);
   ASSERT_TRUE(slow && other);
   for (int i = 0; i < 3; ++i) hub.Publish(Change(ImageChangeKind::kMapped, "x"));
   News news;
@@ -75,16 +75,16 @@ TEST(WatchHub, ASlowWatchFallsBehindWithoutHoldingUpOthers) {
 }
 
 TEST(WatchHub, WatchesAreBoundedAndEndWhenTheHubCloses) {
-  WatchHub hub(WatchHub::Limits{2, 10});
-  auto one = hub.Begin("");
-  auto two = hub.Begin("");
+  WatchHub hub(WatchHub::Limits{2, 10, 2});
+  auto one = hub.Begin("", 0);
+  auto two = hub.Begin("", 0);
   ASSERT_TRUE(one && two);
-  auto three = hub.Begin("");
+  auto three = hub.Begin("", 0);
   ASSERT_FALSE(three);
   EXPECT_EQ(three.error().code, EAGAIN);
   two->reset();
   EXPECT_EQ(hub.watches(), 1u);
-  EXPECT_TRUE(hub.Begin(""));  // a freed place is taken again
+  EXPECT_TRUE(hub.Begin("", 0));  // a freed place is taken again
 
   News news;
   std::thread closer([&] {
@@ -93,7 +93,19 @@ TEST(WatchHub, WatchesAreBoundedAndEndWhenTheHubCloses) {
   });
   EXPECT_EQ((*one)->Wait(10s, &news), Next::kClosed);  // woken, not timed out
   closer.join();
-  EXPECT_FALSE(hub.Begin(""));
+  EXPECT_FALSE(hub.Begin("", 0));
+}
+
+TEST(WatchHub, OneUserCannotTakeEveryPlace) {
+  WatchHub hub(WatchHub::Limits{4, 10, 2});
+  auto a1 = hub.Begin("", 1000);
+  auto a2 = hub.Begin("", 1000);
+  ASSERT_TRUE(a1 && a2);
+  auto a3 = hub.Begin("", 1000);
+  ASSERT_FALSE(a3);
+  EXPECT_EQ(a3.error().code, EAGAIN);
+  EXPECT_NE(a3.error().message.find("uid 1000"), std::string::npos) << a3.error().message;
+  EXPECT_TRUE(hub.Begin("", 0));  // another user still gets one
 }
 
 double Value(const std::string& text, const std::string& series) {
