@@ -311,30 +311,17 @@ class Stager {
   // `len` bytes of `source` at `offset`, read when the buffer is written.
   Result<void> DataFrom(Source& source, uint64_t offset, uint64_t len) {
     IMAGED_TRY(ResolveZeros());
-    while (len > 0) {
-      const size_t n =
-          static_cast<size_t>(std::min<uint64_t>(len, options_.buffer_size - buf_len_));
-      AddFill(fills_, {buf_len_, n, &source, offset, {}});
-      IMAGED_TRY(Advance(n));
-      offset += n;
-      len -= n;
-    }
-    return Ok();
+    return AppendFills(len, [&](size_t at, size_t n, uint64_t done) {
+      return Fill{at, n, &source, offset + done, {}};
+    });
   }
 
   // The first `len` bytes of a cluster that is decompressed when the buffer is written.
   Result<void> DataDecoded(const Decode& decode, uint64_t len) {
     IMAGED_TRY(ResolveZeros());
-    uint64_t skip = 0;
-    while (len > 0) {
-      const size_t n =
-          static_cast<size_t>(std::min<uint64_t>(len, options_.buffer_size - buf_len_));
-      fills_.push_back({buf_len_, n, nullptr, skip, decode});
-      IMAGED_TRY(Advance(n));
-      skip += n;
-      len -= n;
-    }
-    return Ok();
+    return AppendFills(len, [&](size_t at, size_t n, uint64_t done) {
+      return Fill{at, n, nullptr, done, decode};
+    });
   }
 
   void Zero(uint64_t len) { pending_zero_ += len; }
@@ -355,12 +342,23 @@ class Stager {
     return Ok();
   }
 
+  // Zeros memset by whoever writes the buffer.
   Result<void> AppendZeros(uint64_t len) {
-    while (len > 0) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(len, options_.buffer_size - buf_len_));
-      AddFill(fills_, {buf_len_, n, nullptr, 0, {}});  // memset by whoever writes the buffer
+    return AppendFills(len, [](size_t at, size_t n, uint64_t) {
+      return Fill{at, n, nullptr, 0, {}};
+    });
+  }
+
+  // `len` bytes of fills, split where buffers end: `fill(at, n, done)` is the part of `n` bytes
+  // at offset `at` of the buffer, `done` bytes into the range.
+  template <typename MakeFill>
+  Result<void> AppendFills(uint64_t len, const MakeFill& fill) {
+    for (uint64_t done = 0; done < len;) {
+      const size_t n =
+          static_cast<size_t>(std::min<uint64_t>(len - done, options_.buffer_size - buf_len_));
+      AddFill(fills_, fill(buf_len_, n, done));
       IMAGED_TRY(Advance(n));
-      len -= n;
+      done += n;
     }
     return Ok();
   }
