@@ -21,8 +21,6 @@ using grpc::ServerContext;
 using grpc::Status;
 using grpc::StatusCode;
 
-// Progress goes to the client at most every 1/200 of the total, plus the final update; a
-// cancelled call (client gone, deadline, Ctrl-C) makes the operation stop and clean up.
 // Which long operation a ProgressStreamer reports, for watchers (WatchHub) too.
 struct OperationNews {
   WatchHub* hub = nullptr;
@@ -30,6 +28,8 @@ struct OperationNews {
   std::string name;
 };
 
+// Progress goes to the client at most every 1/200 of the total, plus the final update; a
+// cancelled call (client gone, deadline, Ctrl-C) makes the operation stop and clean up.
 template <typename Writer>
 class ProgressStreamer {
  public:
