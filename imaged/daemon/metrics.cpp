@@ -35,7 +35,8 @@ std::string_view CodeName(grpc::StatusCode code) {
 std::string MethodLabel(std::string_view path) {
   const auto slash = path.rfind('/');
   const std::string method(slash == std::string_view::npos ? path : path.substr(slash + 1));
-  const auto* service = v1::WatchEvent::descriptor()->file()->FindServiceByName("Imaged");
+  // Looked up once: this runs at the start of every call.
+  static const auto* service = v1::WatchEvent::descriptor()->file()->FindServiceByName("Imaged");
   return service && service->FindMethodByName(method) ? method : "other";
 }
 
