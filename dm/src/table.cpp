@@ -15,6 +15,21 @@ std::string LinearTarget::params() const {
   return fmt::format("{} {}", device_, offset_);
 }
 
+std::string VerityTarget::params() const {
+  const VerityConfig& c = config_;
+  return fmt::format("1 {} {} {} {} {} {} sha256 {} {}", c.data_device, c.hash_device, c.block_size,
+                     c.block_size, c.data_blocks, c.hash_start_block, c.root_hash_hex,
+                     c.salt_hex.empty() ? "-" : c.salt_hex);
+}
+
+Result<bool> VerityStatusCorrupt(std::string_view status) {
+  // Newer kernels may append words (e.g. the FEC count) after the first.
+  const std::string_view first = status.substr(0, status.find(' '));
+  if (first == "V") return false;
+  if (first == "C") return true;
+  return MakeError(EINVAL, "unknown dm-verity status \"{}\"", status);
+}
+
 uint64_t Table::num_sectors() const {
   return targets_.empty() ? 0 : targets_.back()->end();
 }
@@ -42,6 +57,9 @@ Result<void> Table::Validate() const {
     // DM_MAX_TYPE_NAME is 16 with the NUL.
     if (type.empty() || type.size() > 15 || type.find_first_of(" \t\n") != std::string::npos) {
       return MakeError(EINVAL, "dm table target {} has an invalid type \"{}\"", i, type);
+    }
+    if (type == "verity" && !readonly_) {
+      return MakeError(EINVAL, "dm table target {} is verity: the table must be read-only", i);
     }
     next = t.end();
   }

@@ -46,6 +46,46 @@ TEST(Target, EqualityComparesRangeTypeAndParams) {
   EXPECT_FALSE(ZeroTarget(0, 8) == ErrorTarget(0, 8));
 }
 
+TEST(Target, VerityParamsAreTheKernelsFormatOne) {
+  VerityConfig c{.data_device = "7:1",
+                 .hash_device = "7:2",
+                 .block_size = 4096,
+                 .data_blocks = 1000,
+                 .hash_start_block = 1,
+                 .root_hash_hex = "ab01",
+                 .salt_hex = "ff"};
+  VerityTarget t(0, c);
+  EXPECT_EQ(t.type(), "verity");
+  EXPECT_EQ(t.length(), 8000u);
+  EXPECT_EQ(t.params(), "1 7:1 7:2 4096 4096 1000 1 sha256 ab01 ff");
+  c.salt_hex.clear();
+  c.block_size = 512;
+  EXPECT_EQ(VerityTarget(0, c).params(), "1 7:1 7:2 512 512 1000 1 sha256 ab01 -");
+  EXPECT_EQ(VerityTarget(0, c).length(), 1000u);
+}
+
+TEST(Target, VerityStatusSaysWhetherABlockWasCorrupt) {
+  EXPECT_FALSE(VerityStatusCorrupt("V").value());
+  EXPECT_TRUE(VerityStatusCorrupt("C").value());
+  EXPECT_TRUE(VerityStatusCorrupt("C 0").value());
+  EXPECT_FALSE(VerityStatusCorrupt("").has_value());
+  EXPECT_FALSE(VerityStatusCorrupt("X").has_value());
+}
+
+TEST(Table, VerityNeedsAReadOnlyTable) {
+  Table table;
+  table.Emplace<VerityTarget>(0, VerityConfig{.data_device = "7:1",
+                                              .hash_device = "7:1",
+                                              .block_size = 4096,
+                                              .data_blocks = 8,
+                                              .hash_start_block = 9,
+                                              .root_hash_hex = "00",
+                                              .salt_hex = ""});
+  EXPECT_EQ(table.Validate().error().code, EINVAL);
+  table.set_readonly(true);
+  EXPECT_TRUE(table.Validate());
+}
+
 TEST(Table, NumSectorsIsEndOfLastTarget) {
   Table table;
   EXPECT_EQ(table.num_sectors(), 0u);

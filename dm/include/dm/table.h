@@ -66,6 +66,39 @@ class ErrorTarget : public Target {
   std::string params() const override { return {}; }
 };
 
+// dm-verity (format 1, SHA-256, one block size): reads of `data_device` are checked against the
+// hash tree on `hash_device` starting at hash block `hash_start_block` (the tree's first
+// block, after veritysetup's superblock). A block whose hash does not match reads as EIO and
+// the status turns from "V" to "C". The kernel refuses a verity target in a writable table
+// (Table::Validate does too).
+struct VerityConfig {
+  std::string data_device;  // a real node or "major:minor", like LinearTarget's
+  std::string hash_device;
+  uint32_t block_size = 4096;
+  uint64_t data_blocks = 0;
+  uint64_t hash_start_block = 0;
+  std::string root_hash_hex;
+  std::string salt_hex;  // empty: no salt ("-")
+};
+
+class VerityTarget : public Target {
+ public:
+  // Covers the data: data_blocks * block_size bytes from `start`.
+  VerityTarget(uint64_t start, VerityConfig config)
+      : Target(start, config.data_blocks * (config.block_size / 512)), config_(std::move(config)) {}
+  std::string type() const override { return "verity"; }
+  // "1 <data> <hash> <bs> <bs> <data_blocks> <hash_start_block> sha256 <root> <salt>"
+  std::string params() const override;
+  const VerityConfig& config() const { return config_; }
+
+ private:
+  VerityConfig config_;
+};
+
+// Whether a verity target's status (DeviceMapper::GetStatus) says it has met a block that does
+// not match its hash ("C") rather than none so far ("V").
+Result<bool> VerityStatusCorrupt(std::string_view status);
+
 // Any other target type, given by name and parameter string (tests, rare targets).
 class RawTarget : public Target {
  public:
