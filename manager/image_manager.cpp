@@ -198,7 +198,8 @@ Result<std::optional<std::string>> ImageManager::Impl::MappedDeviceLocked(std::s
 }
 
 void ImageManager::Impl::Announce(ImageChangeKind kind, std::string_view name,
-                                  std::string_view operation, std::string detail) {
+                                  std::string_view operation, std::string detail,
+                                  const ImageInfo* image) {
   list_cache.Invalidate();
   if (!options.on_change) return;
   ImageChange change;
@@ -206,7 +207,9 @@ void ImageManager::Impl::Announce(ImageChangeKind kind, std::string_view name,
   change.name = std::string(name);
   change.operation = std::string(operation);
   change.detail = std::move(detail);
-  if (kind != ImageChangeKind::kDeleted && kind != ImageChangeKind::kSetRebuilt) {
+  if (image) {
+    change.image = *image;
+  } else if (kind != ImageChangeKind::kDeleted && kind != ImageChangeKind::kSetRebuilt) {
     // The change is made and durable: a failure to read it back only leaves the image out.
     if (auto md = ReadLp(); md && *md) {
       if (auto info = InfoLocked(name, **md)) change.image = std::move(*info);

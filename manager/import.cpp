@@ -142,8 +142,14 @@ class ImportOperation {
     if (options_.dry_run) return Plan();
     IMAGED_TRY(options_.into_existing ? IntoExisting() : IntoNewImage());
     IMAGED_CRASH_POINT("import.done");
+    // One read of lp_metadata and the kernel for both the news and the result.
+    auto info = ReadBack();
     impl_.Announce(options_.into_existing ? ImageChangeKind::kImported : ImageChangeKind::kCreated,
-                   name_, "import");
+                   name_, "import", {}, info ? &*info : nullptr);
+    return info;
+  }
+
+  Result<ImageInfo> ReadBack() {
     const auto md = IMAGED_TRY(impl_.ReadLp());
     if (!md) return MakeError(ENOENT, "lp_metadata vanished");
     return impl_.InfoLocked(name_, *md);

@@ -246,8 +246,10 @@ struct ImageManager::Impl {
 
   // Tells options.on_change (if set) of a change just made to `name`, under its lock; first
   // invalidates List's snapshot, so a List made after the news never shows the time before.
+  // The image as it is now is read from lp_metadata, unless the caller has just read it
+  // (`image`).
   void Announce(ImageChangeKind kind, std::string_view name, std::string_view operation,
-                std::string detail = {});
+                std::string detail = {}, const ImageInfo* image = nullptr);
 
   // List's snapshot (list_snapshot.h); every operation that locks an image invalidates it.
   manager::ListCache list_cache;

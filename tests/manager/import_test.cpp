@@ -105,6 +105,37 @@ TEST_F(ImportTest, Qcow2FromQemuImgImportsBitExactThroughTheMappedDevice) {
   ASSERT_OK(mgr().Unmap("qcow"));
 }
 
+// The news of an import carries the same image the call returns (read once for both).
+TEST_F(ImportTest, AnImportIsToldOnceWithTheImageItReturns) {
+  std::vector<ImageChange> told;
+  ManagerOptions o;
+  o.strategy = MapStrategy::kLoop;
+  o.on_change = [&](const ImageChange& change) { told.push_back(change); };
+  set_.reset();
+  set_ = std::make_unique<ImageSet>("ext4", 96 * kMiB, o);
+  auto created = mgr().Import("told", WriteSource(SourceBytes(3 * kMiB)), {});
+  ASSERT_OK(created);
+  ImportOptions into;
+  into.into_existing = true;
+  into.format = import::Format::Raw;
+  auto imported = mgr().Import("told", WriteSource(SourceBytes(kMiB)), into);
+  ASSERT_OK(imported);
+
+  ASSERT_EQ(told.size(), 2u);
+  EXPECT_EQ(told[0].kind, ImageChangeKind::kCreated);
+  EXPECT_EQ(told[1].kind, ImageChangeKind::kImported);
+  const ImageInfo* returned[] = {&*created, &*imported};
+  for (size_t i = 0; i < told.size(); ++i) {
+    EXPECT_EQ(told[i].operation, "import");
+    ASSERT_TRUE(told[i].image.has_value()) << i;
+    EXPECT_EQ(told[i].image->name, "told");
+    EXPECT_EQ(told[i].image->size_bytes, returned[i]->size_bytes);
+    EXPECT_EQ(told[i].image->size_bytes, 3 * kMiB);
+    EXPECT_EQ(told[i].image->pieces, returned[i]->pieces);
+    EXPECT_EQ(told[i].image->extents, returned[i]->extents);
+  }
+}
+
 TEST_F(ImportTest, IntoExistingOverwritesAndZeroesTheRest) {
   ASSERT_OK(mgr().Create("target", 8 * kMiB, {}));
   auto split = test::OpenSplitAt(set_->data("target.img"));
