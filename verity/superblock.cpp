@@ -116,7 +116,7 @@ std::array<uint8_t, kSuperblockSize> EncodeSuperblock(const Params& params) {
   PutLe(&sb[kDataBlocksAt], params.data_blocks, 8);
   const size_t salt_size = std::min(params.salt.size(), kMaxSaltSize);
   PutLe(&sb[kSaltSizeAt], salt_size, 2);
-  std::memcpy(&sb[kSaltAt], params.salt.data(), salt_size);
+  if (salt_size > 0) std::memcpy(&sb[kSaltAt], params.salt.data(), salt_size);  // may be null
   return sb;
 }
 
