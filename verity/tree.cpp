@@ -19,7 +19,10 @@ namespace {
 
 // About this much data per batch: large enough that a batch is one big read, small enough that
 // every core gets batches and the buffers stay small.
-constexpr uint64_t kBatchDataBytes = 8 << 20;
+constexpr uint64_t kBatchDataBytes = 4 << 20;
+// Threads when the caller does not say: past a few, the disk rather than SHA-256 is the limit,
+// and each thread holds a batch (8 threads: 32 MiB).
+constexpr unsigned kMaxDefaultThreads = 8;
 constexpr size_t kBufferAlign = 4096;
 
 struct FreeDeleter {
@@ -140,7 +143,9 @@ class LevelZeroPass {
   }
 
   Result<LevelZero> Run() {
-    unsigned threads = options_.threads ? options_.threads : std::thread::hardware_concurrency();
+    unsigned threads = options_.threads
+                           ? options_.threads
+                           : std::min(std::thread::hardware_concurrency(), kMaxDefaultThreads);
     threads = static_cast<unsigned>(std::clamp<uint64_t>(threads, 1, batches_));
     std::vector<std::thread> workers;
     for (unsigned t = 1; t < threads; ++t) workers.emplace_back([this] { Work(); });

@@ -265,7 +265,7 @@ TEST(VerityBuild, SaltChangesEveryHash) {
 }
 
 TEST(VerityBuild, ProgressRisesToOneFinalTotalAndFalseCancels) {
-  const Params p = MakeParams(128 * 64, 4096);  // 32 MiB: four batches
+  const Params p = MakeParams(128 * 64, 4096);  // 32 MiB: eight batches
   Disk disk = MakeDisk(p);
   std::mutex mutex;
   std::vector<std::pair<uint64_t, uint64_t>> calls;

@@ -78,8 +78,10 @@ Result<std::vector<uint8_t>> ParseHex(std::string_view hex);
 using ReadAt = std::function<Result<void>(uint64_t offset, std::span<uint8_t> out)>;
 using WriteAt = std::function<Result<void>(uint64_t offset, std::span<const uint8_t> data)>;
 
+// Memory: a 4 MiB batch per thread, and 32 bytes per 128 data blocks for the levels above 0
+// (64 MiB for 1 TiB of data).
 struct WalkOptions {
-  unsigned threads = 0;  // 0: one per core
+  unsigned threads = 0;  // 0: one per core, at most 8
   Progress progress;     // data bytes hashed of data_blocks * block_size; false cancels
 };
 
