@@ -183,7 +183,7 @@ class LevelZeroPass {
     IMAGED_TRY_CTX(data_(first_data * bs, {data, data_count * bs}), "read data block {}",
                    first_data);
     for (uint64_t j = 0; j < count; ++j) {
-      const uint64_t children = std::min<uint64_t>(per_block_, data_count - j * per_block_);
+      const uint64_t children = ChildrenOf(j, data_count);
       IMAGED_TRY(
           HashChildren(hasher, data + j * per_block_ * bs, children, bs, {built + j * bs, bs}));
     }
@@ -202,13 +202,18 @@ class LevelZeroPass {
     return Report(data_count * bs);
   }
 
+  // How many of a batch's `data_count` data blocks level-0 block `j` of the batch hashes.
+  uint64_t ChildrenOf(uint64_t j, uint64_t data_count) const {
+    return std::min(per_block_, data_count - j * per_block_);
+  }
+
   // Entry by entry: a differing entry is a data block that changed (if the hash block itself
   // proves sound); differing bytes after the entries are damaged padding.
   void Compare(uint64_t first, uint64_t count, uint64_t data_count, const uint8_t* built,
                const uint8_t* stored) {
     const size_t bs = params_.block_size;
     for (uint64_t j = 0; j < count; ++j) {
-      const uint64_t children = std::min<uint64_t>(per_block_, data_count - j * per_block_);
+      const uint64_t children = ChildrenOf(j, data_count);
       const uint8_t* a = built + j * bs;
       const uint8_t* s = stored + j * bs;
       for (uint64_t k = 0; k < children; ++k) {
@@ -338,6 +343,10 @@ Result<VerifyReport> VerifyHashArea(const Params& params, const Digest& root, co
   // Top down: a block is sound when its parent is and the parent's entry is the block's hash
   // (the top's parent is the root). The first unsound block whose parent is sound is where the
   // damage is; data is judged only under sound level-0 blocks.
+  const auto blame = [&report](uint64_t hash_block) {
+    report.first_bad_hash_block =
+        std::min(report.first_bad_hash_block.value_or(UINT64_MAX), hash_block);
+  };
   report.root_differs = hashes[levels - 1][0] != root;
   std::vector<uint8_t> sound(1, !report.root_differs);
   for (size_t i = levels - 1; i > 0; --i) {
@@ -345,27 +354,20 @@ Result<VerifyReport> VerifyHashArea(const Params& params, const Digest& root, co
     const uint8_t* entries = stored[i].get();
     // Only a level's last block has padding after its entries.
     if (sound.back() && !AllZero({entries + used, g.level_blocks[i] * bs - used})) {
-      report.first_bad_hash_block = std::min(report.first_bad_hash_block.value_or(UINT64_MAX),
-                                             g.level_first_block[i] + g.level_blocks[i] - 1);
+      blame(g.level_first_block[i] + g.level_blocks[i] - 1);
     }
     std::vector<uint8_t> child_sound(hashes[i - 1].size());
     for (size_t c = 0; c < child_sound.size(); ++c) {
       const bool match =
           std::memcmp(entries + c * kDigestSize, hashes[i - 1][c].data(), kDigestSize) == 0;
       child_sound[c] = sound[c / g.hashes_per_block] && match;
-      if (sound[c / g.hashes_per_block] && !match) {
-        report.first_bad_hash_block = std::min(report.first_bad_hash_block.value_or(UINT64_MAX),
-                                               g.level_first_block[i - 1] + c);
-      }
+      if (sound[c / g.hashes_per_block] && !match) blame(g.level_first_block[i - 1] + c);
     }
     sound = std::move(child_sound);
   }
   for (size_t j = 0; j < sound.size(); ++j) {
     if (!sound[j]) continue;
-    if (!zero.padding_ok[j]) {
-      report.first_bad_hash_block =
-          std::min(report.first_bad_hash_block.value_or(UINT64_MAX), g.level_first_block[0] + j);
-    }
+    if (!zero.padding_ok[j]) blame(g.level_first_block[0] + j);
     if (zero.first_bad_data[j] != UINT64_MAX && !report.first_bad_data_block) {
       report.first_bad_data_block = zero.first_bad_data[j];
     }
